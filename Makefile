@@ -1,0 +1,54 @@
+# kdlab: `make tutorial` runs every notebook headless, `make test` runs the test suite, `make lab`
+# opens JupyterLab. Each target creates .venv and installs kdlab into it when needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.kdlab-installed
+LAB    := $(VENV)/.kdlab-lab-installed
+RUN    := $(shell date +%Y%m%d-%H%M%S)-$$$$
+P      ?=
+PYTEST_ARGS ?=
+
+.PHONY: tutorial test lab clean-notebooks refresh-references
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	@touch $(STAMP)
+
+$(LAB): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,lab]"
+	@touch $(LAB)
+
+## Execute every notebook on default parameters (pass more with P="-p name value ...").
+tutorial: $(STAMP)
+	@mkdir -p runs/$(RUN)
+	@for nb in notebooks/[0-9][0-9]_*.ipynb; do \
+	  name=$$(basename $$nb .ipynb); \
+	  echo "== $$name"; \
+	  start=$$(date +%s); \
+	  $(BIN)/papermill $$nb runs/$(RUN)/$$name.ipynb --cwd notebooks -k python3 \
+	    -p out_dir $(CURDIR)/runs/$(RUN)/$$name $(P) || exit 1; \
+	  echo "   $$name took $$(( $$(date +%s) - start )) s"; \
+	done
+	@ln -sfn $(RUN) runs/latest
+	@echo "Executed notebooks and their metrics.json: runs/$(RUN)/ (runs/latest points there)"
+
+## Run the whole test suite (unit tests and notebook tests).
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Open JupyterLab on the notebooks.
+lab: $(LAB)
+	$(BIN)/jupyter lab notebooks/
+
+## Strip outputs and volatile metadata from the notebooks (keeps NBVAL_CHECK_OUTPUT cells).
+clean-notebooks: $(STAMP)
+	$(BIN)/python -m kdlab.nbclean notebooks/*.ipynb $(wildcard notebooks/*/*.ipynb)
+
+## Re-execute the notebooks in smoke mode to refresh the NBVAL_CHECK_OUTPUT references, then clean.
+refresh-references: $(STAMP)
+	@for nb in notebooks/[0-9][0-9]_*.ipynb; do \
+	  KDLAB_SMOKE=1 KDLAB_RUNS=$$(mktemp -d) $(BIN)/papermill $$nb $$nb --cwd notebooks -k python3 || exit 1; \
+	done
+	$(MAKE) clean-notebooks

@@ -1,0 +1,11 @@
+"""kdlab: knowledge distillation for image generation, taught in notebooks.
+
+Modules: ``data`` (datasets, offline first), ``textures`` (procedural frequency-controlled
+images), ``models`` (DCGAN generator/discriminator, PixelCNN), ``taps`` (named feature taps),
+``train`` (teacher loops), ``checkpoints`` (safetensors + JSON), ``viz`` (plots), ``utils``.
+"""
+__version__ = "0.1.0"
+
+from . import checkpoints, data, models, taps, textures, train, utils, viz  # noqa: E402
+from .models import count_parameters  # noqa: E402
+from .utils import get_device, run_dir, seed_everything, smoke_mode, write_metrics  # noqa: E402

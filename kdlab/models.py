@@ -1,0 +1,138 @@
+"""Generators and discriminators (DCGAN, arXiv 1511.06434) of any size, a PixelCNN, and a registry
+that lets :mod:`kdlab.checkpoints` rebuild any model from its saved config.
+
+One class gives the teacher and every student: ``width`` multiplies all channel counts (parameters
+grow about as ``width**2``) and ``depth`` sets the convolutions per resolution. Blocks have stable
+names (``stem``, ``blocks.up1``, ``blocks.up2``, ..., ``head``) so :mod:`kdlab.taps` can read their
+activations by name.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .pixelcnn import PixelCNN
+
+MODELS: dict[str, type[nn.Module]] = {}
+
+
+def register(cls: type[nn.Module]) -> type[nn.Module]:
+    """Class decorator: make ``cls`` rebuildable from ``{"class": cls.__name__, "config": ...}``.
+    A registered class stores its constructor arguments in ``self.config``."""
+    MODELS[cls.__name__] = cls
+    return cls
+
+
+def build(architecture: dict) -> nn.Module:
+    """``{"class": "Generator", "config": {...}}`` -> a freshly initialised model."""
+    name = architecture.get("class")
+    if name not in MODELS:
+        raise ValueError(f"model class {name!r} is unknown; known classes: {', '.join(sorted(MODELS))}")
+    return MODELS[name](**architecture.get("config", {}))
+
+
+def architecture(model: nn.Module) -> dict:
+    """The inverse of :func:`build`: ``{"class": ..., "config": ...}`` of a registered model."""
+    if type(model).__name__ not in MODELS or not hasattr(model, "config"):
+        raise TypeError(f"{type(model).__name__} is not a registered kdlab model "
+                        f"(registered: {', '.join(sorted(MODELS))})")
+    return {"class": type(model).__name__, "config": dict(model.config)}
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters (all, or only those with ``requires_grad``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _upsamplings(img_size: int) -> tuple[int, int]:
+    """(number of 2x stages, base resolution): 28 = 7 * 2**2, 32 = 4 * 2**3."""
+    if img_size == 28:
+        return 2, 7
+    if img_size == 32:
+        return 3, 4
+    raise ValueError(f"img_size={img_size!r} is not valid; allowed values: 28, 32")
+
+
+def _check_size(width: int, depth: int) -> None:
+    if not isinstance(width, int) or width < 1:
+        raise ValueError(f"width={width!r} is not valid; expected an integer >= 1")
+    if not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth={depth!r} is not valid; expected an integer >= 1")
+
+
+def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+@register
+class Generator(nn.Module):
+    """DCGAN generator: noise ``z [N, z_dim]`` -> images ``[N, channels, img_size, img_size]`` in
+    (-1, 1).
+
+    Channels per stage: ``width * 2**(n_up - i)``; for 28x28 the stages are 7x7 -> 14x14 -> 28x28,
+    for 32x32 they are 4x4 -> 8x8 -> 16x16 -> 32x32. Each upsampling block is a stride-2
+    transposed convolution followed by ``depth - 1`` 3x3 convolutions, all with BatchNorm + ReLU.
+    """
+
+    def __init__(self, z_dim: int = 64, width: int = 32, img_size: int = 28, channels: int = 1, depth: int = 1):
+        super().__init__()
+        _check_size(width, depth)
+        self.config = dict(z_dim=z_dim, width=width, img_size=img_size, channels=channels, depth=depth)
+        n_up, base = _upsamplings(img_size)
+        ch = [width * 2 ** (n_up - i) for i in range(n_up + 1)]  # channels at 7x7 (or 4x4) ... full size
+        self.z_dim = z_dim
+        self.stem = nn.Sequential(nn.ConvTranspose2d(z_dim, ch[0], base, 1, 0, bias=False),
+                                  nn.BatchNorm2d(ch[0]), nn.ReLU(inplace=True))  # (N, ch0, base, base)
+        blocks = OrderedDict()
+        for i in range(1, n_up + 1):
+            layers = [nn.ConvTranspose2d(ch[i - 1], ch[i], 4, 2, 1, bias=False), nn.BatchNorm2d(ch[i]),
+                      nn.ReLU(inplace=True)]
+            for _ in range(depth - 1):
+                layers += _conv_bn_relu(ch[i], ch[i])
+            blocks[f"up{i}"] = nn.Sequential(*layers)  # (N, ch_i, base * 2**i, base * 2**i)
+        self.blocks = nn.Sequential(blocks)
+        self.head = nn.Sequential(nn.Conv2d(ch[-1], channels, 3, 1, 1), nn.Tanh())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"expected noise of shape [N, {self.z_dim}], got {list(z.shape)}")
+        return self.head(self.blocks(self.stem(z[:, :, None, None])))
+
+    def sample_noise(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """Standard normal noise ``[n, z_dim]`` (drawn on the CPU so seeds give the same z on any device)."""
+        return torch.randn(n, self.z_dim, generator=generator).to(device or next(self.parameters()).device)
+
+
+@register
+class Discriminator(nn.Module):
+    """DCGAN discriminator: images ``[N, channels, img_size, img_size]`` -> logits ``[N]``.
+
+    Mirror of :class:`Generator`: stride-2 convolutions (``blocks.down1`` ...) with LeakyReLU(0.2),
+    BatchNorm on all but the first block, then a linear head on the flattened base-resolution map.
+    """
+
+    def __init__(self, width: int = 32, img_size: int = 28, channels: int = 1, depth: int = 1):
+        super().__init__()
+        _check_size(width, depth)
+        self.config = dict(width=width, img_size=img_size, channels=channels, depth=depth)
+        n_down, base = _upsamplings(img_size)
+        ch = [channels] + [width * 2 ** i for i in range(n_down)]
+        blocks = OrderedDict()
+        for i in range(1, n_down + 1):
+            layers = [nn.Conv2d(ch[i - 1], ch[i], 4, 2, 1, bias=i == 1)]
+            layers += [nn.BatchNorm2d(ch[i])] if i > 1 else []
+            layers += [nn.LeakyReLU(0.2, inplace=True)]
+            for _ in range(depth - 1):
+                layers += [nn.Conv2d(ch[i], ch[i], 3, 1, 1, bias=False), nn.BatchNorm2d(ch[i]),
+                           nn.LeakyReLU(0.2, inplace=True)]
+            blocks[f"down{i}"] = nn.Sequential(*layers)  # (N, ch_i, size / 2**i, size / 2**i)
+        self.blocks = nn.Sequential(blocks)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(ch[-1] * base * base, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(x)).squeeze(1)
+
+
+register(PixelCNN)

@@ -1,0 +1,214 @@
+"""Teacher pretraining loops: adversarial (DCGAN) and maximum likelihood (PixelCNN).
+
+Shared rules, implemented once in :func:`run_loop`:
+
+- progress bar (``tqdm.auto``: a widget in Jupyter, text under papermill/CI);
+- determinism: step ``s`` draws its batch and noise from a generator seeded with ``(seed, s)``, so
+  the same seed gives the same weights on CPU, and a resumed run equals an uninterrupted one;
+- a non-finite loss stops training with :class:`TrainingDiverged` and removes the run's training
+  state, so nothing from a diverged run is left to be loaded;
+- with ``state_path`` set, the full training state (weights, optimiser moments, step, history) is
+  saved every ``checkpoint_every`` steps, at the end, and on ``KeyboardInterrupt``; calling the
+  function again with the same arguments resumes from it (more ``steps`` continues training).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import checkpoints, models
+from .data import quantize
+from .utils import check_int, get_device
+
+History = dict[str, list[float]]
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """CPU generator for one training step: batches and noise depend only on (seed, step)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def _save_state(path, step: int, history: History, run: dict, modules: dict[str, nn.Module],
+                optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    tensors, groups = {}, {}
+    for name, m in modules.items():
+        tensors.update({f"{name}.model.{k}": v for k, v in m.state_dict().items()})
+    for name, opt in optimizers.items():
+        sd = opt.state_dict()
+        for idx, st in sd["state"].items():
+            tensors.update({f"{name}.optim.{idx}.{k}": torch.as_tensor(v) for k, v in st.items()})
+        groups[name] = sd["param_groups"]
+    checkpoints.save_tensors(path, tensors, {"kind": "training-state", "step": step, "history": history,
+                                             "run": run, "param_groups": groups})
+
+
+def _load_state(path, run: dict, modules, optimizers) -> tuple[int, History]:
+    tensors, meta = checkpoints.load_tensors(path)
+    if meta.get("kind") != "training-state":
+        raise checkpoints.CheckpointError(path, "is a model checkpoint, not a training state")
+    if meta.get("run") != checkpoints._jsonable(run):
+        raise checkpoints.CheckpointError(
+            path, f"belongs to a different run ({meta.get('run')} vs now {checkpoints._jsonable(run)}); "
+                  "delete it or choose another output folder to start afresh")
+    for name, m in modules.items():
+        prefix = f"{name}.model."
+        checkpoints.load_state(m, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, path)
+    for name, opt in optimizers.items():
+        state: dict = {}
+        prefix = f"{name}.optim."
+        for k, v in tensors.items():
+            if k.startswith(prefix):
+                idx, key = k[len(prefix):].split(".", 1)
+                state.setdefault(int(idx), {})[key] = v
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
+    return int(meta["step"]), {k: list(v) for k, v in meta["history"].items()}
+
+
+def run_loop(step_fn: Callable[[int, torch.Generator], dict[str, float]], *, steps: int, seed: int,
+             modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer], run: dict,
+             state_path=None, checkpoint_every: int = 250, progress: bool = True, desc: str = "train") -> History:
+    """Call ``step_fn(step, generator) -> {metric: float}`` for steps ``0 .. steps - 1`` (resuming
+    from ``state_path`` if it holds an earlier run with the same ``run`` description) and return the
+    history ``{metric: [value per step]}`` (plus ``"step"``)."""
+    check_int("steps", steps, 0)
+    check_int("checkpoint_every", checkpoint_every, 1)
+    start, history = 0, {}
+    state_path = Path(state_path) if state_path else None
+    if state_path is not None and state_path.exists():
+        start, history = _load_state(state_path, run, modules, optimizers)
+        if start >= steps:
+            print(f"{desc}: {state_path} already holds {start} trained steps (asked for {steps}); loaded it, "
+                  "nothing to train")
+            for m in modules.values():
+                m.eval()
+            return history
+    save = (lambda s: _save_state(state_path, s, history, run, modules, optimizers)) if state_path else (lambda s: None)
+    for m in modules.values():
+        m.train()
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=not progress)
+    step = start
+    try:
+        for step in bar:
+            metrics = step_fn(step, step_generator(seed, step))
+            bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+            if bad:
+                if state_path is not None and state_path.exists():
+                    state_path.unlink()
+                raise TrainingDiverged(
+                    f"{desc}: non-finite loss at step {step}: {bad}. Training stopped and nothing was saved"
+                    f"{f' (training state {state_path} removed)' if state_path else ''}. Lower the learning rate "
+                    f"(lr={run.get('lr')}) or check the data, then rerun.")
+            history.setdefault("step", []).append(step)
+            for k, v in metrics.items():
+                history.setdefault(k, []).append(v)
+            if step % 10 == 0 or step == steps - 1:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
+            if (step + 1) % checkpoint_every == 0:
+                save(step + 1)
+        step = steps
+    except KeyboardInterrupt:
+        done = len(history.get("step", []))
+        save(done)
+        where = f"; training state saved at step {done} in {state_path}: rerun to resume" if state_path else ""
+        print(f"{desc}: interrupted{where}")
+        raise
+    finally:
+        bar.close()
+    save(steps)
+    for m in modules.values():
+        m.eval()
+    return history
+
+
+def _batch(images: torch.Tensor, batch_size: int, g: torch.Generator, device) -> torch.Tensor:
+    idx = torch.randint(len(images), (batch_size,), generator=g)  # sampling with replacement
+    return images[idx].to(device)
+
+
+def train_gan(generator: nn.Module, discriminator: nn.Module, images: torch.Tensor, *, steps: int,
+              batch_size: int = 64, lr: float = 2e-4, betas=(0.5, 0.999), seed: int = 0, device="auto",
+              state_path=None, checkpoint_every: int = 250, progress: bool = True) -> History:
+    """Adversarial training (non-saturating GAN loss, DCGAN optimiser settings).
+
+    ``images``: real data ``[N, C, H, W]`` in [-1, 1]. Per step, with ``D`` returning logits,
+
+        L_D = BCE(D(x), 1) + BCE(D(G(z)), 0),     L_G = BCE(D(G(z)), 1),   z ~ N(0, I).
+
+    History keys: ``loss_d``, ``loss_g`` (nats), ``d_real``, ``d_fake`` (mean D probability).
+    """
+    check_int("batch_size", batch_size)
+    dev = get_device(device)
+    generator.to(dev), discriminator.to(dev)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
+    bce = F.binary_cross_entropy_with_logits
+
+    def step_fn(step: int, g: torch.Generator) -> dict[str, float]:
+        real = _batch(images, batch_size, g, dev)  # (B, C, H, W)
+        z = torch.randn(batch_size, generator.z_dim, generator=g).to(dev)  # (B, z_dim)
+        fake = generator(z)
+        d_real, d_fake = discriminator(real), discriminator(fake.detach())  # logits (B,)
+        loss_d = bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        d_gen = discriminator(fake)
+        loss_g = bce(d_gen, torch.ones_like(d_gen))
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(),
+                "d_real": torch.sigmoid(d_real).mean().item(), "d_fake": torch.sigmoid(d_fake).mean().item()}
+
+    run = {"kind": "gan", "seed": seed, "batch_size": batch_size, "lr": lr, "betas": list(betas),
+           "generator": models.architecture(generator), "discriminator": models.architecture(discriminator)}
+    return run_loop(step_fn, steps=steps, seed=seed, modules={"generator": generator, "discriminator": discriminator},
+                    optimizers={"opt_g": opt_g, "opt_d": opt_d}, run=run, state_path=state_path,
+                    checkpoint_every=checkpoint_every, progress=progress, desc="GAN teacher")
+
+
+def train_pixelcnn(model: nn.Module, images: torch.Tensor, *, steps: int, batch_size: int = 32, lr: float = 1e-3,
+                   seed: int = 0, device="auto", state_path=None, checkpoint_every: int = 250,
+                   progress: bool = True) -> History:
+    """Maximum likelihood: minimise ``-log p(x) / D`` (per-pixel cross-entropy) on ``images``
+    ``[N, 1, H, W]`` in [-1, 1], quantised to ``model.levels`` levels. History key ``bits_per_dim``."""
+    check_int("batch_size", batch_size)
+    dev = get_device(device)
+    model.to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def step_fn(step: int, g: torch.Generator) -> dict[str, float]:
+        x = quantize(_batch(images, batch_size, g, dev), model.levels)  # (B, 1, H, W) int64
+        nll = F.cross_entropy(model(x), x[:, 0])  # nats per pixel
+        opt.zero_grad(set_to_none=True)
+        nll.backward()
+        opt.step()
+        return {"bits_per_dim": nll.item() / math.log(2)}
+
+    run = {"kind": "pixelcnn", "seed": seed, "batch_size": batch_size, "lr": lr, "model": models.architecture(model)}
+    return run_loop(step_fn, steps=steps, seed=seed, modules={"model": model}, optimizers={"opt": opt}, run=run,
+                    state_path=state_path, checkpoint_every=checkpoint_every, progress=progress,
+                    desc="PixelCNN teacher")
+
+
+@torch.no_grad()
+def bits_per_dim(model: nn.Module, images: torch.Tensor, batch_size: int = 250, device=None) -> float:
+    """Mean bits/dim of a PixelCNN on ``images`` ``[N, 1, H, W]`` in [-1, 1] (quantised to its levels)."""
+    model.eval()
+    dev = device or next(model.parameters()).device
+    total = 0.0
+    for i in range(0, len(images), batch_size):
+        x = quantize(images[i:i + batch_size], model.levels).to(dev)
+        total += model.bits_per_dim(x).sum().item()
+    return total / len(images)

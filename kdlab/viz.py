@@ -1,0 +1,64 @@
+"""Plots used by the notebooks: image grids and loss curves (fixed figure sizes; each function
+returns its figure and closes nothing, so notebooks show it; pass ``path`` to also save a PNG)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torchvision.utils import make_grid
+
+
+def grid_image(images: torch.Tensor, nrow: int = 8) -> np.ndarray:
+    """Images ``[N, C, H, W]`` in [-1, 1] -> one ``[H', W', C]`` array in [0, 1] (2-pixel white gaps)."""
+    g = make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow, padding=2, normalize=True,
+                  value_range=(-1, 1), pad_value=1.0)
+    return g.permute(1, 2, 0).numpy()
+
+
+def show_grids(grids: Sequence[torch.Tensor], titles: Sequence[str], nrow: int = 8, path=None,
+               height: float = 3.2):
+    """Side-by-side image grids (e.g. real data | teacher | student), one panel each."""
+    fig, axes = plt.subplots(1, len(grids), figsize=(height * len(grids), height), squeeze=False)
+    for ax, images, title in zip(axes[0], grids, titles):
+        ax.imshow(grid_image(images, nrow), cmap="gray" if images.shape[1] == 1 else None)
+        ax.set_title(title)
+        ax.axis("off")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def smooth(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing moving average (``window`` values; the first values average what exists)."""
+    v = np.asarray(values, dtype=float)
+    if window <= 1 or len(v) == 0:
+        return v
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    idx = np.arange(1, len(v) + 1)
+    lo = np.maximum(idx - window, 0)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def plot_history(history: dict, keys: Sequence[str], title: str = "", ylabel: str = "", window: int = 25,
+                 path=None, ax=None):
+    """Loss curves ``history[key]`` against ``history["step"]`` (raw, faint) with a moving average."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+    else:
+        fig = ax.figure
+    steps = history["step"]
+    for key in keys:
+        line, = ax.plot(steps, smooth(history[key], window), label=key)
+        ax.plot(steps, history[key], color=line.get_color(), alpha=0.2, linewidth=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig

@@ -1,0 +1,127 @@
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kdlab as kd
+from kdlab.models import Discriminator, Generator, PixelCNN
+
+
+@pytest.mark.parametrize("img_size,channels,depth", [(28, 1, 1), (32, 3, 1), (28, 1, 2), (32, 1, 3)])
+def test_generator_and_discriminator_shapes(img_size, channels, depth):
+    g = Generator(z_dim=16, width=4, img_size=img_size, channels=channels, depth=depth)
+    d = Discriminator(width=4, img_size=img_size, channels=channels, depth=depth)
+    x = g(torch.randn(5, 16))
+    assert x.shape == (5, channels, img_size, img_size)
+    assert x.abs().max() < 1  # tanh output
+    assert d(x).shape == (5,)
+
+
+def test_parameter_count_grows_with_width_and_depth():
+    counts = [kd.count_parameters(Generator(width=w)) for w in (2, 4, 8, 16, 32)]
+    assert counts == sorted(counts) and len(set(counts)) == 5
+    assert kd.count_parameters(Generator(width=8, depth=2)) > kd.count_parameters(Generator(width=8))
+    # closed form for width=1, z_dim=2, 28x28, one channel:
+    # stem convT 2*4*7*7 + BN 2*4; up1 convT 4*2*4*4 + BN 2*2; up2 convT 2*1*4*4 + BN 2*1; head conv 1*1*3*3 + 1
+    assert kd.count_parameters(Generator(z_dim=2, width=1)) == 392 + 8 + 128 + 4 + 32 + 2 + 10
+
+
+def test_bad_model_arguments_raise():
+    with pytest.raises(ValueError, match="img_size=64"):
+        Generator(img_size=64)
+    with pytest.raises(ValueError, match="width=0"):
+        Discriminator(width=0)
+    with pytest.raises(ValueError, match=r"shape \[N, 64\]"):
+        Generator()(torch.randn(3, 10))
+    with pytest.raises(ValueError, match="levels=1"):
+        PixelCNN(levels=1)
+
+
+def test_named_blocks_are_stable():
+    names = kd.taps.layer_names(Generator())
+    for n in ("stem", "blocks.up1", "blocks.up2", "head"):
+        assert n in names
+    assert "blocks.up3" in kd.taps.layer_names(Generator(img_size=32))
+    assert {"input", "blocks.res1", "head"} <= set(kd.taps.layer_names(PixelCNN(n_blocks=2)))
+
+
+def test_pixelcnn_causality_by_gradients():
+    """The logits at pixel i must not depend on input pixels >= i (raster order)."""
+    torch.manual_seed(0)
+    model = PixelCNN(levels=8, hidden=16, n_blocks=3, img_size=10)
+    for p in model.parameters():  # make every weight matter
+        torch.nn.init.normal_(p, std=0.3)
+    h = w = 10
+    for r, c in [(0, 0), (0, 5), (3, 0), (4, 7), (9, 9)]:
+        inp = torch.randn(1, 1, h, w, requires_grad=True)
+        model.logits_from_input(inp)[0, :, r, c].sum().backward()
+        grad = inp.grad[0, 0].abs()
+        order = torch.arange(h * w).view(h, w)
+        i = r * w + c
+        assert grad[order >= i].max() == 0, f"pixel ({r},{c}) sees the future"
+        if c > 0:
+            assert grad[r, c - 1] > 0  # it does see its left neighbour...
+        if r > 0:
+            assert grad[r - 1, c] > 0  # ...and the pixel above
+
+
+def test_pixelcnn_log_prob_is_normalised():
+    """Sum over every image of a 2x2, K=3 model of exp(log p(x)) is 1 (81 images, float64)."""
+    torch.manual_seed(1)
+    model = PixelCNN(levels=3, hidden=8, n_blocks=1, img_size=2).double()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    images = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 1, 2, 2)
+    total = model.log_prob(images).exp().sum().item()
+    assert abs(total - 1.0) < 1e-10
+
+
+def test_pixelcnn_bits_per_dim_matches_cross_entropy():
+    model = PixelCNN(levels=16, hidden=8, n_blocks=1)
+    x = torch.randint(0, 16, (3, 1, 28, 28))
+    ce = F.cross_entropy(model(x).double(), x[:, 0], reduction="none").sum((1, 2))  # nats per image
+    assert torch.allclose(model.bits_per_dim(x).double(), ce / (784 * torch.log(torch.tensor(2.0, dtype=torch.float64))),
+                          rtol=1e-5)
+
+
+def test_pixelcnn_sample_shape_range_determinism():
+    model = PixelCNN(levels=4, hidden=8, n_blocks=1, img_size=6)
+    a = model.sample(3, torch.Generator().manual_seed(0))
+    b = model.sample(3, torch.Generator().manual_seed(0))
+    assert a.shape == (3, 1, 6, 6) and a.dtype == torch.int64
+    assert a.min() >= 0 and a.max() <= 3 and torch.equal(a, b)
+    with pytest.raises(ValueError, match="temperature"):
+        model.sample(1, temperature=0)
+
+
+def test_pixelcnn_sampler_follows_its_conditionals():
+    """A model with zero weights except the last bias samples every pixel from softmax(bias)."""
+    model = PixelCNN(levels=4, hidden=8, n_blocks=1, img_size=4)
+    for p in model.parameters():
+        torch.nn.init.zeros_(p)
+    bias = torch.tensor([0.0, 1.0, 2.0, -1.0])
+    model.head[-1].bias.data.copy_(bias)
+    x = model.sample(2000, torch.Generator().manual_seed(0))
+    freq = torch.bincount(x.flatten(), minlength=4).double() / x.numel()
+    assert torch.allclose(freq, torch.softmax(bias.double(), 0), atol=0.01)
+
+
+def test_feature_tap_returns_block_outputs_and_removes_hooks():
+    g = Generator(width=4).eval()
+    z = torch.randn(2, 64)
+    out, feats = kd.taps.features(g, ["stem", "blocks.up1"], z)
+    assert feats["stem"].shape == (2, 16, 7, 7) and feats["blocks.up1"].shape == (2, 8, 14, 14)
+    assert torch.allclose(feats["blocks.up1"], g.blocks.up1(g.stem(z[:, :, None, None])))
+    assert torch.allclose(out, g(z))
+    assert all(not m._forward_hooks for m in g.modules())
+    with pytest.raises(ValueError, match="valid names"):
+        kd.taps.FeatureTap(g, ["blocks.up9"])
+
+
+def test_feature_tap_keeps_gradients():
+    g = Generator(width=4)
+    with kd.taps.FeatureTap(g, ["blocks.up2"]) as tap:
+        g(torch.randn(2, 64))
+    tap.features["blocks.up2"].pow(2).mean().backward()
+    assert g.stem[0].weight.grad is not None and g.stem[0].weight.grad.abs().sum() > 0

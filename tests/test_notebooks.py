@@ -1,0 +1,91 @@
+"""Notebooks as tests: committed notebooks are clean, and each runs headless in smoke mode."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import kdlab as kd
+from kdlab import nbclean
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").rglob("*.ipynb"))
+TUTORIALS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_there_are_notebooks():
+    assert [p.name for p in TUTORIALS][:1] == ["01_teacher_pretraining.ipynb"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebook_is_clean(path):
+    assert nbclean.problems(path) == [], f"run: python -m kdlab.nbclean {path.relative_to(ROOT)}"
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.name)
+def test_notebook_conventions(path):
+    cells = json.loads(path.read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert "import kdlab as kd" in "".join(code[0]["source"])
+    assert code[1]["metadata"].get("tags") == ["parameters"]
+    params = "".join(code[1]["source"])
+    for name in ("seed", "device", "out_dir", "smoke"):
+        assert f"\n{name} = " in "\n" + params, f"parameters cell lacks {name}"
+    assert "kd.smoke_mode(smoke)" in "".join(code[2]["source"])
+    assert cells[-1]["cell_type"] == "markdown" and "Summary" in "".join(cells[-1]["source"])
+
+
+def test_nbclean_strips_outputs_but_keeps_checked_cells():
+    nb = {"cells": [
+        {"cell_type": "code", "execution_count": 3, "metadata": {"tags": ["x"], "scrolled": True}, "id": "a",
+         "source": "print(1)", "outputs": [{"output_type": "stream", "name": "stdout", "text": "1\n"}]},
+        {"cell_type": "code", "execution_count": 4, "metadata": {}, "id": "b",
+         "source": "# NBVAL_CHECK_OUTPUT\nprint(2)", "outputs": [{"output_type": "stream", "name": "stdout", "text": "2\n"}]},
+    ], "metadata": {"kernelspec": {"name": "python3"}, "papermill": {"duration": 1}}, "nbformat": 4, "nbformat_minor": 5}
+    out = nbclean.clean(nb)
+    assert out["cells"][0]["outputs"] == [] and out["cells"][0]["execution_count"] is None
+    assert out["cells"][0]["metadata"] == {"tags": ["x"]}
+    assert out["cells"][1]["outputs"][0]["text"] == "2\n"
+    assert "papermill" not in out["metadata"]
+
+
+def _papermill(notebook: Path, out_dir: Path, **params) -> dict:
+    import papermill as pm
+
+    env_smoke = os.environ.get("KDLAB_SMOKE")
+    pm.execute_notebook(str(notebook), str(out_dir / notebook.name), parameters={"smoke": True, "out_dir": str(out_dir), **params},
+                        kernel_name="python3", cwd=str(notebook.parent), progress_bar=False)
+    assert env_smoke == os.environ.get("KDLAB_SMOKE")
+    return json.loads((out_dir / "metrics.json").read_text())
+
+
+@pytest.mark.notebook
+def test_01_teacher_pretraining_smoke(tmp_path):
+    m = _papermill(ROOT / "notebooks" / "01_teacher_pretraining.ipynb", tmp_path)
+    assert m["smoke"] is True and m["dataset"] == "mnist5k"
+    p = m["pixelcnn"]
+    assert p["train_bpd_last"] < p["train_bpd_first"] <= 4.2  # learning started from about log2(16) = 4
+    assert 0 < p["heldout_bpd"] < 4.0 and 0 < p["shipped_heldout_bpd"] < p["heldout_bpd"]
+    g = m["gan"]
+    assert g["parameters_g"] == 565_985  # default width 32, z_dim 64
+    assert 0 < g["loss_d_last"] < 10 and 0 < g["loss_g_last"] < 10
+    for key in ("checkpoint", "discriminator_checkpoint"):
+        assert type(kd.checkpoints.load(g[key])).__name__ in ("Generator", "Discriminator")
+    loaded = kd.checkpoints.load(p["checkpoint"])
+    assert loaded.checkpoint_metadata["steps"] == p["steps"] and loaded.checkpoint_metadata["dataset"] == "mnist5k"
+    assert abs(loaded.checkpoint_metadata["metrics"]["test_bits_per_dim"] - p["heldout_bpd"]) < 1e-9
+    for png in ("real.png", "gan_losses.png", "gan_samples.png", "pixelcnn_loss.png", "pixelcnn_samples.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+@pytest.mark.notebook
+def test_nbval_checked_outputs(tmp_path):
+    """nbval (--nbval-lax) re-executes the tutorials in smoke mode and compares the cells marked
+    NBVAL_CHECK_OUTPUT with the outputs committed in the notebook."""
+    env = dict(os.environ, KDLAB_SMOKE="1", KDLAB_RUNS=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                        "--nbval-sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg"), *map(str, TUTORIALS)],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

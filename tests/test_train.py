@@ -1,0 +1,127 @@
+import math
+
+import pytest
+import torch
+
+import kdlab as kd
+from kdlab.checkpoints import CheckpointError
+from kdlab.train import TrainingDiverged
+
+
+def _gan(seed=0):
+    kd.seed_everything(seed)
+    return kd.models.Generator(z_dim=8, width=2), kd.models.Discriminator(width=2)
+
+
+def _weights(*modules):
+    return [t.clone() for m in modules for t in m.state_dict().values()]
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def images(mnist5k_train):
+    return mnist5k_train[0][:256]
+
+
+def test_gan_training_is_deterministic(images):
+    runs = []
+    for seed in (0, 0, 1):
+        g, d = _gan(seed)
+        kd.train.train_gan(g, d, images, steps=4, batch_size=8, seed=seed, device="cpu", progress=False)
+        runs.append(_weights(g, d))
+    assert _same(runs[0], runs[1])
+    assert not _same(runs[0], runs[2])
+
+
+def test_resumed_run_equals_uninterrupted_run(images, tmp_path):
+    g, d = _gan()
+    h_full = kd.train.train_gan(g, d, images, steps=6, batch_size=8, device="cpu", progress=False)
+    full = _weights(g, d)
+    state = tmp_path / "state.safetensors"
+    g, d = _gan()
+    kd.train.train_gan(g, d, images, steps=3, batch_size=8, device="cpu", progress=False, state_path=state)
+    g, d = _gan(seed=5)  # different initial weights: everything must come from the state file
+    h = kd.train.train_gan(g, d, images, steps=6, batch_size=8, device="cpu", progress=False, state_path=state)
+    assert _same(full, _weights(g, d))
+    assert h["step"] == list(range(6)) and h["loss_d"] == h_full["loss_d"]
+
+
+def test_keyboard_interrupt_keeps_state_and_rerun_resumes(tmp_path, capsys):
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls = []
+
+    def step_fn(step, g):
+        if step == 3 and not calls:
+            calls.append(step)
+            raise KeyboardInterrupt
+        loss = model(torch.randn(4, 2, generator=g)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item()}
+
+    kw = dict(steps=5, seed=0, modules={"m": model}, optimizers={"o": opt}, run={"kind": "toy"},
+              state_path=tmp_path / "s.safetensors", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        kd.train.run_loop(step_fn, **kw)
+    assert "rerun to resume" in capsys.readouterr().out
+    assert kd.checkpoints.metadata(tmp_path / "s.safetensors")["step"] == 3
+    history = kd.train.run_loop(step_fn, **kw)
+    assert history["step"] == [0, 1, 2, 3, 4]
+
+
+def test_non_finite_loss_stops_and_saves_nothing(images, tmp_path):
+    bad = images.clone()
+    bad[:] = float("nan")
+    model = kd.models.PixelCNN(levels=4, hidden=4, n_blocks=1)
+    model.head[-1].bias.data[0] = float("inf")
+    state = tmp_path / "state.safetensors"
+    with pytest.raises(TrainingDiverged, match="non-finite loss at step 0"):
+        kd.train.train_pixelcnn(model, images, steps=5, batch_size=4, device="cpu", progress=False,
+                                state_path=state, checkpoint_every=1)
+    assert not state.exists()
+
+
+def test_divergence_after_checkpoints_removes_the_state(tmp_path):
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step_fn(step, g):
+        return {"loss": 1.0 if step < 4 else math.inf}
+
+    state = tmp_path / "s.safetensors"
+    with pytest.raises(TrainingDiverged, match="step 4"):
+        kd.train.run_loop(step_fn, steps=6, seed=0, modules={"m": model}, optimizers={"o": opt},
+                          run={"kind": "toy"}, state_path=state, checkpoint_every=2, progress=False)
+    assert not state.exists()
+
+
+def test_state_of_another_run_is_refused(images, tmp_path):
+    state = tmp_path / "state.safetensors"
+    g, d = _gan()
+    kd.train.train_gan(g, d, images, steps=2, batch_size=8, device="cpu", progress=False, state_path=state)
+    g, d = _gan()
+    with pytest.raises(CheckpointError, match="different run"):
+        kd.train.train_gan(g, d, images, steps=4, batch_size=16, device="cpu", progress=False, state_path=state)
+
+
+def test_pixelcnn_loss_decreases(images):
+    kd.seed_everything(0)
+    model = kd.models.PixelCNN(levels=4, hidden=16, n_blocks=1)
+    h = kd.train.train_pixelcnn(model, images, steps=60, batch_size=16, lr=3e-3, device="cpu", progress=False)
+    start, end = sum(h["bits_per_dim"][:5]) / 5, sum(h["bits_per_dim"][-5:]) / 5
+    assert start > 1.5 and end < 0.8 * start  # log2(4) = 2 bits/dim for a uniform model
+    bpd = kd.train.bits_per_dim(model, images[:64])
+    assert 0 < bpd < 0.8 * start
+
+
+def test_bad_training_arguments(images):
+    g, d = _gan()
+    with pytest.raises(ValueError, match="steps=-1"):
+        kd.train.train_gan(g, d, images, steps=-1, progress=False)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        kd.train.train_gan(g, d, images, steps=1, batch_size=0, progress=False)
