@@ -33,13 +33,17 @@ class CheckpointError(ValueError):
         self.path, self.problem = str(path), problem
 
 
-def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over (name, dtype, shape, bytes) of every tensor, in sorted name order."""
+def tensor_checksum(tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> str:
+    """SHA-256 over (name, dtype, shape, bytes) of every tensor in sorted name order, then over the
+    canonical JSON of ``metadata`` (without its ``checksum`` entry) when given."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    if metadata is not None:
+        rest = {k: v for k, v in metadata.items() if k != "checksum"}
+        h.update(json.dumps(rest, sort_keys=True, allow_nan=True).encode())
     return h.hexdigest()
 
 
@@ -48,8 +52,9 @@ def save_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict) -> Path
     from . import __version__
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = dict(_jsonable(metadata), format=FORMAT, kdlab_version=__version__,
-                checksum={"algorithm": "sha256", "value": tensor_checksum(tensors)})
+    meta = dict(_jsonable(metadata), format=FORMAT, kdlab_version=__version__)
+    meta = json.loads(json.dumps(meta, allow_nan=True))  # exactly what a reader will parse
+    meta["checksum"] = {"algorithm": "sha256", "value": tensor_checksum(tensors, meta)}
     return atomic_write_bytes(path, st_save(tensors, metadata={"kdlab": json.dumps(meta, allow_nan=True)}))
 
 
@@ -66,11 +71,15 @@ def load_tensors(path) -> tuple[dict[str, torch.Tensor], dict]:
         meta = json.loads(header["__metadata__"]["kdlab"])
     except (SafetensorError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise CheckpointError(path, f"not a readable kdlab safetensors file (truncated or corrupted?): {e}") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(path, f"metadata format is {meta.get('format')!r}, expected {FORMAT!r}")
-    expected, actual = meta.get("checksum", {}).get("value"), tensor_checksum(tensors)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(path, f"metadata format is {found!r}, expected {FORMAT!r}")
+    checksum = meta.get("checksum")
+    expected = checksum.get("value") if isinstance(checksum, dict) else None
+    actual = tensor_checksum(tensors, meta)
     if expected != actual:
-        raise CheckpointError(path, f"checksum mismatch (stored {expected}, computed {actual}): the weights are corrupted")
+        raise CheckpointError(path, f"checksum mismatch (stored {expected}, computed {actual}): "
+                                    "the weights or the metadata are corrupted")
     return tensors, meta
 
 
@@ -120,13 +129,16 @@ def load(path, model: nn.Module | None = None, device="cpu") -> nn.Module:
     return model.to(device).eval()
 
 
-def shipped(name: str) -> Path:
-    """Path of a checkpoint shipped in ``data/checkpoints/`` (``name`` without extension)."""
+def shipped(name: str, required: bool = True) -> Path | None:
+    """Path of a checkpoint shipped in ``data/checkpoints/`` (``name`` without extension); when it
+    is missing, ``FileNotFoundError`` listing what exists, or ``None`` with ``required=False``."""
     from .utils import data_root
 
     folder = data_root() / "checkpoints"
     path = folder / f"{name}.safetensors"
     if not path.exists():
+        if not required:
+            return None
         have = sorted(p.stem for p in folder.glob("*.safetensors"))
         raise FileNotFoundError(f"no shipped checkpoint {name!r} in {folder}; available: {', '.join(have) or 'none'}")
     return path

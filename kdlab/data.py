@@ -8,8 +8,8 @@ name               shape    splits       source
 =================  =======  ===========  ===============================================
 ``mnist5k``        1x28x28  train 4500,  bundled ``data/mnist5k.npz`` (see data/README.md)
                             test 500
-``textures``       1x28x28  train 3000,  procedural, seeded (``kdlab.textures``)
-                            test 600
+``textures``       1x28x28  train 3600,  procedural, seeded (``kdlab.textures``)
+                            test 900
 ``mnist``          1x28x28  train, test  torchvision, ``download=True`` needs a network
 ``fashion-mnist``  1x28x28  train, test  torchvision, ``download=True`` needs a network
 ``cifar10``        3x32x32  train, test  torchvision, ``download=True`` needs a network
@@ -30,7 +30,7 @@ from .utils import check_choice, data_root
 NAMES = ("mnist5k", "textures", "mnist", "fashion-mnist", "cifar10")
 SPLITS = ("train", "test")
 _TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
-_TEXTURE_SIZES = {"train": (3000, 0), "test": (600, 1)}  # split -> (count, seed)
+_TEXTURE_SIZES = {"train": (3600, 0), "test": (900, 1)}  # split -> (count, seed)
 
 
 class DatasetUnavailable(RuntimeError):

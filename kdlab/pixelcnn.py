@@ -7,7 +7,7 @@ An image of D = H * W pixels (one channel) is modelled autoregressively in raste
 with masked convolutions: the first layer (mask "A") never sees the current pixel, later layers
 (mask "B") may see their own position, so logits at pixel i depend only on pixels < i. Residual
 blocks are those of the paper (1x1 down, masked 3x3, 1x1 up). Logits have the class axis at dim 1,
-``[N, K, H, W]``, the layout :func:`kdlab.losses.kl_distillation` expects.
+``[N, K, H, W]``, the layout the KL distillation of notebook 03 works on.
 
 bits/dim = -log2 p(x) / D, for images quantised to K levels (a discrete likelihood, so numbers for
 different K are not comparable).
@@ -73,6 +73,10 @@ class PixelCNN(nn.Module):
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != 1 or x.dtype not in (torch.int64, torch.int32, torch.uint8):
             raise ValueError(f"expected integer levels of shape [N, 1, H, W], got {x.dtype} {list(x.shape)}")
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= self.levels:
+            raise ValueError(f"levels must lie in 0..{self.levels - 1}, got values from {lo} to {hi} "
+                             "(quantise images with kdlab.data.quantize(images, levels))")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)

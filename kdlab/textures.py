@@ -1,7 +1,10 @@
 """Procedural texture images with known spatial-frequency content.
 
-Every image has its spectral energy inside one radial frequency band (cycles per pixel, Nyquist =
-0.5), so later notebooks can measure exactly which bands a student keeps. Three kinds of pattern:
+Every image has its spectral energy in one radial frequency band (cycles per pixel, Nyquist = 0.5),
+so later notebooks can measure exactly which bands a student keeps. Band-limited noise has all of
+its energy inside the band; gratings and plaids have one frequency inside it and, since that
+frequency is not a whole number of cycles per image, leak a little into neighbouring FFT bins
+(over 85% stays within one bin of the band; a test checks this). Three kinds of pattern:
 
 - ``grating``: ``cos(2 pi f (x cos(theta) + y sin(theta)) + phi)``: one frequency ``f``;
 - ``plaid``: ``cos(2 pi fx x + phi1) * cos(2 pi fy y + phi2)``, a smooth checkerboard whose
@@ -24,7 +27,8 @@ KINDS = ("grating", "plaid", "noise")
 def make_textures(n: int, size: int = 28, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """``n`` images ``[n, 1, size, size]`` in [-1, 1], band labels ``[n]`` (index into ``BANDS``) and
     the pattern kind of each image. Image ``i`` has band ``i % 3`` and kind ``(i // 3) % 3``, so every
-    band holds every kind equally; frequencies, orientations and phases are drawn from ``seed``."""
+    band holds every kind (equally when ``n`` is a multiple of 9); frequencies, orientations and
+    phases are drawn from ``seed``."""
     g = torch.Generator().manual_seed(seed)
     i = torch.arange(n)
     band, kind = i % len(BANDS), (i // len(BANDS)) % len(KINDS)  # (n,), (n,)

@@ -2,30 +2,31 @@
 
 Shared rules, implemented once in :func:`run_loop`:
 
-- progress bar (``tqdm.auto``: a widget in Jupyter, text under papermill/CI);
+- progress bar (``tqdm.auto``: a widget in Jupyter; plain text with ``KDLAB_PROGRESS=text``, which
+  ``make tutorial`` and the tests set for headless runs);
 - determinism: step ``s`` draws its batch and noise from a generator seeded with ``(seed, s)``, so
   the same seed gives the same weights on CPU, and a resumed run equals an uninterrupted one;
 - a non-finite loss stops training with :class:`TrainingDiverged` and removes the run's training
   state, so nothing from a diverged run is left to be loaded;
 - with ``state_path`` set, the full training state (weights, optimiser moments, step, history) is
-  saved every ``checkpoint_every`` steps, at the end, and on ``KeyboardInterrupt``; calling the
-  function again with the same arguments resumes from it (more ``steps`` continues training).
+  saved every ``checkpoint_every`` steps, at the end, and when interrupted (Ctrl-C or Jupyter's
+  stop button: the current step finishes first); calling the function again with the same
+  arguments resumes from it (more ``steps`` continues training).
 """
 from __future__ import annotations
 
 import math
-import time
+import signal
+import threading
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
-
 from . import checkpoints, models
 from .data import quantize
-from .utils import check_int, get_device
+from .utils import check_int, get_device, progress_bar
 
 History = dict[str, list[float]]
 
@@ -75,12 +76,37 @@ def _load_state(path, run: dict, modules, optimizers) -> tuple[int, History]:
     return int(meta["step"]), {k: list(v) for k, v in meta["history"].items()}
 
 
+class _DeferredInterrupt:
+    """While active, Ctrl-C / Jupyter's stop button (SIGINT) only sets ``requested``; the loop
+    checks it between steps, so an interrupt never lands halfway through an optimiser update.
+    Outside the main thread signals cannot be caught and this does nothing."""
+
+    def __init__(self):
+        self.requested, self._previous = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def run_loop(step_fn: Callable[[int, torch.Generator], dict[str, float]], *, steps: int, seed: int,
              modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer], run: dict,
              state_path=None, checkpoint_every: int = 250, progress: bool = True, desc: str = "train") -> History:
     """Call ``step_fn(step, generator) -> {metric: float}`` for steps ``0 .. steps - 1`` (resuming
     from ``state_path`` if it holds an earlier run with the same ``run`` description) and return the
-    history ``{metric: [value per step]}`` (plus ``"step"``)."""
+    history ``{metric: [value per step]}`` (plus ``"step"``).
+
+    An interrupt (SIGINT) is honoured between steps: the state after the last complete step is
+    saved and ``KeyboardInterrupt`` is raised.
+    """
     check_int("steps", steps, 0)
     check_int("checkpoint_every", checkpoint_every, 1)
     start, history = 0, {}
@@ -96,39 +122,45 @@ def run_loop(step_fn: Callable[[int, torch.Generator], dict[str, float]], *, ste
     save = (lambda s: _save_state(state_path, s, history, run, modules, optimizers)) if state_path else (lambda s: None)
     for m in modules.values():
         m.train()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=not progress)
-    step = start
-    try:
-        for step in bar:
-            metrics = step_fn(step, step_generator(seed, step))
-            bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-            if bad:
-                if state_path is not None and state_path.exists():
-                    state_path.unlink()
-                raise TrainingDiverged(
-                    f"{desc}: non-finite loss at step {step}: {bad}. Training stopped and nothing was saved"
-                    f"{f' (training state {state_path} removed)' if state_path else ''}. Lower the learning rate "
-                    f"(lr={run.get('lr')}) or check the data, then rerun.")
-            history.setdefault("step", []).append(step)
-            for k, v in metrics.items():
-                history.setdefault(k, []).append(v)
-            if step % 10 == 0 or step == steps - 1:
-                bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
-            if (step + 1) % checkpoint_every == 0:
-                save(step + 1)
-        step = steps
-    except KeyboardInterrupt:
-        done = len(history.get("step", []))
-        save(done)
-        where = f"; training state saved at step {done} in {state_path}: rerun to resume" if state_path else ""
-        print(f"{desc}: interrupted{where}")
-        raise
-    finally:
-        bar.close()
+    bar = progress_bar(range(start, steps), initial=start, total=steps, desc=desc, disable=not progress)
+    with _DeferredInterrupt() as interrupt:
+        try:
+            for step in bar:
+                metrics = step_fn(step, step_generator(seed, step))
+                bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+                if bad:
+                    if state_path is not None and state_path.exists():
+                        state_path.unlink()
+                    raise TrainingDiverged(
+                        f"{desc}: non-finite loss at step {step}: {bad}. Training stopped and nothing was saved"
+                        f"{f' (training state {state_path} removed)' if state_path else ''}. Lower the learning "
+                        f"rate (lr={run.get('lr')}) or check the data, then rerun.")
+                history.setdefault("step", []).append(step)
+                for k, v in metrics.items():
+                    history.setdefault(k, []).append(v)
+                if step % 10 == 0 or step == steps - 1:
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
+                if (step + 1) % checkpoint_every == 0 or interrupt.requested:
+                    save(step + 1)
+                if interrupt.requested:
+                    where = (f"; training state saved after step {step + 1} in {state_path}: rerun to resume"
+                             if state_path else "")
+                    print(f"{desc}: interrupted{where}")
+                    raise KeyboardInterrupt
+        finally:
+            bar.close()
     save(steps)
     for m in modules.values():
         m.eval()
     return history
+
+
+def _check_images(images: torch.Tensor, model: nn.Module) -> None:
+    cfg = model.config
+    want = (cfg["channels"], cfg["img_size"], cfg["img_size"])
+    if images.dim() != 4 or tuple(images.shape[1:]) != want:
+        raise ValueError(f"images have shape {list(images.shape)} but {type(model).__name__} expects "
+                         f"[N, {want[0]}, {want[1]}, {want[2]}] (its config: {cfg})")
 
 
 def _batch(images: torch.Tensor, batch_size: int, g: torch.Generator, device) -> torch.Tensor:
@@ -148,6 +180,7 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, images: torch.Tens
     History keys: ``loss_d``, ``loss_g`` (nats), ``d_real``, ``d_fake`` (mean D probability).
     """
     check_int("batch_size", batch_size)
+    _check_images(images, generator)
     dev = get_device(device)
     generator.to(dev), discriminator.to(dev)
     opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)
@@ -184,6 +217,7 @@ def train_pixelcnn(model: nn.Module, images: torch.Tensor, *, steps: int, batch_
     """Maximum likelihood: minimise ``-log p(x) / D`` (per-pixel cross-entropy) on ``images``
     ``[N, 1, H, W]`` in [-1, 1], quantised to ``model.levels`` levels. History key ``bits_per_dim``."""
     check_int("batch_size", batch_size)
+    _check_images(images, model)
     dev = get_device(device)
     model.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)

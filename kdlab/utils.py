@@ -37,6 +37,24 @@ def get_device(device: str | torch.device = "auto") -> torch.device:
         raise ValueError(f"device={device!r} is not a device; use 'auto', 'cpu', 'cuda' or 'mps'") from e
 
 
+def progress_bar(iterable, **kwargs):
+    """A tqdm progress bar: ``tqdm.auto`` (a widget in Jupyter) unless ``KDLAB_PROGRESS=text`` asks
+    for plain text (headless runs: ``make tutorial``, tests, papermill) or ``off`` disables it."""
+    mode = os.environ.get("KDLAB_PROGRESS", "auto")
+    check_choice("KDLAB_PROGRESS", mode, ("auto", "text", "off"))
+    if mode == "off":
+        kwargs["disable"] = True
+    if mode == "text":
+        from tqdm.std import tqdm
+
+        kwargs.setdefault("mininterval", 10.0)  # keeps executed notebooks small
+        kwargs.setdefault("ascii", True)
+        return tqdm(iterable, **kwargs)
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **kwargs)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and PyTorch (CPU and CUDA) so runs repeat exactly on CPU."""
     random.seed(seed)

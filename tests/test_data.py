@@ -80,9 +80,11 @@ def _band_energy_share(img: np.ndarray, lo: float, hi: float) -> float:
 def test_textures_have_energy_in_their_band():
     ds = kd.data.load("textures", "train")
     images, labels = kd.data.as_tensors(ds)
-    assert images.shape == (3000, 1, 28, 28) and ds.classes == ["low", "mid", "high"]
+    assert images.shape == (3600, 1, 28, 28) and ds.classes == ["low", "mid", "high"]
     assert images.abs().max() <= 1.0 + 1e-6
-    assert torch.bincount(labels).tolist() == [1000, 1000, 1000]
+    assert torch.bincount(labels).tolist() == [1200, 1200, 1200]
+    kinds = {(ds.classes[b], k) for b, k in zip(labels.tolist(), ds.kinds)}
+    assert len(kinds) == 9 and sum(1 for k in ds.kinds if k == "noise") == 1200
     for i in range(0, 300, 7):
         lo, hi = kd.textures.BANDS[ds.classes[labels[i]]]
         share = _band_energy_share(images[i, 0].double().numpy(), lo, hi)

@@ -1,4 +1,6 @@
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -49,40 +51,58 @@ def test_resumed_run_equals_uninterrupted_run(images, tmp_path):
     assert h["step"] == list(range(6)) and h["loss_d"] == h_full["loss_d"]
 
 
-def test_keyboard_interrupt_keeps_state_and_rerun_resumes(tmp_path, capsys):
-    model = torch.nn.Linear(2, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    calls = []
+def _two_update_loop(tmp_path, interrupt_at=None):
+    """A toy loop whose steps make two optimiser updates, with SIGINT sent between them once."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    opt_a, opt_b = torch.optim.Adam(a.parameters(), lr=0.1), torch.optim.Adam(b.parameters(), lr=0.1)
+    sent = []
 
     def step_fn(step, g):
-        if step == 3 and not calls:
-            calls.append(step)
-            raise KeyboardInterrupt
-        loss = model(torch.randn(4, 2, generator=g)).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return {"loss": loss.item()}
+        x = torch.randn(8, 3, generator=g)
+        loss_a = (a(x) - 1).pow(2).mean()
+        opt_a.zero_grad()
+        loss_a.backward()
+        opt_a.step()
+        if step == interrupt_at and not sent:
+            sent.append(step)
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C or Jupyter's stop button does
+        loss_b = (b(x) + a(x).detach()).pow(2).mean()
+        opt_b.zero_grad()
+        loss_b.backward()
+        opt_b.step()
+        return {"loss_a": loss_a.item(), "loss_b": loss_b.item()}
 
-    kw = dict(steps=5, seed=0, modules={"m": model}, optimizers={"o": opt}, run={"kind": "toy"},
-              state_path=tmp_path / "s.safetensors", progress=False)
+    kw = dict(steps=8, seed=0, modules={"a": a, "b": b}, optimizers={"oa": opt_a, "ob": opt_b},
+              run={"kind": "toy"}, state_path=tmp_path / "s.safetensors", progress=False)
+    return step_fn, kw, (a, b)
+
+
+def test_interrupt_mid_step_saves_after_the_step_and_resume_is_exact(tmp_path, capsys):
+    step_fn, kw, modules = _two_update_loop(tmp_path / "full")
+    full_history = kd.train.run_loop(step_fn, **kw)
+    full = _weights(*modules)
+
+    step_fn, kw, modules = _two_update_loop(tmp_path / "cut", interrupt_at=3)
     with pytest.raises(KeyboardInterrupt):
         kd.train.run_loop(step_fn, **kw)
     assert "rerun to resume" in capsys.readouterr().out
-    assert kd.checkpoints.metadata(tmp_path / "s.safetensors")["step"] == 3
-    history = kd.train.run_loop(step_fn, **kw)
-    assert history["step"] == [0, 1, 2, 3, 4]
+    assert kd.checkpoints.metadata(kw["state_path"])["step"] == 4  # step 3 finished before stopping
+    step_fn, kw2, modules = _two_update_loop(tmp_path / "cut")  # a fresh kernel: new objects, same file
+    history = kd.train.run_loop(step_fn, **kw2)
+    assert history == full_history
+    assert _same(full, _weights(*modules))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
-def test_non_finite_loss_stops_and_saves_nothing(images, tmp_path):
+def test_non_finite_loss_stops_with_a_clear_message(images, tmp_path):
     bad = images.clone()
-    bad[:] = float("nan")
-    model = kd.models.PixelCNN(levels=4, hidden=4, n_blocks=1)
-    model.head[-1].bias.data[0] = float("inf")
+    bad[:] = float("nan")  # broken data makes the discriminator's loss NaN at once
+    g, d = _gan()
     state = tmp_path / "state.safetensors"
-    with pytest.raises(TrainingDiverged, match="non-finite loss at step 0"):
-        kd.train.train_pixelcnn(model, images, steps=5, batch_size=4, device="cpu", progress=False,
-                                state_path=state, checkpoint_every=1)
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss at step 0.*Lower the learning rate \(lr=0.0002\)"):
+        kd.train.train_gan(g, d, bad, steps=5, batch_size=4, device="cpu", progress=False, state_path=state,
+                           checkpoint_every=1)
     assert not state.exists()
 
 
@@ -121,6 +141,8 @@ def test_pixelcnn_loss_decreases(images):
 
 def test_bad_training_arguments(images):
     g, d = _gan()
+    with pytest.raises(ValueError, match=r"expects \[N, 1, 32, 32\]"):
+        kd.train.train_gan(kd.models.Generator(img_size=32), d, images, steps=1, progress=False)
     with pytest.raises(ValueError, match="steps=-1"):
         kd.train.train_gan(g, d, images, steps=-1, progress=False)
     with pytest.raises(ValueError, match="batch_size=0"):
