@@ -100,17 +100,19 @@ class PixelCNN(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0,
-               device=None) -> torch.Tensor:
+               device=None, progress: bool = True) -> torch.Tensor:
         """``n`` images ``[n, 1, H, W]`` of levels, drawn pixel by pixel in raster order (H * W forward
-        passes). Uniform draws come from ``generator`` on the CPU, so a seed gives the same images on
-        any device. ``temperature`` divides the logits."""
+        passes, a progress bar over rows). Uniform draws come from ``generator`` on the CPU, so a seed
+        gives the same images on any device. ``temperature`` divides the logits."""
+        from .utils import progress_bar
+
         if temperature <= 0:
             raise ValueError(f"temperature={temperature!r} is not valid; expected a value > 0")
         device = device or next(self.parameters()).device
         h = w = self.img_size
         x = torch.zeros(n, 1, h, w, dtype=torch.long, device=device)
         u = torch.rand(n, h, w, generator=generator).to(device)  # (n, H, W) uniforms for inverse-CDF draws
-        for r in range(h):
+        for r in progress_bar(range(h), desc="sampling rows", disable=not progress, leave=False):
             for c in range(w):
                 # rows > r cannot influence row r (every mask hides them), so feed rows 0..r only
                 probs = F.softmax(self(x[:, :, : r + 1])[:, :, r, c].float() / temperature, dim=1)  # (n, K)
