@@ -26,7 +26,7 @@ def clean(nb: dict) -> dict:
     nb = json.loads(json.dumps(nb))
     n_code = 0
     for cell in nb.get("cells", []):
-        cell["metadata"] = {k: v for k, v in cell.get("metadata", {}).items() if k in KEEP_CELL_METADATA}
+        cell["metadata"] = {k: v for k, v in cell.get("metadata", {}).items() if k in KEEP_CELL_METADATA and v}
         if cell.get("cell_type") != "code":
             cell.pop("outputs", None)
             cell.pop("execution_count", None)
