@@ -1,0 +1,128 @@
+"""Quality and cost metrics for teachers and students.
+
+- :func:`radial_spectrum` and :func:`high_frequency_ratio`: how much fine detail survives;
+- :func:`frechet_distance` and :class:`FID` (in the feature space of a small MNIST classifier);
+- :func:`count_macs` and :func:`seconds_per_image`: the cost of a generator.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def _power(images: torch.Tensor) -> torch.Tensor:
+    """|FFT|^2 of each mean-subtracted image, ``[N, C, H, W]`` -> ``[N, C, H, W]`` (float64)."""
+    x = images.detach().double()
+    x = x - x.mean((-2, -1), keepdim=True)  # drop the DC term: brightness is not detail
+    return torch.fft.fft2(x).abs() ** 2
+
+
+def _radius(h: int, w: int) -> torch.Tensor:
+    """Radial frequency of every FFT bin in cycles per pixel, ``[H, W]`` (Nyquist = 0.5)."""
+    fy, fx = torch.fft.fftfreq(h, dtype=torch.float64), torch.fft.fftfreq(w, dtype=torch.float64)
+    return torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
+
+
+def radial_spectrum(images: torch.Tensor, n_bins: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Radially averaged power spectrum of images ``[N, C, H, W]``.
+
+    Returns ``(freqs [B], power [B])``: bin centres in cycles per pixel from 0 to 0.5 and the mean
+    power ``|FFT(x - mean x)|^2`` of the bins whose radius falls in each ring, averaged over images
+    and channels. ``n_bins`` defaults to ``min(H, W) // 2``.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"expected images [N, C, H, W], got shape {list(images.shape)}")
+    h, w = images.shape[-2:]
+    n_bins = n_bins or min(h, w) // 2
+    power = _power(images).mean((0, 1))  # (H, W)
+    r = _radius(h, w)
+    idx = torch.clamp((r / 0.5 * n_bins).long(), max=n_bins - 1)  # ring of each bin; corners join the last
+    total = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx.flatten(), power.flatten())
+    count = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx.flatten(), torch.ones(h * w, dtype=torch.float64))
+    freqs = (torch.arange(n_bins, dtype=torch.float64) + 0.5) * 0.5 / n_bins
+    return freqs, total / count.clamp_min(1)
+
+
+def high_frequency_share(images: torch.Tensor, cutoff: float = 0.25) -> float:
+    """Share of the (non-DC) spectral energy at radial frequencies >= ``cutoff`` cycles per pixel."""
+    power = _power(images).sum((0, 1))  # (H, W)
+    r = _radius(*images.shape[-2:])
+    return (power[r >= cutoff].sum() / power.sum().clamp_min(1e-300)).item()
+
+
+def high_frequency_ratio(student_images: torch.Tensor, teacher_images: torch.Tensor, cutoff: float = 0.25) -> float:
+    """``high_frequency_share(student) / high_frequency_share(teacher)``: 1.0 means the student keeps
+    the teacher's share of fine detail, below 1 it blurs, above 1 it adds high-frequency noise."""
+    return high_frequency_share(student_images, cutoff) / high_frequency_share(teacher_images, cutoff)
+
+
+def _sqrt_psd(m: torch.Tensor) -> torch.Tensor:
+    vals, vecs = torch.linalg.eigh(m)
+    return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
+
+
+def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians N(mu1, sigma1) and N(mu2, sigma2), in float64:
+
+        ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1^1/2 sigma2 sigma1^1/2)^1/2)
+    """
+    mu1, mu2, s1, s2 = (t.double() for t in (mu1, mu2, sigma1, sigma2))
+    root1 = _sqrt_psd(s1)
+    cross = torch.linalg.eigvalsh(root1 @ s2 @ root1).clamp_min(0).sqrt().sum()
+    return ((mu1 - mu2).pow(2).sum() + torch.trace(s1) + torch.trace(s2) - 2 * cross).item()
+
+
+def gaussian_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``[D]`` and unbiased covariance ``[D, D]`` of features ``[N, D]`` (float64)."""
+    f = features.double()
+    return f.mean(0), torch.cov(f.T)
+
+
+def count_macs(model: nn.Module, *inputs, **kwargs) -> int:
+    """Multiply-accumulates per sample of one forward pass (Conv2d, ConvTranspose2d, Linear; masked
+    convolutions count their full kernel, as they compute it). Inputs carry a batch dimension."""
+    total = [0]
+
+    def conv(m, inp, out):
+        total[0] += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def conv_t(m, inp, out):
+        total[0] += inp[0].numel() * (m.out_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear(m, inp, out):
+        total[0] += out.numel() * m.in_features
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, nn.ConvTranspose2d):
+            hooks.append(m.register_forward_hook(conv_t))
+        elif isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(linear))
+    try:
+        with torch.no_grad():
+            model(*inputs, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total[0] // inputs[0].shape[0]
+
+
+def seconds_per_image(sample: Callable[[int], torch.Tensor], n: int = 64, repeats: int = 3) -> float:
+    """Median wall time of ``sample(n)`` divided by ``n`` after one warm-up call (CUDA synchronised)."""
+    def run():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            sample(n)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+    run()
+    times = sorted(run() for _ in range(repeats))
+    return times[len(times) // 2] / n
