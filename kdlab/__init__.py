@@ -6,6 +6,6 @@ images), ``models`` (DCGAN generator/discriminator, PixelCNN), ``taps`` (named f
 """
 __version__ = "0.1.0"
 
-from . import checkpoints, data, losses, metrics, models, taps, textures, train, utils, viz  # noqa: E402
+from . import checkpoints, data, fid, losses, metrics, models, taps, textures, train, utils, viz  # noqa: E402
 from .models import count_parameters  # noqa: E402
 from .utils import get_device, run_dir, seed_everything, smoke_mode, write_metrics  # noqa: E402

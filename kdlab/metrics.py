@@ -72,7 +72,8 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     mu1, mu2, s1, s2 = (t.double() for t in (mu1, mu2, sigma1, sigma2))
     root1 = _sqrt_psd(s1)
     cross = torch.linalg.eigvalsh(root1 @ s2 @ root1).clamp_min(0).sqrt().sum()
-    return ((mu1 - mu2).pow(2).sum() + torch.trace(s1) + torch.trace(s2) - 2 * cross).item()
+    value = ((mu1 - mu2).pow(2).sum() + torch.trace(s1) + torch.trace(s2) - 2 * cross).item()
+    return max(value, 0.0)  # rounding can leave about -1e-5 for identical inputs
 
 
 def gaussian_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

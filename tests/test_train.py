@@ -147,3 +147,12 @@ def test_bad_training_arguments(images):
         kd.train.train_gan(g, d, images, steps=-1, progress=False)
     with pytest.raises(ValueError, match="batch_size=0"):
         kd.train.train_gan(g, d, images, steps=1, batch_size=0, progress=False)
+
+
+def test_classifier_training_learns(mnist5k_train):
+    images, labels = mnist5k_train[0][:512], mnist5k_train[1][:512]
+    kd.seed_everything(0)
+    clf = kd.models.Classifier(width=8, feature_dim=32)
+    h = kd.train.train_classifier(clf, images, labels, steps=150, batch_size=32, lr=3e-3, device="cpu", progress=False)
+    assert sum(h["loss"][-10:]) / 10 < 0.6 * sum(h["loss"][:10]) / 10
+    assert kd.fid.accuracy(clf, images, labels) > 0.5  # chance is 0.1

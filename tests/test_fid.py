@@ -1,0 +1,45 @@
+"""The shipped FID classifier and reference statistics."""
+import pytest
+import torch
+
+import kdlab as kd
+from kdlab import fid
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return fid.FID.load()
+
+
+@pytest.fixture(scope="module")
+def split():
+    train_x, _ = kd.data.as_tensors(kd.data.load("mnist5k", "train"))
+    test_x, test_y = kd.data.as_tensors(kd.data.load("mnist5k", "test"))
+    return train_x, test_x, test_y
+
+
+def test_classifier_metadata_matches_a_fresh_measurement(scorer, split):
+    _, test_x, test_y = split
+    meta = scorer.classifier.checkpoint_metadata["metrics"]
+    acc = fid.accuracy(scorer.classifier, test_x, test_y)
+    assert acc == pytest.approx(meta["heldout_accuracy"], abs=1e-6) and acc > 0.95
+    assert scorer(test_x) == pytest.approx(meta["fid_heldout500_vs_train"], rel=1e-6)
+
+
+def test_fid_of_the_reference_set_itself_is_zero(scorer, split):
+    train_x, _, _ = split
+    assert scorer(train_x) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_fid_grows_with_corruption(scorer, split):
+    _, test_x, _ = split
+    g = torch.Generator().manual_seed(0)
+    clean = scorer(test_x)
+    noisy = [scorer((test_x + s * torch.randn(test_x.shape, generator=g)).clamp(-1, 1)) for s in (0.2, 0.5)]
+    assert clean < noisy[0] < noisy[1]
+    assert scorer(-test_x) > 10 * clean  # inverted digits are far from the data
+
+
+def test_fid_rejects_bad_input(scorer):
+    with pytest.raises(ValueError, match="N >= 2"):
+        scorer(torch.zeros(1, 1, 28, 28))
