@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .utils import check_choice
+from .utils import check_choice  # noqa: F401 (re-exported for callers)
 
 DIRECTIONS = ("forward", "reverse")
 REDUCTIONS = ("mean", "sum", "none")

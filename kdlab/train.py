@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from . import checkpoints, models
+from . import checkpoints, losses, models
 from .data import quantize
 from .utils import check_int, get_device, progress_bar
 
@@ -275,3 +275,69 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     run = {"kind": "classifier", "seed": seed, "batch_size": batch_size, "lr": lr, "model": models.architecture(model)}
     return run_loop(step_fn, steps=steps, seed=seed, modules={"model": model}, optimizers={"opt": opt}, run=run,
                     state_path=state_path, checkpoint_every=checkpoint_every, progress=progress, desc="classifier")
+
+
+def distill_gan(student: nn.Module, teacher: nn.Module, *, steps: int, loss: str = "mse", batch_size: int = 64,
+                lr: float = 2e-4, betas=(0.5, 0.999), discriminator: nn.Module | None = None,
+                real_images: torch.Tensor | None = None, adversarial_weight: float = 0.01, seed: int = 0,
+                device="auto", state_path=None, checkpoint_every: int = 250, progress: bool = True) -> History:
+    """Output distillation with shared noise: every step draws ``z ~ N(0, I)`` ``[B, z_dim]``, the
+    teacher (put in eval mode, its parameters frozen with requires_grad=False) makes ``T(z)`` and the
+    student is trained on
+
+        "mse":   mean (S(z) - T(z))^2          "l1": mean |S(z) - T(z)|
+        "joint": mean (S(z) - T(z))^2 + w * (-mean log sigmoid(D(S(z))))   (Aguinaldo et al. 2019)
+
+    For ``"joint"``, ``discriminator`` is trained alongside to tell ``real_images`` ``[N, C, H, W]``
+    from student images. History keys: ``distill`` (the pixel term), ``loss`` (the student's total)
+    and, for "joint", ``loss_d``.
+    """
+    check_int("batch_size", batch_size)
+    losses.check_choice("loss", loss, losses.OUTPUT_LOSSES + ("joint",))
+    if student.z_dim != teacher.z_dim:
+        raise ValueError(f"student z_dim={student.z_dim} differs from teacher z_dim={teacher.z_dim}; "
+                         "shared-noise distillation needs the same noise space")
+    if loss == "joint" and (discriminator is None or real_images is None):
+        raise ValueError("loss='joint' needs a discriminator and real_images (the adversarial term)")
+    dev = get_device(device)
+    student.to(dev)
+    teacher.to(dev).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.Adam(student.parameters(), lr=lr, betas=betas)
+    modules, optimizers = {"student": student}, {"opt": opt}
+    if loss == "joint":
+        _check_images(real_images, student)
+        discriminator.to(dev)
+        opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
+        modules["discriminator"], optimizers["opt_d"] = discriminator, opt_d
+    kind = "mse" if loss == "joint" else loss
+
+    def step_fn(step: int, g: torch.Generator) -> dict[str, float]:
+        z = torch.randn(batch_size, student.z_dim, generator=g).to(dev)  # (B, z_dim), shared by both
+        with torch.no_grad():
+            target = teacher(z)  # (B, C, H, W)
+        fake = student(z)
+        out = {}
+        if loss == "joint":
+            real = _batch(real_images, batch_size, g, dev)
+            loss_d = losses.discriminator_loss(discriminator(real), discriminator(fake.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            distill = losses.output_distillation(fake, target, kind)
+            total = distill + adversarial_weight * losses.generator_adversarial(discriminator(fake))
+            out["loss_d"] = loss_d.item()
+        else:
+            total = distill = losses.output_distillation(fake, target, kind)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        return {"distill": distill.item(), "loss": total.item(), **out}
+
+    run = {"kind": f"distill-{loss}", "seed": seed, "batch_size": batch_size, "lr": lr, "betas": list(betas),
+           "student": models.architecture(student), "teacher": models.architecture(teacher),
+           "adversarial_weight": adversarial_weight if loss == "joint" else None}
+    return run_loop(step_fn, steps=steps, seed=seed, modules=modules, optimizers=optimizers, run=run,
+                    state_path=state_path, checkpoint_every=checkpoint_every, progress=progress,
+                    desc=f"distill ({loss})")

@@ -156,3 +156,54 @@ def test_classifier_training_learns(mnist5k_train):
     h = kd.train.train_classifier(clf, images, labels, steps=150, batch_size=32, lr=3e-3, device="cpu", progress=False)
     assert sum(h["loss"][-10:]) / 10 < 0.6 * sum(h["loss"][:10]) / 10
     assert kd.fid.accuracy(clf, images, labels) > 0.5  # chance is 0.1
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return kd.checkpoints.load(kd.checkpoints.shipped("gan_teacher"))
+
+
+def _student(seed=0):
+    kd.seed_everything(seed)
+    return kd.models.Generator(z_dim=64, width=4)
+
+
+def test_same_noise_distillation_reduces_the_gap_to_the_teacher(teacher):
+    student = _student()
+    z = torch.randn(256, 64, generator=torch.Generator().manual_seed(123))  # held-out noise
+    with torch.no_grad():
+        target = teacher(z)
+        before = (student.eval()(z) - target).pow(2).mean().item()
+    h = kd.train.distill_gan(student, teacher, steps=120, batch_size=32, lr=2e-3, device="cpu", progress=False)
+    with torch.no_grad():
+        after = (student(z) - target).pow(2).mean().item()
+    assert after < 0.5 * before
+    assert sum(h["distill"][-10:]) < sum(h["distill"][:10])
+    assert all(not p.requires_grad for p in teacher.parameters())  # the teacher stays frozen
+
+
+def test_distillation_is_deterministic_and_l1_differs(teacher):
+    runs = []
+    for loss in ("mse", "mse", "l1"):
+        s = _student()
+        kd.train.distill_gan(s, teacher, steps=3, loss=loss, batch_size=8, device="cpu", progress=False)
+        runs.append(_weights(s))
+    assert _same(runs[0], runs[1]) and not _same(runs[0], runs[2])
+
+
+def test_joint_distillation_trains_a_discriminator(teacher, images):
+    s, d = _student(), kd.models.Discriminator(width=4)
+    d0 = _weights(d)
+    h = kd.train.distill_gan(s, teacher, steps=3, loss="joint", discriminator=d, real_images=images,
+                             adversarial_weight=0.1, batch_size=8, device="cpu", progress=False)
+    assert not _same(d0, _weights(d)) and len(h["loss_d"]) == 3
+    assert all(t > m for t, m in zip(h["loss"], h["distill"]))  # adversarial term added (it is > 0)
+
+
+def test_distillation_arguments_are_checked(teacher, images):
+    with pytest.raises(ValueError, match="z_dim=8 differs"):
+        kd.train.distill_gan(kd.models.Generator(z_dim=8, width=2), teacher, steps=1, progress=False)
+    with pytest.raises(ValueError, match="needs a discriminator"):
+        kd.train.distill_gan(_student(), teacher, steps=1, loss="joint", progress=False)
+    with pytest.raises(ValueError, match="loss='kl'"):
+        kd.train.distill_gan(_student(), teacher, steps=1, loss="kl", progress=False)
