@@ -193,14 +193,10 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, images: torch.Tens
         fake = generator(z)
         d_real, d_fake = discriminator(real), discriminator(fake.detach())  # logits (B,)
         loss_d = bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
+        _minimise(opt_d, loss_d)
         d_gen = discriminator(fake)
         loss_g = bce(d_gen, torch.ones_like(d_gen))
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+        _minimise(opt_g, loss_g)
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item(),
                 "d_real": torch.sigmoid(d_real).mean().item(), "d_fake": torch.sigmoid(d_fake).mean().item()}
 
@@ -211,11 +207,15 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, images: torch.Tens
                     checkpoint_every=checkpoint_every, progress=progress, desc="GAN teacher")
 
 
-def train_pixelcnn(model: nn.Module, images: torch.Tensor, *, steps: int, batch_size: int = 32, lr: float = 1e-3,
-                   seed: int = 0, device="auto", state_path=None, checkpoint_every: int = 250,
-                   progress: bool = True) -> History:
-    """Maximum likelihood: minimise ``-log p(x) / D`` (per-pixel cross-entropy) on ``images``
-    ``[N, 1, H, W]`` in [-1, 1], quantised to ``model.levels`` levels. History key ``bits_per_dim``."""
+def _minimise(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def _fit(model: nn.Module, images: torch.Tensor, step_loss, *, kind: str, desc: str, steps: int, batch_size: int,
+         lr: float, seed: int, device, state_path, checkpoint_every: int, progress: bool) -> History:
+    """One model, one Adam optimiser: each step minimises ``step_loss(g, device) -> (loss, metrics)``."""
     check_int("batch_size", batch_size)
     _check_images(images, model)
     dev = get_device(device)
@@ -223,17 +223,28 @@ def train_pixelcnn(model: nn.Module, images: torch.Tensor, *, steps: int, batch_
     opt = torch.optim.Adam(model.parameters(), lr=lr)
 
     def step_fn(step: int, g: torch.Generator) -> dict[str, float]:
+        loss, metrics = step_loss(g, dev)
+        _minimise(opt, loss)
+        return metrics
+
+    run = {"kind": kind, "seed": seed, "batch_size": batch_size, "lr": lr, "model": models.architecture(model)}
+    return run_loop(step_fn, steps=steps, seed=seed, modules={"model": model}, optimizers={"opt": opt}, run=run,
+                    state_path=state_path, checkpoint_every=checkpoint_every, progress=progress, desc=desc)
+
+
+def train_pixelcnn(model: nn.Module, images: torch.Tensor, *, steps: int, batch_size: int = 32, lr: float = 1e-3,
+                   seed: int = 0, device="auto", state_path=None, checkpoint_every: int = 250,
+                   progress: bool = True) -> History:
+    """Maximum likelihood: minimise ``-log p(x) / D`` (per-pixel cross-entropy) on ``images``
+    ``[N, 1, H, W]`` in [-1, 1], quantised to ``model.levels`` levels. History key ``bits_per_dim``."""
+    def step_loss(g: torch.Generator, dev):
         x = quantize(_batch(images, batch_size, g, dev), model.levels)  # (B, 1, H, W) int64
         nll = F.cross_entropy(model(x), x[:, 0])  # nats per pixel
-        opt.zero_grad(set_to_none=True)
-        nll.backward()
-        opt.step()
-        return {"bits_per_dim": nll.item() / math.log(2)}
+        return nll, {"bits_per_dim": nll.item() / math.log(2)}
 
-    run = {"kind": "pixelcnn", "seed": seed, "batch_size": batch_size, "lr": lr, "model": models.architecture(model)}
-    return run_loop(step_fn, steps=steps, seed=seed, modules={"model": model}, optimizers={"opt": opt}, run=run,
-                    state_path=state_path, checkpoint_every=checkpoint_every, progress=progress,
-                    desc="PixelCNN teacher")
+    return _fit(model, images, step_loss, kind="pixelcnn", desc="PixelCNN teacher", steps=steps,
+                batch_size=batch_size, lr=lr, seed=seed, device=device, state_path=state_path,
+                checkpoint_every=checkpoint_every, progress=progress)
 
 
 @torch.no_grad()
@@ -254,27 +265,18 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     """Cross-entropy training of a classifier on ``images`` ``[N, C, H, W]`` and integer ``labels``
     ``[N]``, each batch shifted by up to 2 pixels at random (augmentation). History keys ``loss``
     (nats) and ``accuracy`` (on the training batch)."""
-    check_int("batch_size", batch_size)
-    _check_images(images, model)
-    dev = get_device(device)
-    model.to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-
-    def step_fn(step: int, g: torch.Generator) -> dict[str, float]:
+    def step_loss(g: torch.Generator, dev):
         idx = torch.randint(len(images), (batch_size,), generator=g)
         dx, dy = torch.randint(-2, 3, (2,), generator=g).tolist()
         x = torch.roll(images[idx], shifts=(dy, dx), dims=(2, 3)).to(dev)  # (B, C, H, W), shifted digits
         y = labels[idx].to(dev)
         logits = model(x)
         loss = F.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"loss": loss.item(), "accuracy": (logits.argmax(1) == y).float().mean().item()}
+        return loss, {"loss": loss.item(), "accuracy": (logits.argmax(1) == y).float().mean().item()}
 
-    run = {"kind": "classifier", "seed": seed, "batch_size": batch_size, "lr": lr, "model": models.architecture(model)}
-    return run_loop(step_fn, steps=steps, seed=seed, modules={"model": model}, optimizers={"opt": opt}, run=run,
-                    state_path=state_path, checkpoint_every=checkpoint_every, progress=progress, desc="classifier")
+    return _fit(model, images, step_loss, kind="classifier", desc="classifier", steps=steps, batch_size=batch_size,
+                lr=lr, seed=seed, device=device, state_path=state_path, checkpoint_every=checkpoint_every,
+                progress=progress)
 
 
 def distill_gan(student: nn.Module, teacher: nn.Module, *, steps: int, loss: str = "mse", batch_size: int = 64,
@@ -322,17 +324,13 @@ def distill_gan(student: nn.Module, teacher: nn.Module, *, steps: int, loss: str
         if loss == "joint":
             real = _batch(real_images, batch_size, g, dev)
             loss_d = losses.discriminator_loss(discriminator(real), discriminator(fake.detach()))
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
+            _minimise(opt_d, loss_d)
             distill = losses.output_distillation(fake, target, kind)
             total = distill + adversarial_weight * losses.generator_adversarial(discriminator(fake))
             out["loss_d"] = loss_d.item()
         else:
             total = distill = losses.output_distillation(fake, target, kind)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
+        _minimise(opt, total)
         return {"distill": distill.item(), "loss": total.item(), **out}
 
     run = {"kind": f"distill-{loss}", "seed": seed, "batch_size": batch_size, "lr": lr, "betas": list(betas),
