@@ -16,6 +16,7 @@ Rebuild both files with ``python -m kdlab.fid`` (about a minute on a CPU).
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ def embed(classifier: models.Classifier, images: torch.Tensor, batch_size: int =
     """Classifier features ``[N, feature_dim]`` (float64) of images ``[N, 1, 28, 28]`` in [-1, 1]."""
     classifier.eval()
     dev = next(classifier.parameters()).device
-    return torch.cat([classifier.embed(images[i:i + batch_size].to(dev)).double().cpu()
+    return torch.cat([classifier.embed(images[i:i + batch_size].to(dev, torch.float32)).double().cpu()
                       for i in range(0, len(images), batch_size)])
 
 
@@ -58,8 +59,10 @@ class FID:
         return cls(classifier, tensors["mu"], tensors["sigma"])
 
     def __call__(self, images: torch.Tensor) -> float:
-        if images.dim() != 4 or images.shape[0] < 2:
-            raise ValueError(f"FID needs images [N >= 2, 1, 28, 28], got shape {list(images.shape)}")
+        if images.dim() != 4 or images.shape[0] < 2 or tuple(images.shape[1:]) != (1, 28, 28):
+            raise ValueError(f"FID needs images [N >= 2, 1, 28, 28] in [-1, 1], got shape {list(images.shape)}")
+        if images.min() >= 0:
+            warnings.warn("FID: no pixel is below 0; kdlab images live in [-1, 1], not [0, 1]", stacklevel=2)
         return frechet_distance(*gaussian_stats(embed(self.classifier, images)), self.mu, self.sigma)
 
 

@@ -12,10 +12,13 @@ class axis at dim 1, softened by a temperature ``T`` (Hinton et al. 2015, arXiv 
     reverse:  KL(q || p) = sum_k q_k (log q_k - log p_k)      (mode seeking)
     loss = T^2 * KL,   since d KL(p || q) / d z_S = (q - p) / T  shrinks as 1 / T.
 
-:func:`kl_distillation` here is the pure-PyTorch reference; it is also the fallback of the fused
-CUDA kernel.
+:func:`kl_distillation` here is the pure-PyTorch reference that a fused CUDA kernel (planned)
+must match and fall back to.
 """
 from __future__ import annotations
+
+import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -52,17 +55,17 @@ def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     if student_logits.dim() < 2 or student_logits.shape[1] < 2:
         raise ValueError(f"kl_distillation: expected logits [N, K, *spatial] with K >= 2 classes on dim 1, "
                          f"got shape {list(student_logits.shape)}")
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"kl_distillation: temperature={temperature!r} is not valid; expected a number > 0")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 < temperature < math.inf:
+        raise ValueError(f"kl_distillation: temperature={temperature!r} is not valid; expected a finite number > 0")
+    temperature = float(temperature)
     check_choice("direction", direction, DIRECTIONS)
     check_choice("reduction", reduction, REDUCTIONS)
     dtype = torch.promote_types(student_logits.dtype, torch.float32)  # float32 (float64 stays float64)
     log_q = F.log_softmax(student_logits.to(dtype) / temperature, dim=1)  # student, log-sum-exp stable
     log_p = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=1)  # teacher
-    if direction == "forward":
-        kl = (log_p.exp() * (log_p - log_q)).sum(1)  # (N, *spatial)
-    else:
-        kl = (log_q.exp() * (log_q - log_p)).sum(1)
+    a, b = (log_p, log_q) if direction == "forward" else (log_q, log_p)  # KL(A || B) = sum_k A_k (log A_k - log B_k)
+    pa = a.exp()
+    kl = torch.where(pa > 0, pa * (a - b), torch.zeros_like(pa)).sum(1)  # (N, *spatial); 0 log 0 = 0
     kl = kl * temperature ** 2
     if reduction == "mean":
         return kl.mean()

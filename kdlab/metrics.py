@@ -29,20 +29,20 @@ def _radius(h: int, w: int) -> torch.Tensor:
 def radial_spectrum(images: torch.Tensor, n_bins: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Radially averaged power spectrum of images ``[N, C, H, W]``.
 
-    Returns ``(freqs [B], power [B])``: bin centres in cycles per pixel from 0 to 0.5 and the mean
-    power ``|FFT(x - mean x)|^2`` of the bins whose radius falls in each ring, averaged over images
-    and channels. ``n_bins`` defaults to ``min(H, W) // 2``.
+    Returns ``(freqs [B + 1], power [B + 1])`` with ``B = n_bins`` (default ``min(H, W) // 2``):
+    ring ``k`` holds the FFT bins whose radial frequency rounds to ``k * 0.5 / B`` cycles per pixel
+    (ring 0 is the DC term, zero here; the corners beyond Nyquist join ring ``B``), and ``power`` is
+    the mean ``|FFT(x - mean x)|^2`` over those bins, images and channels.
     """
     if images.dim() != 4:
         raise ValueError(f"expected images [N, C, H, W], got shape {list(images.shape)}")
     h, w = images.shape[-2:]
     n_bins = n_bins or min(h, w) // 2
     power = _power(images).mean((0, 1))  # (H, W)
-    r = _radius(h, w)
-    idx = torch.clamp((r / 0.5 * n_bins).long(), max=n_bins - 1)  # ring of each bin; corners join the last
-    total = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx.flatten(), power.flatten())
-    count = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx.flatten(), torch.ones(h * w, dtype=torch.float64))
-    freqs = (torch.arange(n_bins, dtype=torch.float64) + 0.5) * 0.5 / n_bins
+    idx = torch.round(_radius(h, w) * 2 * n_bins).long().clamp(max=n_bins)  # (H, W) ring of each bin
+    total = torch.zeros(n_bins + 1, dtype=torch.float64).index_add_(0, idx.flatten(), power.flatten())
+    count = torch.zeros(n_bins + 1, dtype=torch.float64).index_add_(0, idx.flatten(), torch.ones(h * w, dtype=torch.float64))
+    freqs = torch.arange(n_bins + 1, dtype=torch.float64) * 0.5 / n_bins
     return freqs, total / count.clamp_min(1)
 
 
@@ -56,7 +56,10 @@ def high_frequency_share(images: torch.Tensor, cutoff: float = 0.25) -> float:
 def high_frequency_ratio(student_images: torch.Tensor, teacher_images: torch.Tensor, cutoff: float = 0.25) -> float:
     """``high_frequency_share(student) / high_frequency_share(teacher)``: 1.0 means the student keeps
     the teacher's share of fine detail, below 1 it blurs, above 1 it adds high-frequency noise."""
-    return high_frequency_share(student_images, cutoff) / high_frequency_share(teacher_images, cutoff)
+    reference = high_frequency_share(teacher_images, cutoff)
+    if reference == 0:
+        raise ValueError(f"the teacher images have no energy above {cutoff} cycles/pixel; the ratio is undefined")
+    return high_frequency_share(student_images, cutoff) / reference
 
 
 def _sqrt_psd(m: torch.Tensor) -> torch.Tensor:
@@ -104,25 +107,31 @@ def count_macs(model: nn.Module, *inputs, **kwargs) -> int:
             hooks.append(m.register_forward_hook(conv))
         elif isinstance(m, nn.Linear):
             hooks.append(m.register_forward_hook(linear))
+    was_training = model.training
+    model.eval()  # counting must not update BatchNorm statistics
     try:
         with torch.no_grad():
             model(*inputs, **kwargs)
     finally:
+        model.train(was_training)
         for h in hooks:
             h.remove()
     return total[0] // inputs[0].shape[0]
 
 
 def seconds_per_image(sample: Callable[[int], torch.Tensor], n: int = 64, repeats: int = 3) -> float:
-    """Median wall time of ``sample(n)`` divided by ``n`` after one warm-up call (CUDA synchronised)."""
-    def run():
-        if torch.cuda.is_available():
+    """Median wall time of ``sample(n)`` divided by ``n`` after one warm-up call (CUDA synchronised
+    when CUDA is in use)."""
+    def sync():
+        if torch.cuda.is_initialized():
             torch.cuda.synchronize()
+
+    def run():
+        sync()
         t0 = time.perf_counter()
         with torch.no_grad():
             sample(n)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        sync()
         return time.perf_counter() - t0
     run()
     times = sorted(run() for _ in range(repeats))

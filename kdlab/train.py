@@ -265,6 +265,8 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     """Cross-entropy training of a classifier on ``images`` ``[N, C, H, W]`` and integer ``labels``
     ``[N]``, each batch shifted by up to 2 pixels at random (augmentation). History keys ``loss``
     (nats) and ``accuracy`` (on the training batch)."""
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
     def step_loss(g: torch.Generator, dev):
         idx = torch.randint(len(images), (batch_size,), generator=g)
         dx, dy = torch.randint(-2, 3, (2,), generator=g).tolist()
@@ -284,7 +286,7 @@ def distill_gan(student: nn.Module, teacher: nn.Module, *, steps: int, loss: str
                 real_images: torch.Tensor | None = None, adversarial_weight: float = 0.01, seed: int = 0,
                 device="auto", state_path=None, checkpoint_every: int = 250, progress: bool = True) -> History:
     """Output distillation with shared noise: every step draws ``z ~ N(0, I)`` ``[B, z_dim]``, the
-    teacher (put in eval mode, its parameters frozen with requires_grad=False) makes ``T(z)`` and the
+    teacher (moved to ``device``, put in eval mode, parameters frozen with requires_grad=False) makes ``T(z)`` and the
     student is trained on
 
         "mse":   mean (S(z) - T(z))^2          "l1": mean |S(z) - T(z)|
@@ -299,6 +301,8 @@ def distill_gan(student: nn.Module, teacher: nn.Module, *, steps: int, loss: str
     if student.z_dim != teacher.z_dim:
         raise ValueError(f"student z_dim={student.z_dim} differs from teacher z_dim={teacher.z_dim}; "
                          "shared-noise distillation needs the same noise space")
+    if adversarial_weight < 0:
+        raise ValueError(f"adversarial_weight={adversarial_weight!r} is not valid; expected a value >= 0")
     if loss == "joint" and (discriminator is None or real_images is None):
         raise ValueError("loss='joint' needs a discriminator and real_images (the adversarial term)")
     dev = get_device(device)

@@ -22,8 +22,8 @@ def test_classifier_metadata_matches_a_fresh_measurement(scorer, split):
     _, test_x, test_y = split
     meta = scorer.classifier.checkpoint_metadata["metrics"]
     acc = fid.accuracy(scorer.classifier, test_x, test_y)
-    assert acc == pytest.approx(meta["heldout_accuracy"], abs=1e-6) and acc > 0.95
-    assert scorer(test_x) == pytest.approx(meta["fid_heldout500_vs_train"], rel=1e-6)
+    assert acc == pytest.approx(meta["heldout_accuracy"], abs=0.003) and acc > 0.95  # 1 digit of 500 may flip
+    assert scorer(test_x) == pytest.approx(meta["fid_heldout500_vs_train"], rel=1e-3)
 
 
 def test_fid_of_the_reference_set_itself_is_zero(scorer, split):
@@ -43,3 +43,7 @@ def test_fid_grows_with_corruption(scorer, split):
 def test_fid_rejects_bad_input(scorer):
     with pytest.raises(ValueError, match="N >= 2"):
         scorer(torch.zeros(1, 1, 28, 28))
+    with pytest.raises(ValueError, match=r"got shape \[4, 3, 32, 32\]"):
+        scorer(torch.zeros(4, 3, 32, 32))
+    with pytest.warns(UserWarning, match=r"\[0, 1\]"):
+        scorer(torch.rand(4, 1, 28, 28))

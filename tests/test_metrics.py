@@ -9,13 +9,16 @@ import kdlab as kd
 from kdlab import metrics
 
 
-def test_radial_spectrum_of_a_pure_grating_peaks_at_its_frequency():
+@pytest.mark.parametrize("size", [28, 32])
+def test_radial_spectrum_of_a_pure_grating_peaks_at_its_frequency(size):
+    x = torch.arange(size, dtype=torch.float64)
+    for k in range(1, size // 2):
+        img = torch.cos(2 * math.pi * (k / size) * x)[None, None, None, :].expand(2, 1, size, size)
+        freqs, power = metrics.radial_spectrum(img)
+        assert freqs.shape == power.shape == (size // 2 + 1,)
+        assert power.argmax().item() == k and freqs[k].item() == pytest.approx(k / size)
     x = torch.arange(32, dtype=torch.float64)
     img = torch.cos(2 * math.pi * (8 / 32) * x)[None, None, None, :].expand(2, 1, 32, 32)  # 0.25 cycles/pixel
-    freqs, power = metrics.radial_spectrum(img)
-    assert freqs.shape == power.shape == (16,)
-    peak = freqs[power.argmax()].item()
-    assert abs(peak - 0.25) <= 0.5 / 16
     # Parseval: the whole (DC-free) energy lands in the two bins at +-8 cycles: sum |FFT|^2 = N^2 * sum x^2
     assert metrics.high_frequency_share(img, 0.24) == pytest.approx(1.0)
     assert metrics.high_frequency_share(img, 0.26) == pytest.approx(0.0, abs=1e-12)
@@ -42,6 +45,12 @@ def test_frechet_distance_closed_forms():
     eye = torch.eye(d, dtype=torch.float64)
     # N(0, a^2 I) vs N(0, b^2 I): d (a - b)^2
     assert metrics.frechet_distance(mu, 4 * eye, mu, 9 * eye) == pytest.approx(d * (2 - 3) ** 2)
+    # non-commuting covariances: Tr (S1^1/2 S2 S1^1/2)^1/2 = sum sqrt(eig(S1 S2)) (similar matrices)
+    b = torch.randn(d, d, dtype=torch.float64)
+    sigma2 = b @ b.T + 0.5 * eye
+    cross = torch.linalg.eigvals(sigma @ sigma2).real.clamp_min(0).sqrt().sum()
+    expected = (torch.trace(sigma) + torch.trace(sigma2) - 2 * cross).item()
+    assert metrics.frechet_distance(mu, sigma, mu, sigma2) == pytest.approx(expected, rel=1e-8)
 
 
 def test_frechet_distance_of_samples_grows_with_shift():
@@ -79,3 +88,10 @@ def test_seconds_per_image_is_positive_and_scales():
 def time_sleep(s):
     import time
     time.sleep(s)
+
+
+def test_count_macs_leaves_batchnorm_statistics_alone():
+    g = kd.models.Generator(width=4)
+    before = g.stem[1].running_mean.clone()
+    metrics.count_macs(g, torch.randn(2, 64))
+    assert torch.equal(before, g.stem[1].running_mean) and g.training

@@ -89,3 +89,21 @@ def test_nbval_checked_outputs(tmp_path):
                         "--nbval-sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg"), *map(str, TUTORIALS)],
                        cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+@pytest.mark.notebook
+def test_02_output_distillation_smoke(tmp_path):
+    m = _papermill(ROOT / "notebooks" / "02_output_distillation.ipynb", tmp_path)
+    assert m["smoke"] is True and m["steps"] == 20
+    students = m["students"]
+    assert set(students) == {f"w{w}_{k}" for w in (16, 8, 4) for k in ("mse", "l1", "joint", "scratch")}
+    assert students["w4_mse"]["compression"] > 10  # the smallest student is over 10x smaller
+    params = [students[f"w{w}_mse"]["parameters"] for w in (16, 8, 4)]
+    assert params == sorted(params, reverse=True) and m["teacher"]["parameters"] == 565_985
+    assert m["teacher"]["fid"] < min(s["fid"] for s in students.values())  # 20 steps cannot reach the teacher
+    assert m["fid_floor_heldout"] < m["teacher"]["fid"]
+    for s in students.values():
+        assert s["fid"] > 0 and s["mse_to_teacher"] > 0 and s["hf_ratio"] > 0 and s["ms_per_image"] > 0
+    assert set(m["claims"]) == {"w16_distilled_beats_scratch", "w8_distilled_beats_scratch", "w4_distilled_beats_scratch"}
+    for png in ("fid_hf_vs_parameters.png", "samples_smallest.png", "samples_mse.png", "distill_curves.png"):
+        assert (tmp_path / png).stat().st_size > 1000
