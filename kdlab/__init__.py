@@ -1,8 +1,10 @@
 """kdlab: knowledge distillation for image generation, taught in notebooks.
 
 Modules: ``data`` (datasets, offline first), ``textures`` (procedural frequency-controlled
-images), ``models`` (DCGAN generator/discriminator, PixelCNN), ``taps`` (named feature taps),
-``train`` (teacher loops), ``checkpoints`` (safetensors + JSON), ``viz`` (plots), ``utils``.
+images), ``models`` (DCGAN generator/discriminator, PixelCNN, classifier), ``taps`` (named feature
+taps), ``train`` (teacher and distillation loops), ``losses`` (distillation losses), ``metrics``
+(spectra, Fréchet distance, cost), ``fid`` (FID on MNIST), ``checkpoints`` (safetensors + JSON),
+``viz`` (plots), ``nbclean`` (notebook hygiene), ``utils``.
 """
 __version__ = "0.1.0"
 
