@@ -4,10 +4,11 @@ Modules: ``data`` (datasets, offline first), ``textures`` (procedural frequency-
 images), ``models`` (DCGAN generator/discriminator, PixelCNN, classifier), ``taps`` (named feature
 taps), ``train`` (teacher and distillation loops), ``losses`` (distillation losses), ``metrics``
 (spectra, Fréchet distance, cost), ``fid`` (FID on MNIST), ``checkpoints`` (safetensors + JSON),
-``viz`` (plots), ``nbclean`` (notebook hygiene), ``utils``.
+``viz`` (plots), ``widgets`` (ipywidgets explorers), ``kl`` (exact KL laboratories of notebook 03),
+``nbclean`` (notebook hygiene), ``utils``.
 """
 __version__ = "0.1.0"
 
-from . import checkpoints, data, fid, losses, metrics, models, taps, textures, train, utils, viz  # noqa: E402
+from . import checkpoints, data, fid, kl, losses, metrics, models, taps, textures, train, utils, viz, widgets  # noqa: E402
 from .models import count_parameters  # noqa: E402
 from .utils import get_device, run_dir, seed_everything, smoke_mode, write_metrics  # noqa: E402

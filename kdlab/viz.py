@@ -62,3 +62,32 @@ def plot_history(history: dict, keys: Sequence[str], title: str = "", ylabel: st
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig
+
+
+def plot_pixel_distributions(teacher_logits: torch.Tensor, student_logits: dict[str, torch.Tensor],
+                             temperature: float = 1.0, ax=None, title: str = ""):
+    """Bars of ``softmax(logits / T)`` over the K intensity levels at one pixel: the teacher's
+    ``[K]`` and each student's ``{name: [K]}``, with ``T^2 KL(teacher || student)`` in the legend."""
+    from .losses import kl_distillation
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+    else:
+        fig = ax.figure
+    k = teacher_logits.shape[-1]
+    width = 0.8 / (1 + len(student_logits))
+    levels = np.arange(k)
+    t = teacher_logits.detach().double().cpu()
+    ax.bar(levels, torch.softmax(t / temperature, 0).numpy(), width, label="teacher", color="black")
+    for i, (name, s) in enumerate(student_logits.items(), start=1):
+        s = s.detach().double().cpu()
+        kl = kl_distillation(s[None], t[None], temperature).item()
+        ax.bar(levels + i * width, torch.softmax(s / temperature, 0).numpy(), width,
+               label=f"{name}  (T²·KL {kl:.3f})")
+    ax.set_xlabel("intensity level")
+    ax.set_ylabel(f"softmax(logits / {temperature:g})")
+    ax.set_title(title or f"T = {temperature:g}")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

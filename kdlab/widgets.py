@@ -1,0 +1,27 @@
+"""Interactive explorers for Jupyter (ipywidgets). Exploration only: every notebook follows a
+widget with a static figure made by the same plotting function, so headless runs show it too."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import torch
+
+from . import viz
+
+
+def temperature_explorer(teacher_logits: torch.Tensor, student_logits: dict[str, torch.Tensor],
+                         t_min: float = 0.25, t_max: float = 16.0):
+    """A log-scale temperature slider redrawing :func:`kdlab.viz.plot_pixel_distributions` for one
+    pixel's teacher logits ``[K]`` and student logits ``{name: [K]}``. Returns the widget."""
+    import ipywidgets as widgets
+
+    if not 0 < t_min < t_max:
+        raise ValueError(f"expected 0 < t_min < t_max, got t_min={t_min!r}, t_max={t_max!r}")
+    slider = widgets.FloatLogSlider(value=1.0, base=2, min=torch.tensor(t_min).log2().item(),
+                                    max=torch.tensor(t_max).log2().item(), step=0.25, description="T")
+
+    def draw(temperature: float) -> None:
+        fig = viz.plot_pixel_distributions(teacher_logits, student_logits, temperature)
+        plt.show()
+        plt.close(fig)
+
+    return widgets.interactive(draw, temperature=slider)
