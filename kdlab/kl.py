@@ -50,7 +50,7 @@ def gaussian_on_grid(grid: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tens
 
 
 def fit_gaussian(target_probs: torch.Tensor, grid: torch.Tensor, direction: str, mu0: float = 0.5,
-                 sigma0: float = 3.0, steps: int = 2000, lr: float = 0.05) -> tuple[float, float]:
+                 sigma0: float = 3.0, steps: int = 1000, lr: float = 0.1) -> tuple[float, float]:
     """Fit a discretised Gaussian ``q`` to the categorical ``target_probs`` ``[K]`` on ``grid`` ``[K]``
     by minimising ``KL(p || q)`` (``"forward"``) or ``KL(q || p)`` (``"reverse"``) with Adam from
     ``(mu0, sigma0)``, in float64 through :func:`kdlab.losses.kl_distillation`. Returns ``(mu, sigma)``."""
