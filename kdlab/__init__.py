@@ -2,13 +2,14 @@
 
 Modules: ``data`` (datasets, offline first), ``textures`` (procedural frequency-controlled
 images), ``models`` (DCGAN generator/discriminator, PixelCNN, classifier), ``taps`` (named feature
-taps), ``train`` (teacher and distillation loops), ``losses`` (distillation losses), ``metrics``
+taps), ``train`` (teacher and distillation loops), ``losses`` (output and KL distillation losses),
+``feature_losses`` (hint, attention transfer, Gram), ``diversity`` (precision/recall, mode coverage), ``metrics``
 (spectra, Fréchet distance, cost), ``fid`` (FID on MNIST), ``checkpoints`` (safetensors + JSON),
 ``viz`` (plots), ``widgets`` (ipywidgets explorers), ``kl`` (exact KL laboratories of notebook 03),
 ``nbclean`` (notebook hygiene), ``utils``.
 """
 __version__ = "0.1.0"
 
-from . import checkpoints, data, fid, kl, losses, metrics, models, taps, textures, train, utils, viz, widgets  # noqa: E402
+from . import checkpoints, data, diversity, feature_losses, fid, kl, losses, metrics, models, taps, textures, train, utils, viz, widgets  # noqa: E402
 from .models import count_parameters  # noqa: E402
 from .utils import get_device, run_dir, seed_everything, smoke_mode, write_metrics  # noqa: E402

@@ -1,6 +1,8 @@
 """Quality and cost metrics for teachers and students.
 
-- :func:`radial_spectrum` and :func:`high_frequency_ratio`: how much fine detail survives;
+- :func:`radial_spectrum`, :func:`band_shares`, :func:`band_ratios` and :func:`high_frequency_ratio`:
+  which frequencies survive;
+- :func:`gram_distance`: texture (style) statistics of feature maps;
 - :func:`frechet_distance` and :class:`FID` (in the feature space of a small MNIST classifier);
 - :func:`count_macs` and :func:`seconds_per_image`: the cost of a generator.
 """
@@ -60,6 +62,45 @@ def high_frequency_ratio(student_images: torch.Tensor, teacher_images: torch.Ten
     if reference == 0:
         raise ValueError(f"the teacher images have no energy above {cutoff} cycles/pixel; the ratio is undefined")
     return high_frequency_share(student_images, cutoff) / reference
+
+
+BANDS = ((0.0, 0.125), (0.125, 0.25), (0.25, 0.375), (0.375, 1.0))  # cycles/pixel; the last band includes the corners beyond Nyquist
+
+
+def band_shares(images: torch.Tensor, bands=BANDS) -> torch.Tensor:
+    """Share of the non-DC spectral energy of images ``[N, C, H, W]`` in each radial frequency band
+    ``[lo, hi)`` (cycles per pixel), ``[len(bands)]`` float64; bands that tile [0, 1) sum to 1."""
+    if images.dim() != 4:
+        raise ValueError(f"expected images [N, C, H, W], got shape {list(images.shape)}")
+    for lo, hi in bands:
+        if not 0 <= lo < hi:
+            raise ValueError(f"band ({lo}, {hi}) is not valid; expected 0 <= lo < hi (cycles/pixel)")
+    power = _power(images).sum((0, 1))  # (H, W)
+    r = _radius(*images.shape[-2:])
+    total = power.sum().clamp_min(1e-300)
+    return torch.stack([power[(r >= lo) & (r < hi)].sum() / total for lo, hi in bands])
+
+
+def band_ratios(student_images: torch.Tensor, teacher_images: torch.Tensor, bands=BANDS) -> torch.Tensor:
+    """Per band, the student's share of spectral energy divided by the teacher's, ``[len(bands)]``:
+    1 keeps the teacher's balance, below 1 loses that band (blur is a ratio < 1 in the high
+    bands), above 1 adds energy there. ``high_frequency_ratio`` is the band ``[0.25, inf)``.
+    A band where the teacher has no energy gives ``nan``."""
+    teacher = band_shares(teacher_images, bands)
+    return band_shares(student_images, bands) / torch.where(teacher > 0, teacher, torch.nan)
+
+
+def gram_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
+    """Style distance between two sets of feature maps ``[N, C, H, W]`` and ``[M, C, H', W']`` (same
+    C): ``||mean_n G_a - mean_m G_b||_F / ||mean_m G_b||_F`` with ``G = F F^T / (H W)``. 0 for the same
+    texture statistics whatever the layout (invariant to permuting positions); float64."""
+    from .feature_losses import gram_matrix
+
+    if feats_a.dim() != 4 or feats_b.dim() != 4 or feats_a.shape[1] != feats_b.shape[1]:
+        raise ValueError(f"gram_distance: expected feature maps [N, C, H, W] with the same C, got "
+                         f"{list(feats_a.shape)} and {list(feats_b.shape)}")
+    ga, gb = gram_matrix(feats_a.double()).mean(0), gram_matrix(feats_b.double()).mean(0)  # (C, C)
+    return ((ga - gb).norm() / gb.norm().clamp_min(1e-300)).item()
 
 
 def _sqrt_psd(m: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Teacher pretraining loops: adversarial (DCGAN) and maximum likelihood (PixelCNN).
+"""Training loops: teachers (adversarial DCGAN, maximum-likelihood PixelCNN, the FID classifier) and
+students (same-noise output and feature distillation of GANs, KL distillation of PixelCNNs).
 
 Shared rules, implemented once in :func:`run_loop`:
 
@@ -19,13 +20,14 @@ import math
 import signal
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from . import checkpoints, losses, models
+from . import checkpoints, feature_losses, losses, models
 from .data import quantize
+from .taps import FeatureTap
 from .utils import check_choice, check_int, get_device, progress_bar
 
 History = dict[str, list[float]]
@@ -283,8 +285,10 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
 
 def distill_gan(student: nn.Module, teacher: nn.Module, *, steps: int, loss: str = "mse", batch_size: int = 64,
                 lr: float = 2e-4, betas=(0.5, 0.999), discriminator: nn.Module | None = None,
-                real_images: torch.Tensor | None = None, adversarial_weight: float = 0.01, seed: int = 0,
-                device="auto", state_path=None, checkpoint_every: int = 250, progress: bool = True) -> History:
+                real_images: torch.Tensor | None = None, adversarial_weight: float = 0.01,
+                feature_loss: str | None = None, layers: Sequence[str] = (), feature_weight: float = 1.0,
+                seed: int = 0, device="auto", state_path=None, checkpoint_every: int = 250,
+                progress: bool = True) -> History:
     """Output distillation with shared noise: every step draws ``z ~ N(0, I)`` ``[B, z_dim]``, the
     teacher (moved to ``device``, put in eval mode, parameters frozen with requires_grad=False) makes ``T(z)`` and the
     student is trained on
@@ -293,8 +297,11 @@ def distill_gan(student: nn.Module, teacher: nn.Module, *, steps: int, loss: str
         "joint": mean (S(z) - T(z))^2 + w * (-mean log sigmoid(D(S(z))))   (Aguinaldo et al. 2019)
 
     For ``"joint"``, ``discriminator`` is trained alongside to tell ``real_images`` ``[N, C, H, W]``
-    from student images. History keys: ``distill`` (the pixel term), ``loss`` (the student's total)
-    and, for "joint", ``loss_d``.
+    from student images. ``feature_loss`` (``"hint"``, ``"attention"`` or ``"gram"``, see
+    :mod:`kdlab.feature_losses`) adds ``feature_weight * L_feature`` over the named ``layers``
+    (same names and resolutions in both models); hint and Gram terms train 1x1 adapters alongside
+    the student (saved in the training state). History keys: ``distill`` (the pixel term),
+    ``loss`` (the student's total) and, when used, ``loss_d`` and ``feature``.
     """
     check_int("batch_size", batch_size)
     losses.check_choice("loss", loss, losses.OUTPUT_LOSSES + ("joint",))
@@ -310,8 +317,19 @@ def distill_gan(student: nn.Module, teacher: nn.Module, *, steps: int, loss: str
     teacher.to(dev).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.Adam(student.parameters(), lr=lr, betas=betas)
-    modules, optimizers = {"student": student}, {"opt": opt}
+    modules, params = {"student": student}, list(student.parameters())
+    if feature_loss is not None:
+        check_choice("feature_loss", feature_loss, feature_losses.FEATURE_LOSSES)
+        layers = list(layers)
+        if not layers or feature_weight < 0:
+            raise ValueError(f"feature_loss={feature_loss!r} needs at least one layer name and feature_weight >= 0, "
+                             f"got layers={layers!r}, feature_weight={feature_weight!r}")
+        probe = torch.zeros(2, student.z_dim, device=dev)
+        modules["adapters"] = adapters = feature_losses.FeatureAdapters(
+            feature_losses.layer_channels(student, teacher, layers, probe)).to(dev)
+        params += list(adapters.parameters())
+    opt = torch.optim.Adam(params, lr=lr, betas=betas)
+    optimizers = {"opt": opt}
     if loss == "joint":
         _check_images(real_images, student)
         discriminator.to(dev)
@@ -321,9 +339,10 @@ def distill_gan(student: nn.Module, teacher: nn.Module, *, steps: int, loss: str
 
     def step_fn(step: int, g: torch.Generator) -> dict[str, float]:
         z = torch.randn(batch_size, student.z_dim, generator=g).to(dev)  # (B, z_dim), shared by both
-        with torch.no_grad():
+        with FeatureTap(teacher, layers if feature_loss else []) as tap_t, torch.no_grad():
             target = teacher(z)  # (B, C, H, W)
-        fake = student(z)
+        with FeatureTap(student, layers if feature_loss else []) as tap_s:
+            fake = student(z)
         out = {}
         if loss == "joint":
             real = _batch(real_images, batch_size, g, dev)
@@ -334,15 +353,20 @@ def distill_gan(student: nn.Module, teacher: nn.Module, *, steps: int, loss: str
             out["loss_d"] = loss_d.item()
         else:
             total = distill = losses.output_distillation(fake, target, kind)
+        if feature_loss is not None:
+            feature = feature_losses.feature_distillation(feature_loss, tap_s.features, tap_t.features, adapters)
+            total = total + feature_weight * feature
+            out["feature"] = feature.item()
         _minimise(opt, total)
         return {"distill": distill.item(), "loss": total.item(), **out}
 
     run = {"kind": f"distill-{loss}", "seed": seed, "batch_size": batch_size, "lr": lr, "betas": list(betas),
            "student": models.architecture(student), "teacher": models.architecture(teacher),
-           "adversarial_weight": adversarial_weight if loss == "joint" else None}
+           "adversarial_weight": adversarial_weight if loss == "joint" else None,
+           "feature": [feature_loss, list(layers), feature_weight] if feature_loss else None}
     return run_loop(step_fn, steps=steps, seed=seed, modules=modules, optimizers=optimizers, run=run,
                     state_path=state_path, checkpoint_every=checkpoint_every, progress=progress,
-                    desc=f"distill ({loss})")
+                    desc=f"distill ({loss}{' + ' + feature_loss if feature_loss else ''})")
 
 
 @torch.no_grad()

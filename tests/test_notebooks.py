@@ -127,3 +127,23 @@ def test_03_kl_derivation_smoke(tmp_path):
     assert m["claims"]["best_forward"].startswith("forward T=")
     for png in ("forward_vs_reverse.png", "results.png", "training_curves.png", "samples.png", "pixel_temperatures.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+@pytest.mark.notebook
+def test_04_feature_distillation_smoke(tmp_path):
+    m = _papermill(ROOT / "notebooks" / "04_feature_distillation.ipynb", tmp_path)
+    assert m["smoke"] is True and m["steps"] == 10 and m["fid_samples"] == 100
+    students = m["students"]
+    assert set(students) == {f"w{w}_{k}" for w in (8, 4) for k in ("output", "hint", "attention", "gram")}
+    t = m["teacher"]
+    assert t["mse_to_teacher"] == 0 and t["gram_distance"] == 0 and t["class_tv_to_teacher"] == 0
+    assert t["band_ratios"] == [1.0, 1.0, 1.0, 1.0] and 0 < t["recall"] <= 1 and 0 < t["precision"] <= 1
+    for s in students.values():
+        assert s["fid"] > t["fid"] and s["mse_to_teacher"] > 0 and s["gram_distance"] > 0  # 10 steps are far from the teacher
+        assert 0 <= s["precision"] <= 1 and 0 <= s["recall"] <= 1 and len(s["band_ratios"]) == 4
+    assert students["w4_output"]["parameters"] < students["w8_output"]["parameters"] < t["parameters"]
+    assert set(m["claims"]) == {"w8_best_feature_method", "w8_feature_beats_output_only",
+                                "w4_best_feature_method", "w4_feature_beats_output_only"}
+    for png in ("teacher_features.png", "results.png", "samples_w8.png", "samples_w4.png", "attention_maps.png",
+                "output_loss_curves.png"):
+        assert (tmp_path / png).stat().st_size > 1000
