@@ -6,10 +6,11 @@ taps), ``train`` (teacher and distillation loops), ``losses`` (output and KL dis
 ``feature_losses`` (hint, attention transfer, Gram), ``diversity`` (precision/recall, mode coverage), ``metrics``
 (spectra, Fréchet distance, cost), ``fid`` (FID on MNIST), ``checkpoints`` (safetensors + JSON),
 ``viz`` (plots), ``widgets`` (ipywidgets explorers), ``kl`` (exact KL laboratories of notebook 03),
+``exercises`` (checks for the exercise notebooks), ``sweep`` and ``cli`` (``kdlab run``, ``kdlab sweep``),
 ``nbclean`` (notebook hygiene), ``utils``.
 """
 __version__ = "0.1.0"
 
-from . import checkpoints, data, diversity, feature_losses, fid, kl, losses, metrics, models, taps, textures, train, utils, viz, widgets  # noqa: E402
+from . import checkpoints, data, diversity, exercises, feature_losses, fid, kl, losses, metrics, models, taps, textures, train, utils, viz, widgets  # noqa: E402
 from .models import count_parameters  # noqa: E402
 from .utils import get_device, run_dir, seed_everything, smoke_mode, write_metrics  # noqa: E402

@@ -1,0 +1,172 @@
+"""Automatic checks for the exercise notebooks (``notebooks/exercises/``).
+
+Each ``check_*`` function calls the learner's function on several cases, compares with kdlab's
+reference implementation, and either prints what passed or raises :class:`ExerciseError` with a
+message that says what is wrong (wrong shape, missing T^2, wrong direction, overflow, ...) without
+showing the solution.
+
+    def my_kl(student_logits, teacher_logits, temperature=1.0, direction="forward"): ...
+    kd.exercises.check_kl(my_kl)
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import feature_losses, losses
+
+
+class ExerciseError(AssertionError):
+    """A check found a problem; the message says what to fix."""
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
+    return a.shape == b.shape and bool(torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol))
+
+
+def _tensor(out, what: str) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        raise ExerciseError(f"{what} returned {type(out).__name__}; return a torch.Tensor")
+    return out
+
+
+def _passed(name: str, n: int) -> bool:
+    print(f"✓ {name}: all {n} checks pass")
+    return True
+
+
+# ---------------------------------------------------------------- notebook 01
+def check_bits_per_dim(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> bool:
+    """``fn(log_prob, num_pixels)``: ``log_prob`` ``[N]`` in nats -> bits per dimension ``[N]``,
+    i.e. ``-log_prob / (num_pixels * ln 2)``."""
+    log_prob = torch.tensor([-100.0, -543.2, -0.5], dtype=torch.float64)
+    d = 784
+    ref = -log_prob / (d * math.log(2))
+    out = _tensor(fn(log_prob, d), "your function")
+    if out.shape != ref.shape:
+        raise ExerciseError(f"expected one value per image, shape {list(ref.shape)}; got {list(out.shape)}")
+    if _close(out, -ref):
+        raise ExerciseError("the sign is flipped: bits/dim are positive, -log2 p(x) / D")
+    if _close(out, ref * math.log(2)):
+        raise ExerciseError("these are nats per dimension: convert to bits (divide by ln 2)")
+    if _close(out, ref * d) or _close(out, ref * d * math.log(2)):
+        raise ExerciseError("divide by the number of pixels D: bits/dim are per dimension")
+    if not _close(out, ref):
+        raise ExerciseError("values differ from -log_prob / (D ln 2)")
+    if not _close(_tensor(fn(log_prob, 16), "your function"), -log_prob / (16 * math.log(2))):
+        raise ExerciseError("the result must use num_pixels, not a fixed 784")
+    return _passed("bits per dimension", 2)
+
+
+# ---------------------------------------------------------------- notebook 02
+def check_distill_step(fn: Callable[[nn.Module, nn.Module, torch.Tensor, torch.optim.Optimizer], float]) -> bool:
+    """``fn(student, teacher, z, optimizer)``: one same-noise MSE step; returns the loss (a float)
+    computed before the update."""
+    from .models import Generator
+
+    torch.manual_seed(0)
+    teacher = Generator(width=4).eval()
+    torch.manual_seed(1)
+    student = Generator(width=2)
+    z = torch.randn(8, teacher.z_dim, generator=torch.Generator().manual_seed(2))
+    t_before = [p.detach().clone() for p in teacher.parameters()]
+    s_before = [p.detach().clone() for p in student.parameters()]
+    with torch.no_grad():
+        student.train()
+        expected = torch.mean((student(z) - teacher(z)) ** 2).item()
+    torch.manual_seed(1)
+    student = Generator(width=2)  # the same weights again (and fresh BatchNorm statistics)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    loss = fn(student, teacher, z, opt)
+    if isinstance(loss, torch.Tensor):
+        loss = loss.item()
+    if not isinstance(loss, (int, float)):
+        raise ExerciseError(f"return the loss as a float (loss.item()), got {type(loss).__name__}")
+    if any(not torch.equal(a, b) for a, b in zip(t_before, teacher.parameters())):
+        raise ExerciseError("the teacher's weights changed: the teacher is frozen; only the student's optimizer steps")
+    if all(torch.equal(a, b) for a, b in zip(s_before, student.parameters())):
+        raise ExerciseError("the student's weights did not change: call loss.backward() and optimizer.step()")
+    if math.isclose(loss, math.sqrt(expected), rel_tol=1e-4):
+        raise ExerciseError("this is the root of the mean squared error; use the mean of the squared differences")
+    if not math.isclose(loss, expected, rel_tol=1e-4):
+        raise ExerciseError(f"the loss {loss:.5f} is not the mean squared difference {expected:.5f} between the "
+                            "student's and the teacher's images for the same z (the same noise goes to both)")
+    return _passed("same-noise distillation step", 4)
+
+
+# ---------------------------------------------------------------- notebook 03
+def check_kl(fn: Callable[..., torch.Tensor]) -> bool:
+    """``fn(student_logits, teacher_logits, temperature=1.0, direction="forward")``: the mean over
+    positions of ``T^2 KL`` between ``softmax(logits / T)`` distributions, class axis 1."""
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(6, 10, generator=g, dtype=torch.float64) * 2
+    t = torch.randn(6, 10, generator=g, dtype=torch.float64) * 2
+    ref = lambda a, b, temp, d: losses.kl_distillation(a, b, temp, d)
+    out = _tensor(fn(s, t, 1.0, "forward"), "my_kl")
+    if out.dim() != 0:
+        raise ExerciseError(f"return one number (the mean over positions), got shape {list(out.shape)}")
+    if _close(out, ref(s, t, 1.0, "reverse")) and not _close(out, ref(s, t, 1.0, "forward")):
+        raise ExerciseError("this is KL(student || teacher); direction='forward' is KL(teacher || student)")
+    if _close(out, ref(s, t, 1.0, "forward") * len(s)):
+        raise ExerciseError("you summed over positions; average them (mean over the N rows)")
+    if not _close(out, ref(s, t, 1.0, "forward")):
+        raise ExerciseError("KL(p || q) = sum_k p_k (log p_k - log q_k) with p = softmax(teacher), q = softmax(student), "
+                            "softmax over dim 1; your value differs at T = 1")
+    out = _tensor(fn(s, t, 1.0, "reverse"), "my_kl")
+    if not _close(out, ref(s, t, 1.0, "reverse")):
+        raise ExerciseError("direction='reverse' must give KL(student || teacher) = sum_k q_k (log q_k - log p_k)")
+    temp = 4.0
+    out = _tensor(fn(s, t, temp, "forward"), "my_kl")
+    if _close(out, ref(s, t, temp, "forward") / temp ** 2):
+        raise ExerciseError("off by a factor T^2: multiply the KL by temperature**2 so its gradient keeps its scale")
+    if _close(out, ref(s, t, 1.0, "forward") * temp ** 2) or _close(out, ref(s, t, 1.0, "forward")):
+        raise ExerciseError("the temperature must soften both distributions: softmax(logits / T)")
+    if not _close(out, ref(s, t, temp, "forward")):
+        raise ExerciseError("at T = 4 your value differs: both softmaxes use logits / T and the KL is times T^2")
+    s4, t4 = torch.randn(2, 5, 3, 3, generator=g), torch.randn(2, 5, 3, 3, generator=g)
+    out = _tensor(fn(s4, t4, 2.0, "forward"), "my_kl")
+    if not _close(out, ref(s4, t4, 2.0, "forward")):
+        raise ExerciseError("for [N, K, H, W] logits the classes are on dim 1: softmax over dim=1, mean over N, H, W")
+    big_s = torch.tensor([[1000.0, 0.0, -1000.0]])
+    big_t = torch.tensor([[0.0, 1000.0, -1000.0]])
+    out = _tensor(fn(big_s, big_t, 1.0, "forward"), "my_kl")
+    if not torch.isfinite(out).all():
+        raise ExerciseError("extreme logits (+-1000) give inf or nan: use log_softmax (log-sum-exp) instead of "
+                            "log(softmax(...))")
+    if not _close(out, ref(big_s, big_t, 1.0, "forward"), rtol=1e-3):
+        raise ExerciseError("extreme logits (+-1000) give a wrong value: compute log-probabilities with log_softmax")
+    s_req = s.clone().requires_grad_(True)
+    out = _tensor(fn(s_req, t, 2.0, "forward"), "my_kl")
+    if not out.requires_grad:
+        raise ExerciseError("the value is right but has no gradient: keep the computation in differentiable torch "
+                            "operations (no .item(), .numpy(), torch.tensor(...) or detach on the student side)")
+    (g_out,) = torch.autograd.grad(out, s_req)
+    s_ref = s.clone().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(ref(s_ref, t, 2.0, "forward"), s_ref)
+    if not _close(g_out, g_ref):
+        raise ExerciseError("the value is right but the gradient is not: keep the computation in differentiable "
+                            "torch operations (no .item(), .numpy() or detach on the student side)")
+    return _passed("KL distillation loss", 8)
+
+
+# ---------------------------------------------------------------- notebook 04
+def check_attention_map(fn: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """``fn(features)``: features ``[N, C, H, W]`` -> normalised attention ``[N, H*W]``,
+    ``a = mean_c F^2`` divided by its L2 norm per sample."""
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(3, 5, 4, 6, generator=g, dtype=torch.float64)
+    ref = feature_losses.attention_map(f).double()
+    out = _tensor(fn(f), "your function")
+    if out.shape != ref.shape:
+        raise ExerciseError(f"expected [N, H*W] = {list(ref.shape)} (one flattened map per sample), got {list(out.shape)}")
+    norms = out.double().norm(dim=1)
+    if not torch.allclose(norms, torch.ones_like(norms), atol=1e-5):
+        raise ExerciseError("each sample's map must have L2 norm 1: divide by its norm over all H*W positions")
+    if _close(out, feature_losses.attention_map(f, p=1.0).double()):
+        raise ExerciseError("use the squared activations F^2 (p = 2), not |F|")
+    if not _close(out, ref):
+        raise ExerciseError("the map must reduce over channels (dim 1) of F^2, keeping one value per position")
+    return _passed("attention map", 3)

@@ -1,0 +1,167 @@
+"""The exercise checks (kdlab.exercises) accept correct solutions, catch typical mistakes with a
+helpful message, and the exercise notebooks run end to end with a solution injected."""
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kdlab as kd
+from kdlab.exercises import ExerciseError
+
+EXERCISES = Path(__file__).resolve().parent.parent / "notebooks" / "exercises"
+
+
+# ---------------------------------------------------------------- solutions, written independently of kdlab
+def kl_solution(s, t, temperature=1.0, direction="forward"):
+    log_q, log_p = F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1)
+    a, b = (log_p, log_q) if direction == "forward" else (log_q, log_p)
+    return (a.exp() * (a - b)).sum(1).mean() * temperature ** 2
+
+
+SOLUTIONS = {
+    "01_exercises.ipynb": """
+        def bits_per_dim(log_prob, num_pixels):
+            return -log_prob / (num_pixels * math.log(2))
+    """,
+    "02_exercises.ipynb": """
+        def distill_step(student, teacher, z, optimizer):
+            with torch.no_grad():
+                target = teacher(z)
+            loss = ((student(z) - target) ** 2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            return loss.item()
+    """,
+    "03_exercises.ipynb": """
+        def my_kl(student_logits, teacher_logits, temperature=1.0, direction="forward"):
+            log_q = torch.log_softmax(student_logits / temperature, 1)
+            log_p = torch.log_softmax(teacher_logits / temperature, 1)
+            a, b = (log_p, log_q) if direction == "forward" else (log_q, log_p)
+            return (a.exp() * (a - b)).sum(1).mean() * temperature ** 2
+    """,
+    "04_exercises.ipynb": """
+        def attention_map(features):
+            a = (features ** 2).mean(1).flatten(1)
+            return a / a.norm(dim=1, keepdim=True)
+    """,
+}
+WRONG = {  # one typical mistake per notebook, and the hint the check must give
+    "01_exercises.ipynb": ("def bits_per_dim(log_prob, num_pixels):\n    return -log_prob / num_pixels", "convert to bits"),
+    "02_exercises.ipynb": ("def distill_step(student, teacher, z, optimizer):\n    return 0.0", "did not change"),
+    "03_exercises.ipynb": ("def my_kl(s, t, temperature=1.0, direction='forward'):\n"
+                           "    p, q = torch.log_softmax(t / temperature, 1), torch.log_softmax(s / temperature, 1)\n"
+                           "    a, b = (p, q) if direction == 'forward' else (q, p)\n"
+                           "    return (a.exp() * (a - b)).sum(1).mean()", "T^2"),
+    "04_exercises.ipynb": ("def attention_map(features):\n    return (features ** 2).mean(1).flatten(1)", "L2 norm 1"),
+}
+
+
+def test_checks_accept_correct_solutions():
+    ns = {"math": math, "torch": torch}
+    for src in SOLUTIONS.values():
+        exec(textwrap.dedent(src), ns)
+    assert kd.exercises.check_bits_per_dim(ns["bits_per_dim"])
+    assert kd.exercises.check_distill_step(ns["distill_step"])
+    assert kd.exercises.check_kl(ns["my_kl"]) and kd.exercises.check_kl(kl_solution)
+    assert kd.exercises.check_attention_map(ns["attention_map"])
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda s, t, T=1.0, d="forward": kl_solution(s, t, T, d) / T ** 2, "T^2"),
+    (lambda s, t, T=1.0, d="forward": kl_solution(s, t, T, "reverse" if d == "forward" else "forward"), "KL(student || teacher)"),
+    (lambda s, t, T=1.0, d="forward": kl_solution(s, t, 1.0, d) * T ** 2, "softmax(logits / T)"),
+    (lambda s, t, T=1.0, d="forward": kl_solution(s, t, T, d) * len(s), "summed over positions"),
+    (lambda s, t, T=1.0, d="forward": (kl_solution(s, t, T, d) * 0 + 1), "differs"),
+    (lambda s, t, T=1.0, d="forward": _naive_kl(s, t, T, d), "log_softmax"),
+    (lambda s, t, T=1.0, d="forward": torch.tensor(kl_solution(s, t, T, d).item(), dtype=s.dtype), "gradient"),
+    (lambda s, t, T=1.0, d="forward": _kl_last_axis(s, t, T, d), "dim 1"),
+])
+def test_kl_check_catches_typical_mistakes(wrong, hint):
+    with pytest.raises(ExerciseError, match=hint.replace("(", r"\(").replace(")", r"\)").replace("|", r"\|").replace("^", r"\^")):
+        kd.exercises.check_kl(wrong)
+
+
+def _naive_kl(s, t, T, d):  # log(softmax(...)) overflows to -inf for extreme logits
+    p, q = torch.softmax(t / T, 1), torch.softmax(s / T, 1)
+    a, b = (p, q) if d == "forward" else (q, p)
+    return (a * (a.log() - b.log())).sum(1).mean() * T ** 2
+
+
+def _kl_last_axis(s, t, T, d):  # softmax over the last axis: right for [N, K], wrong for [N, K, H, W]
+    log_q, log_p = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
+    a, b = (log_p, log_q) if d == "forward" else (log_q, log_p)
+    return (a.exp() * (a - b)).sum(-1).mean() * T ** 2
+
+
+def test_other_checks_catch_typical_mistakes():
+    with pytest.raises(ExerciseError, match="sign"):
+        kd.exercises.check_bits_per_dim(lambda lp, d: lp / (d * math.log(2)))
+    with pytest.raises(ExerciseError, match="number of pixels"):
+        kd.exercises.check_bits_per_dim(lambda lp, d: -lp / math.log(2))
+    with pytest.raises(ExerciseError, match="num_pixels"):
+        kd.exercises.check_bits_per_dim(lambda lp, d: -lp / (784 * math.log(2)))
+
+    def updates_teacher(student, teacher, z, opt):
+        loss = ((student(z) - teacher(z)) ** 2).mean()
+        torch.optim.SGD(teacher.parameters(), lr=0.1).zero_grad()
+        loss.backward()
+        opt.step()
+        for p in teacher.parameters():
+            p.data -= 0.1 * p.grad
+        return loss.item()
+
+    with pytest.raises(ExerciseError, match="teacher is frozen"):
+        kd.exercises.check_distill_step(updates_teacher)
+
+    def different_noise(student, teacher, z, opt):
+        with torch.no_grad():
+            target = teacher(torch.randn_like(z))
+        loss = ((student(z) - target) ** 2).mean()
+        opt.zero_grad(); loss.backward(); opt.step()
+        return loss.item()
+
+    with pytest.raises(ExerciseError, match="same noise"):
+        kd.exercises.check_distill_step(different_noise)
+    with pytest.raises(ExerciseError, match=r"\|F\|"):
+        kd.exercises.check_attention_map(lambda f: F.normalize(f.abs().mean(1).flatten(1), dim=1))
+    with pytest.raises(ExerciseError, match=r"\[N, H\*W\]"):
+        kd.exercises.check_attention_map(lambda f: F.normalize((f ** 2).mean(1), dim=(1, 2)))
+
+
+def _with_solution(path: Path, src: str, dest: Path) -> Path:
+    nb = json.loads(path.read_text())
+    cells = [c for c in nb["cells"] if "exercise" in c["metadata"].get("tags", [])]
+    assert len(cells) == 1, "each exercise notebook has one cell tagged 'exercise'"
+    assert "raise NotImplementedError" in "".join(cells[0]["source"])  # the learner's starting point
+    cells[0]["source"] = textwrap.dedent(src).strip()
+    dest.write_text(json.dumps(nb))
+    return dest
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", sorted(SOLUTIONS))
+def test_exercise_notebook_runs_with_a_solution_and_stops_on_a_wrong_one(name, tmp_path):
+    import papermill as pm
+
+    path = EXERCISES / name
+    ok = _with_solution(path, SOLUTIONS[name], tmp_path / f"ok_{name}")
+    pm.execute_notebook(str(ok), str(tmp_path / f"ok_out_{name}"), kernel_name="python3", cwd=str(EXERCISES),
+                        progress_bar=False)
+    executed = json.loads((tmp_path / f"ok_out_{name}").read_text())
+    text = json.dumps(executed["cells"])
+    assert "all " in text and "checks pass" in text
+    wrong_src, hint = WRONG[name]
+    bad = _with_solution(path, wrong_src, tmp_path / f"bad_{name}")
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(bad), str(tmp_path / f"bad_out_{name}"), kernel_name="python3", cwd=str(EXERCISES),
+                            progress_bar=False)
+    assert err.value.ename == "ExerciseError" and hint in err.value.evalue
+
+
+def test_exercise_notebooks_are_the_ones_we_have_solutions_for():
+    assert sorted(p.name for p in EXERCISES.glob("*.ipynb")) == sorted(SOLUTIONS)
