@@ -71,17 +71,23 @@ class Generator(nn.Module):
     """DCGAN generator: noise ``z [N, z_dim]`` -> images ``[N, channels, img_size, img_size]`` in
     (-1, 1).
 
-    Channels per stage: ``width * 2**(n_up - i)``; for 28x28 the stages are 7x7 -> 14x14 -> 28x28,
+    Channels per stage: ``width * 2**(n_up - i)`` (``stem_channels`` overrides the first, which
+    holds most of a tiny generator's weights); for 28x28 the stages are 7x7 -> 14x14 -> 28x28,
     for 32x32 they are 4x4 -> 8x8 -> 16x16 -> 32x32. Each upsampling block is a stride-2
     transposed convolution followed by ``depth - 1`` 3x3 convolutions, all with BatchNorm + ReLU.
     """
 
-    def __init__(self, z_dim: int = 64, width: int = 32, img_size: int = 28, channels: int = 1, depth: int = 1):
+    def __init__(self, z_dim: int = 64, width: int = 32, img_size: int = 28, channels: int = 1, depth: int = 1,
+                 stem_channels: int | None = None):
         super().__init__()
         _check_size(width, depth)
         self.config = dict(z_dim=z_dim, width=width, img_size=img_size, channels=channels, depth=depth)
         n_up, base = _upsamplings(img_size)
         ch = [width * 2 ** (n_up - i) for i in range(n_up + 1)]  # channels at 7x7 (or 4x4) ... full size
+        if stem_channels is not None:  # the stem (z_dim * ch0 * base^2 weights) dominates tiny students
+            if not isinstance(stem_channels, int) or stem_channels < 1:
+                raise ValueError(f"stem_channels={stem_channels!r} is not valid; expected an integer >= 1")
+            ch[0] = self.config["stem_channels"] = stem_channels
         self.z_dim = z_dim
         self.stem = nn.Sequential(nn.ConvTranspose2d(z_dim, ch[0], base, 1, 0, bias=False),
                                   nn.BatchNorm2d(ch[0]), nn.ReLU(inplace=True))  # (N, ch0, base, base)

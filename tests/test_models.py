@@ -25,6 +25,13 @@ def test_parameter_count_grows_with_width_and_depth():
     # closed form for width=1, z_dim=2, 28x28, one channel:
     # stem convT 2*4*7*7 + BN 2*4; up1 convT 4*2*4*4 + BN 2*2; up2 convT 2*1*4*4 + BN 2*1; head conv 1*1*3*3 + 1
     assert kd.count_parameters(Generator(z_dim=2, width=1)) == 392 + 8 + 128 + 4 + 32 + 2 + 10
+    # stem 64*2*7*7 (no bias) + BN 2*2, up1 2*2*4*4 + BN 2*2, up2 2*1*4*4 + BN 2, head 1*1*3*3 + 1
+    tiny = Generator(width=1, stem_channels=2)
+    assert kd.count_parameters(tiny) == 6272 + 4 + 64 + 4 + 32 + 2 + 10
+    assert kd.count_parameters(Generator()) / kd.count_parameters(tiny) > 50  # a student 50x+ smaller than the teacher
+    assert tiny(torch.randn(3, 64)).shape == (3, 1, 28, 28) and "stem_channels" not in Generator().config
+    with pytest.raises(ValueError, match="stem_channels"):
+        Generator(stem_channels=0)
 
 
 def test_bad_model_arguments_raise():
@@ -154,3 +161,11 @@ def test_feature_tap_keeps_gradients():
         g(torch.randn(2, 64))
     tap.features["blocks.up2"].pow(2).mean().backward()
     assert g.stem[0].weight.grad is not None and g.stem[0].weight.grad.abs().sum() > 0
+
+
+def test_generator_with_small_stem_survives_a_checkpoint(tmp_path):
+    g = Generator(width=1, stem_channels=3)
+    path = kd.checkpoints.save(g, tmp_path / "tiny.safetensors")
+    loaded = kd.checkpoints.load(path)
+    assert loaded.config == g.config and loaded.stem[0].out_channels == 3
+    assert all(torch.equal(a, b) for a, b in zip(g.state_dict().values(), loaded.state_dict().values()))
