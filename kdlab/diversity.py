@@ -29,7 +29,7 @@ def knn_radii(feats: torch.Tensor, k: int = 3, chunk: int = 1024) -> torch.Tenso
     check_int("k", k)
     if len(feats) <= k:
         raise ValueError(f"need more than k={k} points for k-nearest-neighbour radii, got {len(feats)}")
-    radii = torch.empty(len(feats), dtype=feats.dtype)
+    radii = torch.empty(len(feats), dtype=feats.dtype, device=feats.device)
     for i in range(0, len(feats), chunk):
         d = torch.cdist(feats[i:i + chunk], feats)  # (chunk, N), includes the point itself at distance 0
         radii[i:i + chunk] = d.kthvalue(k + 1, dim=1).values

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import feature_losses, losses
+from . import feature_losses, losses, metrics
 
 
 class ExerciseError(AssertionError):
@@ -72,7 +72,7 @@ def check_distill_step(fn: Callable[[nn.Module, nn.Module, torch.Tensor, torch.o
     torch.manual_seed(1)
     student = Generator(width=2)
     z = torch.randn(8, teacher.z_dim, generator=torch.Generator().manual_seed(2))
-    t_before = [p.detach().clone() for p in teacher.parameters()]
+    t_before = [t.detach().clone() for t in [*teacher.parameters(), *teacher.buffers()]]  # incl. BatchNorm statistics
     s_before = [p.detach().clone() for p in student.parameters()]
     with torch.no_grad():
         student.train()
@@ -85,8 +85,9 @@ def check_distill_step(fn: Callable[[nn.Module, nn.Module, torch.Tensor, torch.o
         loss = loss.item()
     if not isinstance(loss, (int, float)):
         raise ExerciseError(f"return the loss as a float (loss.item()), got {type(loss).__name__}")
-    if any(not torch.equal(a, b) for a, b in zip(t_before, teacher.parameters())):
-        raise ExerciseError("the teacher's weights changed: the teacher is frozen; only the student's optimizer steps")
+    if any(not torch.equal(a, b) for a, b in zip(t_before, [*teacher.parameters(), *teacher.buffers()])):
+        raise ExerciseError("the teacher's weights or BatchNorm statistics changed: the teacher is frozen (keep it in "
+                            "eval mode, no gradient steps); only the student's optimizer steps")
     if all(torch.equal(a, b) for a, b in zip(s_before, student.parameters())):
         raise ExerciseError("the student's weights did not change: call loss.backward() and optimizer.step()")
     if math.isclose(loss, math.sqrt(expected), rel_tol=1e-4):
@@ -141,14 +142,15 @@ def check_kl(fn: Callable[..., torch.Tensor]) -> bool:
     s_req = s.clone().requires_grad_(True)
     out = _tensor(fn(s_req, t, 2.0, "forward"), "my_kl")
     if not out.requires_grad:
-        raise ExerciseError("the value is right but has no gradient: keep the computation in differentiable torch "
+        raise ExerciseError("the loss has no gradient: keep the computation in differentiable torch "
                             "operations (no .item(), .numpy(), torch.tensor(...) or detach on the student side)")
     (g_out,) = torch.autograd.grad(out, s_req)
     s_ref = s.clone().requires_grad_(True)
     (g_ref,) = torch.autograd.grad(ref(s_ref, t, 2.0, "forward"), s_ref)
     if not _close(g_out, g_ref):
-        raise ExerciseError("the value is right but the gradient is not: keep the computation in differentiable "
-                            "torch operations (no .item(), .numpy() or detach on the student side)")
+        raise ExerciseError("the gradient with respect to the student logits differs from the reference: keep the "
+                            "computation in differentiable torch operations (no .item(), .numpy() or detach on "
+                            "the student side)")
     return _passed("KL distillation loss", 8)
 
 
@@ -168,5 +170,60 @@ def check_attention_map(fn: Callable[[torch.Tensor], torch.Tensor]) -> bool:
     if _close(out, feature_losses.attention_map(f, p=1.0).double()):
         raise ExerciseError("use the squared activations F^2 (p = 2), not |F|")
     if not _close(out, ref):
-        raise ExerciseError("the map must reduce over channels (dim 1) of F^2, keeping one value per position")
+        raise ExerciseError("the values differ from the expected attention map: check the axis you average over "
+                            "(channels) and the per-sample normalisation")
     return _passed("attention map", 3)
+
+
+# ---------------------------------------------------------------- notebook 05
+def _spectrum_variant(images: torch.Tensor, n_bins: int, amplitude: bool = False, subtract_mean: bool = True,
+                      reduce: str = "mean") -> torch.Tensor:
+    """The radial spectrum with one typical mistake switched on, to recognise it in a learner's output."""
+    x = images.double()
+    x = x - x.mean((-2, -1), keepdim=True) if subtract_mean else x
+    power = torch.fft.fft2(x).abs() ** (1 if amplitude else 2)
+    power = power.mean((0, 1))  # (H, W)
+    h, w = x.shape[-2:]
+    fy, fx = torch.fft.fftfreq(h, dtype=torch.float64), torch.fft.fftfreq(w, dtype=torch.float64)
+    ring = torch.round(torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2) * 2 * n_bins).long().clamp(max=n_bins)
+    total = torch.zeros(n_bins + 1, dtype=torch.float64).index_add_(0, ring.flatten(), power.flatten())
+    if reduce == "sum":
+        return total
+    count = torch.zeros(n_bins + 1, dtype=torch.float64).index_add_(0, ring.flatten(), torch.ones(h * w, dtype=torch.float64))
+    return total / count.clamp_min(1)
+
+
+def check_radial_spectrum(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> bool:
+    """``fn(images, n_bins)``: images ``[N, C, H, W]`` -> radially averaged power spectrum ``[n_bins + 1]``:
+    subtract each image's mean, ``|FFT|^2``, ring ``k`` = FFT bins whose radial frequency (cycles per
+    pixel) rounds to ``k * 0.5 / n_bins`` (corners beyond Nyquist join the last ring), the mean power
+    over each ring's bins, the images and the channels."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(3, 2, 16, 16, generator=g, dtype=torch.float64) + 0.7  # non-zero means: a DC term to drop
+    ref = metrics.radial_spectrum(images, 8)[1]
+    out = _tensor(fn(images, 8), "your function").detach()
+    if out.shape != ref.shape:
+        raise ExerciseError(f"expected n_bins + 1 = {len(ref)} values (rings 0..n_bins), got shape {list(out.shape)}")
+    if not torch.isfinite(out).all():
+        raise ExerciseError("the spectrum has inf or nan values: is an empty ring divided by zero bins?")
+    if abs(out[0].item()) > 1e-6 * out.abs().max().item():
+        raise ExerciseError("ring 0 (the DC term) must be 0: subtract each image's mean before the FFT")
+    if _close(out, _spectrum_variant(images, 8, amplitude=True)):
+        raise ExerciseError("this is the amplitude |FFT|; the power spectrum is |FFT|^2")
+    if _close(out, _spectrum_variant(images, 8, reduce="sum")):
+        raise ExerciseError("average the power over the FFT bins of each ring; a sum grows with the ring's size")
+    if _close(out, metrics.radial_spectrum(images[:1], 8)[1]):
+        raise ExerciseError("average over all images (and channels), not only the first one")
+    # a pure grating of f cycles/pixel must peak at ring round(2 * n_bins * f)
+    size, n_bins, f = 32, 16, 0.25
+    x = torch.arange(size, dtype=torch.float64)
+    grating = torch.cos(2 * math.pi * f * x)[None, None, None, :].expand(1, 1, size, size)
+    peak = int(_tensor(fn(grating, n_bins), "your function").detach().argmax())
+    if peak != round(2 * n_bins * f):
+        raise ExerciseError(f"a grating of {f} cycles/pixel peaks at ring {peak} of yours, expected ring "
+                            f"{round(2 * n_bins * f)}: measure the radial frequency in cycles per pixel "
+                            "(torch.fft.fftfreq) and use ring k = round(2 * n_bins * frequency)")
+    if not _close(out, ref, rtol=1e-4, atol=1e-8):
+        raise ExerciseError("the values differ from the radially averaged power spectrum: check the ring of each "
+                            "FFT bin (rounded, corners beyond Nyquist in the last ring) and the averaging")
+    return _passed("radial spectrum", 6)

@@ -38,10 +38,15 @@ def _check_maps(student: torch.Tensor, teacher: torch.Tensor, what: str) -> None
                          f"teacher {list(teacher.shape)} (choose layers of the same resolution)")
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half precision goes up to float32 for the reductions; float32 and float64 stay as they are."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def attention_map(feats: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """Normalised spatial attention ``a / ||a||_2`` ``[N, H*W]`` with ``a = mean_c |F|^p`` of
-    features ``[N, C, H, W]`` (float32 or wider)."""
-    a = feats.float().abs().pow(p).mean(1).flatten(1)  # (N, H*W)
+    features ``[N, C, H, W]``, computed in float32 or wider (float64 stays float64)."""
+    a = _at_least_float32(feats).abs().pow(p).mean(1).flatten(1)  # (N, H*W)
     return F.normalize(a, dim=1, eps=1e-12)
 
 
@@ -97,7 +102,7 @@ def layer_channels(student: nn.Module, teacher: nn.Module, layers: Iterable[str]
 def feature_distillation(kind: str, student_feats: dict[str, torch.Tensor], teacher_feats: dict[str, torch.Tensor],
                          adapters: FeatureAdapters | None = None, p: float = 2.0) -> torch.Tensor:
     """Mean over the layers of ``student_feats`` of the ``kind`` loss (``"hint"``, ``"attention"`` or
-    ``"gram"``; hint and Gram need ``adapters``). A scalar (float32)."""
+    ``"gram"``; hint and Gram need ``adapters``). A scalar, float32 (float64 for float64 features)."""
     check_choice("kind", kind, FEATURE_LOSSES)
     if kind != "attention" and adapters is None:
         raise ValueError(f"feature loss {kind!r} needs FeatureAdapters (student channels -> teacher channels)")
@@ -110,7 +115,7 @@ def feature_distillation(kind: str, student_feats: dict[str, torch.Tensor], teac
             continue
         adapted = adapters(name, fs)  # (N, Ct, H, W)
         if kind == "hint":
-            terms.append(F.mse_loss(adapted.float(), ft.float()))
+            terms.append(F.mse_loss(_at_least_float32(adapted), _at_least_float32(ft)))
         else:
             terms.append(F.mse_loss(gram_matrix(adapted), gram_matrix(ft)))
     return torch.stack(terms).mean()

@@ -1,6 +1,7 @@
 """Quality and cost metrics for teachers and students.
 
-- :func:`radial_spectrum`, :func:`band_shares`, :func:`band_ratios` and :func:`high_frequency_ratio`:
+- :func:`radial_spectrum`, :func:`band_shares`, :func:`band_energies`, :func:`band_ratios` and
+  :func:`high_frequency_ratio`:
   which frequencies survive;
 - :func:`gram_distance`: texture (style) statistics of feature maps;
 - :func:`frechet_distance` and :class:`FID` (in the feature space of a small MNIST classifier);
@@ -79,6 +80,20 @@ def band_shares(images: torch.Tensor, bands=BANDS) -> torch.Tensor:
     r = _radius(*images.shape[-2:])
     total = power.sum().clamp_min(1e-300)
     return torch.stack([power[(r >= lo) & (r < hi)].sum() / total for lo, hi in bands])
+
+
+def band_energies(images: torch.Tensor, bands=BANDS) -> torch.Tensor:
+    """Absolute energy of images ``[N, C, H, W]`` in each radial frequency band ``[lo, hi)``, as the
+    band's contribution to the pixel variance: ``sum over the band's FFT bins of |FFT(x - mean x)|^2 /
+    (H W)^2``, averaged over images and channels, ``[len(bands)]`` float64. By Parseval's theorem,
+    bands that tile [0, 1) sum to the mean per-image pixel variance. Unlike :func:`band_shares` it
+    sees a student that loses energy everywhere (a flat image scores near 0 in every band)."""
+    if images.dim() != 4:
+        raise ValueError(f"expected images [N, C, H, W], got shape {list(images.shape)}")
+    h, w = images.shape[-2:]
+    power = _power(images).mean((0, 1)) / (h * w) ** 2  # (H, W)
+    r = _radius(h, w)
+    return torch.stack([power[(r >= lo) & (r < hi)].sum() for lo, hi in bands])
 
 
 def band_ratios(student_images: torch.Tensor, teacher_images: torch.Tensor, bands=BANDS) -> torch.Tensor:

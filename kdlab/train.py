@@ -209,6 +209,14 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, images: torch.Tens
                     checkpoint_every=checkpoint_every, progress=progress, desc="GAN teacher")
 
 
+def freeze(teacher: nn.Module, device) -> nn.Module:
+    """Move a teacher to ``device``, put it in eval mode and stop gradients to its parameters."""
+    teacher.to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
 def _minimise(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -314,9 +322,7 @@ def distill_gan(student: nn.Module, teacher: nn.Module, *, steps: int, loss: str
         raise ValueError("loss='joint' needs a discriminator and real_images (the adversarial term)")
     dev = get_device(device)
     student.to(dev)
-    teacher.to(dev).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    freeze(teacher, dev)
     modules, params = {"student": student}, list(student.parameters())
     if feature_loss is not None:
         check_choice("feature_loss", feature_loss, feature_losses.FEATURE_LOSSES)
@@ -367,6 +373,29 @@ def distill_gan(student: nn.Module, teacher: nn.Module, *, steps: int, loss: str
     return run_loop(step_fn, steps=steps, seed=seed, modules=modules, optimizers=optimizers, run=run,
                     state_path=state_path, checkpoint_every=checkpoint_every, progress=progress,
                     desc=f"distill ({loss}{' + ' + feature_loss if feature_loss else ''})")
+
+
+def parse_recipe(recipe: str) -> tuple[str, str | None]:
+    """``"<output loss>[+<feature loss>]"`` -> ``(loss, feature_loss or None)``, e.g. ``"joint+gram"``
+    -> ``("joint", "gram")``; output losses ``mse``, ``l1``, ``joint``; feature losses ``hint``,
+    ``attention``, ``gram``. Raises ``ValueError`` naming the allowed values."""
+    if not isinstance(recipe, str) or recipe.count("+") > 1 or recipe.endswith("+"):
+        raise ValueError(f"recipe={recipe!r} is not valid; expected '<output loss>' or '<output loss>+<feature loss>'")
+    loss, _, feature = recipe.partition("+")
+    check_choice("recipe output loss", loss, losses.OUTPUT_LOSSES + ("joint",))
+    if feature:
+        check_choice("recipe feature loss", feature, feature_losses.FEATURE_LOSSES)
+    return loss, feature or None
+
+
+def distill_recipe(student: nn.Module, teacher: nn.Module, recipe: str, *, layers: Sequence[str] = (),
+                   feature_weight: float = 1.0, **kwargs) -> History:
+    """:func:`distill_gan` with the loss written as a recipe string (:func:`parse_recipe`): ``"mse"``,
+    ``"joint"``, ``"mse+gram"``, ``"joint+attention"``... ``layers`` and ``feature_weight`` apply
+    only when the recipe has a feature term; other keyword arguments go to :func:`distill_gan`."""
+    loss, feature = parse_recipe(recipe)
+    extra = dict(feature_loss=feature, layers=layers, feature_weight=feature_weight) if feature else {}
+    return distill_gan(student, teacher, loss=loss, **kwargs, **extra)
 
 
 @torch.no_grad()
@@ -441,9 +470,7 @@ def distill_pixelcnn(student: nn.Module, teacher: nn.Module, images: torch.Tenso
                          f"{[len(images), teacher.levels, *images.shape[2:]]} (pixelcnn_logits(teacher, images))")
     dev = get_device(device)
     student.to(dev)
-    teacher.to(dev).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    freeze(teacher, dev)
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     modules = {"student": student}
     if context == "student":

@@ -91,3 +91,51 @@ def plot_pixel_distributions(teacher_logits: torch.Tensor, student_logits: dict[
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_spectra(images: dict[str, torch.Tensor], bands: dict[str, tuple[float, float]] | None = None, ax=None,
+                 title: str = "radially averaged power spectrum"):
+    """Radial power spectra (:func:`kdlab.metrics.radial_spectrum`, log scale) of image sets
+    ``{name: [N, C, H, W]}`` against frequency in cycles per pixel, with ``bands``
+    (``{name: (lo, hi)}``) shaded. The first set (the teacher, by convention) is drawn in black."""
+    from .metrics import radial_spectrum
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+    else:
+        fig = ax.figure
+    for i, (name, x) in enumerate(images.items()):
+        freqs, power = radial_spectrum(x)
+        ax.plot(freqs[1:].numpy(), power[1:].numpy(), label=name, color="black" if i == 0 else None,
+                linewidth=2 if i == 0 else 1.2)
+    for j, (name, (lo, hi)) in enumerate((bands or {}).items()):
+        ax.axvspan(lo, min(hi, 0.5), color=f"C{j}", alpha=0.08)
+        ax.text((lo + min(hi, 0.5)) / 2, 1.0, name, transform=ax.get_xaxis_transform(), ha="center", va="top",
+                fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("frequency (cycles/pixel)")
+    ax.set_ylabel("power")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def teacher_student_figure(teacher: torch.nn.Module, student: torch.nn.Module, seed: int, n: int = 8,
+                           name: str = "student", bands: dict[str, tuple[float, float]] | None = None):
+    """Teacher and student images for the same ``n`` noise vectors (drawn from ``seed``), and the
+    radial spectra of both image sets: the static view behind :func:`kdlab.widgets.student_explorer`."""
+    device = next(teacher.parameters()).device
+    z = teacher.sample_noise(n, torch.Generator().manual_seed(seed), device=device)  # (n, z_dim)
+    t_img, s_img = teacher.eval()(z), student.eval()(z)  # (n, C, H, W)
+    nrow = max(1, int(round(n ** 0.5)))
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), gridspec_kw={"width_ratios": [1, 1, 1.4]})
+    for ax, img, title in zip(axes, (t_img, s_img), ("teacher", name)):
+        ax.imshow(grid_image(img, nrow), cmap="gray")
+        ax.set_title(f"{title} (noise seed {seed})")
+        ax.axis("off")
+    plot_spectra({"teacher": t_img, name: s_img}, bands, ax=axes[2], title="spectra of these images")
+    fig.tight_layout()
+    return fig

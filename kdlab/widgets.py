@@ -25,3 +25,22 @@ def temperature_explorer(teacher_logits: torch.Tensor, student_logits: dict[str,
         plt.close(fig)
 
     return widgets.interactive(draw, temperature=slider)
+
+
+def student_explorer(teacher: torch.nn.Module, students: dict[str, torch.nn.Module], n: int = 8,
+                     bands: dict[str, tuple[float, float]] | None = None):
+    """A student dropdown and a noise-seed slider redrawing :func:`kdlab.viz.teacher_student_figure`
+    (teacher and student images for the same noise, and their spectra). Returns the widget."""
+    import ipywidgets as widgets
+
+    if not students:
+        raise ValueError("student_explorer needs at least one student, got an empty dict")
+    names = list(students)
+
+    def draw(student: str, seed: int) -> None:
+        fig = viz.teacher_student_figure(teacher, students[student], seed, n=n, name=student, bands=bands)
+        plt.show()
+        plt.close(fig)
+
+    return widgets.interactive(draw, student=widgets.Dropdown(options=names, value=names[-1], description="student"),
+                               seed=widgets.IntSlider(value=0, min=0, max=99, description="noise seed"))

@@ -91,3 +91,13 @@ def test_no_pickle_anywhere_in_the_package():
     out = subprocess.run(["grep", "-rnE", r"torch\.load\(|import pickle|pickle\.load", str(root)],
                          capture_output=True, text=True).stdout
     assert out == "", out
+
+
+def test_shipped_checkpoints_verify_and_fit_the_size_budget():
+    folder = Path(kd.checkpoints.shipped("gan_teacher")).parent
+    files = sorted(folder.glob("*.safetensors"))
+    assert {p.stem for p in files} >= {"gan_teacher", "gan_discriminator", "pixelcnn_teacher", "mnist_classifier",
+                                       "mnist5k_fid_stats", "texture_teacher"}
+    for path in files:
+        kd.checkpoints.load_tensors(path)  # checksum and format verified
+    assert sum(p.stat().st_size for p in files) < 15e6  # the data/README budget

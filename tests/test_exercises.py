@@ -5,6 +5,7 @@ import math
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,17 @@ SOLUTIONS = {
             a = (features ** 2).mean(1).flatten(1)
             return a / a.norm(dim=1, keepdim=True)
     """,
+    "05_exercises.ipynb": """
+        def radial_spectrum(images, n_bins):
+            x = images - images.mean((-2, -1), keepdim=True)
+            power = (torch.fft.fft2(x).abs() ** 2).mean((0, 1)).flatten()
+            h, w = images.shape[-2:]
+            fy, fx = torch.fft.fftfreq(h), torch.fft.fftfreq(w)
+            ring = ((fy[:, None] ** 2 + fx[None, :] ** 2).sqrt() * 2 * n_bins).round().long().clamp(max=n_bins).flatten()
+            total = torch.zeros(n_bins + 1, dtype=power.dtype).index_add_(0, ring, power)
+            count = torch.zeros(n_bins + 1, dtype=power.dtype).index_add_(0, ring, torch.ones_like(power))
+            return total / count.clamp(min=1)
+    """,
 }
 WRONG = {  # one typical mistake per notebook, and the hint the check must give
     "01_exercises.ipynb": ("def bits_per_dim(log_prob, num_pixels):\n    return -log_prob / num_pixels", "convert to bits"),
@@ -58,6 +70,8 @@ WRONG = {  # one typical mistake per notebook, and the hint the check must give
                            "    a, b = (p, q) if direction == 'forward' else (q, p)\n"
                            "    return (a.exp() * (a - b)).sum(1).mean()", "T^2"),
     "04_exercises.ipynb": ("def attention_map(features):\n    return (features ** 2).mean(1).flatten(1)", "L2 norm 1"),
+    "05_exercises.ipynb": (textwrap.dedent(SOLUTIONS["05_exercises.ipynb"]).replace(
+        "x = images - images.mean((-2, -1), keepdim=True)", "x = images"), "DC"),
 }
 
 
@@ -69,6 +83,7 @@ def test_checks_accept_correct_solutions():
     assert kd.exercises.check_distill_step(ns["distill_step"])
     assert kd.exercises.check_kl(ns["my_kl"]) and kd.exercises.check_kl(kl_solution)
     assert kd.exercises.check_attention_map(ns["attention_map"])
+    assert kd.exercises.check_radial_spectrum(ns["radial_spectrum"])
 
 
 @pytest.mark.parametrize("wrong, hint", [
@@ -118,6 +133,17 @@ def test_other_checks_catch_typical_mistakes():
     with pytest.raises(ExerciseError, match="teacher is frozen"):
         kd.exercises.check_distill_step(updates_teacher)
 
+    def teacher_in_train_mode(student, teacher, z, opt):
+        teacher.train()  # BatchNorm now updates its running statistics from this batch
+        with torch.no_grad():
+            target = teacher(z)
+        loss = ((student(z) - target) ** 2).mean()
+        opt.zero_grad(); loss.backward(); opt.step()
+        return loss.item()
+
+    with pytest.raises(ExerciseError, match="BatchNorm statistics"):
+        kd.exercises.check_distill_step(teacher_in_train_mode)
+
     def different_noise(student, teacher, z, opt):
         with torch.no_grad():
             target = teacher(torch.randn_like(z))
@@ -131,6 +157,34 @@ def test_other_checks_catch_typical_mistakes():
         kd.exercises.check_attention_map(lambda f: F.normalize(f.abs().mean(1).flatten(1), dim=1))
     with pytest.raises(ExerciseError, match=r"\[N, H\*W\]"):
         kd.exercises.check_attention_map(lambda f: F.normalize((f ** 2).mean(1), dim=(1, 2)))
+
+
+def _spectrum(images, n_bins, amplitude=False, first_only=False, cycles_per_image=False):
+    """A float64 radial spectrum written with NumPy, with one mistake switched on."""
+    x = images.numpy()[:1] if first_only else images.numpy()
+    x = x - x.mean(axis=(-2, -1), keepdims=True)
+    power = (np.abs(np.fft.fft2(x)) ** (1 if amplitude else 2)).mean(axis=(0, 1))
+    h, w = x.shape[-2:]
+    fy, fx = np.fft.fftfreq(h, d=1 / h if cycles_per_image else 1), np.fft.fftfreq(w, d=1 / w if cycles_per_image else 1)
+    ring = np.minimum(np.round(np.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2) * 2 * n_bins), n_bins).astype(int)
+    total = np.bincount(ring.ravel(), power.ravel(), minlength=n_bins + 1)
+    count = np.bincount(ring.ravel(), minlength=n_bins + 1)
+    return torch.from_numpy(total / np.maximum(count, 1))
+
+
+def test_spectrum_check_accepts_numpy_reference_and_catches_typical_mistakes():
+    assert kd.exercises.check_radial_spectrum(_spectrum)
+    for kwargs, hint in (({"amplitude": True}, "amplitude"), ({"first_only": True}, "all images"),
+                         ({"cycles_per_image": True}, "cycles per pixel")):
+        with pytest.raises(ExerciseError, match=hint):
+            kd.exercises.check_radial_spectrum(lambda x, n, kw=kwargs: _spectrum(x, n, **kw))
+    with pytest.raises(ExerciseError, match="n_bins \\+ 1"):
+        kd.exercises.check_radial_spectrum(lambda x, n: _spectrum(x, n)[1:])
+    with pytest.raises(ExerciseError, match="sum grows"):
+        kd.exercises.check_radial_spectrum(lambda x, n: _spectrum(x, n) * torch.bincount(
+            torch.from_numpy(np.minimum(np.round(np.sqrt(np.fft.fftfreq(x.shape[-2])[:, None] ** 2
+                                                          + np.fft.fftfreq(x.shape[-1])[None, :] ** 2) * 2 * n), n)
+                             .astype(np.int64).ravel()), minlength=n + 1))
 
 
 def _with_solution(path: Path, src: str, dest: Path) -> Path:

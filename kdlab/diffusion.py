@@ -1,0 +1,198 @@
+"""Diffusion with the v-parameterisation, DDIM sampling, and progressive distillation (notebook 06;
+Salimans and Ho 2022, arXiv 2202.00512).
+
+Notation (continuous time ``t`` in [0, 1], variance preserving, cosine schedule):
+
+    alpha_t = cos(pi t / 2),  sigma_t = sin(pi t / 2),  alpha_t^2 + sigma_t^2 = 1
+    z_t = alpha_t x + sigma_t eps,                  eps ~ N(0, I)
+    v   = alpha_t eps - sigma_t x                   (what the network predicts)
+    x   = alpha_t z_t - sigma_t v,   eps = sigma_t z_t + alpha_t v
+    DDIM step t -> s:  z_s = alpha_s x_hat + sigma_s eps_hat   (deterministic; eps_hat from z_t, x_hat)
+
+Progressive distillation: a student sampler with ``N`` steps is trained so that its one step from
+``t`` to ``t - 1/N`` lands where the teacher's two DDIM steps ``t -> t - 1/(2N) -> t - 1/N`` land. The
+DDIM step is linear in ``x_hat``, so the student's target prediction is (paper, eq. 8 in Algorithm 2)
+
+    x_tilde = (z_{t''} - (sigma_{t''} / sigma_t) z_t) / (alpha_{t''} - (sigma_{t''} / sigma_t) alpha_t)
+
+and the student regresses the v that corresponds to ``x_tilde`` at ``z_t``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from . import models
+from .train import History, _check_images, _minimise, freeze, run_loop
+from .utils import check_int, get_device
+
+
+def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine schedule: ``(cos(pi t / 2), sin(pi t / 2))`` for ``t`` of any shape, in float64 if ``t`` is."""
+    return torch.cos(0.5 * math.pi * t), torch.sin(0.5 * math.pi * t)
+
+
+def _bc(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``a [N]`` -> ``[N, 1, 1, 1]`` (broadcast over images ``like``)."""
+    return a.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def diffuse(x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """``z_t = alpha_t x + sigma_t eps`` for images ``x`` ``[N, C, H, W]``, times ``t`` ``[N]``."""
+    a, s = alpha_sigma(t)
+    return _bc(a, x) * x + _bc(s, x) * eps
+
+
+def v_target(x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """``v = alpha_t eps - sigma_t x``."""
+    a, s = alpha_sigma(t)
+    return _bc(a, x) * eps - _bc(s, x) * x
+
+
+def x_eps_from_v(z: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x_hat, eps_hat) = (alpha_t z - sigma_t v, sigma_t z + alpha_t v)``."""
+    a, s = alpha_sigma(t)
+    a, s = _bc(a, z), _bc(s, z)
+    return a * z - s * v, s * z + a * v
+
+
+def v_from_x(z: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The v whose ``x_hat`` is ``x`` at ``z_t``: ``eps = (z - alpha_t x) / sigma_t``, ``v = alpha_t eps - sigma_t x``
+    (``sigma_t > 0``, i.e. ``t > 0``)."""
+    a, s = alpha_sigma(t)
+    a, s = _bc(a, z), _bc(s, z)
+    return a * (z - a * x) / s - s * x
+
+
+def ddim_step(z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """One deterministic DDIM step from time ``t`` to ``s < t`` given the prediction ``x_hat``:
+    ``z_s = alpha_s x_hat + sigma_s (z_t - alpha_t x_hat) / sigma_t``."""
+    a_t, s_t = alpha_sigma(t)
+    a_s, s_s = alpha_sigma(s)
+    eps_hat = (z - _bc(a_t, z) * x_hat) / _bc(s_t, z)
+    return _bc(a_s, z) * x_hat + _bc(s_s, z) * eps_hat
+
+
+def predict_x(model: nn.Module, z: torch.Tensor, t: torch.Tensor, clip: bool = True) -> torch.Tensor:
+    """``x_hat`` from a v-prediction model, clipped to the data range [-1, 1] when ``clip``."""
+    x_hat = x_eps_from_v(z, t, model(z, t))[0]
+    return x_hat.clamp(-1, 1) if clip else x_hat
+
+
+@torch.no_grad()
+def sample(model: nn.Module, noise: torch.Tensor, steps: int, clip: bool = True) -> torch.Tensor:
+    """DDIM with ``steps`` equal steps from ``t = 1`` (``z_1 = noise`` ``[N, C, H, W]``) to ``t = 0``;
+    returns ``x [N, C, H, W]``. One network evaluation per step."""
+    check_int("steps", steps)
+    z, n = noise, noise.shape[0]
+    for i in range(steps, 0, -1):
+        t = torch.full((n,), i / steps, device=noise.device, dtype=noise.dtype)
+        s = torch.full((n,), (i - 1) / steps, device=noise.device, dtype=noise.dtype)
+        z = ddim_step(z, t, s, predict_x(model, z, t, clip))
+    return z
+
+
+def two_step_target(teacher: nn.Module, z: torch.Tensor, t: torch.Tensor, student_steps: int,
+                    clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's two DDIM steps ``t -> t - 1/(2N) -> t - 1/N`` (``N = student_steps``) and the
+    student target ``x_tilde`` that reaches the same ``z_{t''}`` in one step. Returns ``(x_tilde, z_t'')``."""
+    t1, t2 = t - 0.5 / student_steps, t - 1.0 / student_steps
+    z1 = ddim_step(z, t, t1, predict_x(teacher, z, t, clip))
+    z2 = ddim_step(z1, t1, t2, predict_x(teacher, z1, t1, clip))
+    a_t, s_t = alpha_sigma(t)
+    a_2, s_2 = alpha_sigma(t2)
+    ratio = _bc(s_2 / s_t, z)
+    x_tilde = (z2 - ratio * z) / (_bc(a_2, z) - ratio * _bc(a_t, z))
+    return x_tilde, z2
+
+
+class EMA:
+    """Exponential moving average of a model's weights: ``ema = decay * ema + (1 - decay) * weights``
+    after every step (``model`` holds the averaged copy)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0 <= decay < 1:
+            raise ValueError(f"ema_decay={decay!r} is not valid; expected 0 <= decay < 1")
+        self.model, self.decay = copy.deepcopy(model).eval(), decay
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.lerp_(p, 1 - self.decay)
+
+
+def train_diffusion(model: nn.Module, images: torch.Tensor, *, steps: int, batch_size: int = 64, lr: float = 1e-3,
+                    ema_decay: float = 0.999, seed: int = 0, device="auto", state_path=None,
+                    checkpoint_every: int = 250, progress: bool = True) -> tuple[nn.Module, History]:
+    """Teacher training: ``t ~ U(0, 1)``, ``eps ~ N(0, I)``, minimise ``mean (model(z_t, t) - v)^2`` on
+    ``images`` ``[N, C, H, W]`` in [-1, 1] with Adam (learning rate warmed up over the first 5% of steps
+    then cosine-decayed). Returns ``(ema_model, history)``: sample from the EMA weights. History key
+    ``loss`` (mean squared v error)."""
+    check_int("batch_size", batch_size)
+    _check_images(images, model)
+    dev = get_device(device)
+    model.to(dev)
+    ema = EMA(model, ema_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    warmup = max(1, steps // 20)
+
+    def step_fn(step: int, g: torch.Generator) -> dict[str, float]:
+        for group in opt.param_groups:  # linear warm-up, then cosine decay: a function of the step, so resuming is exact
+            group["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        x = images[torch.randint(len(images), (batch_size,), generator=g)].to(dev)  # (B, C, H, W)
+        t = torch.rand(batch_size, generator=g).to(dev)  # (B,)
+        eps = torch.randn(x.shape, generator=g).to(dev)
+        loss = (model(diffuse(x, t, eps), t) - v_target(x, t, eps)).pow(2).mean()
+        _minimise(opt, loss)
+        ema.update(model)
+        return {"loss": loss.item()}
+
+    run = {"kind": "diffusion-v", "seed": seed, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
+           "steps": steps, "model": models.architecture(model)}
+    history = run_loop(step_fn, steps=steps, seed=seed, modules={"model": model, "ema": ema.model},
+                       optimizers={"opt": opt}, run=run, state_path=state_path,
+                       checkpoint_every=checkpoint_every, progress=progress, desc="diffusion teacher")
+    return ema.model.eval(), history
+
+
+def distill_round(student: nn.Module, teacher: nn.Module, images: torch.Tensor, *, student_steps: int, steps: int,
+                  batch_size: int = 64, lr: float = 1e-4, seed: int = 0, device="auto", state_path=None,
+                  checkpoint_every: int = 250, progress: bool = True) -> History:
+    """One round of progressive distillation: ``student`` (usually a copy of ``teacher``) learns to take
+    ``student_steps`` DDIM steps where the teacher takes ``2 * student_steps``. Per step: data
+    ``x`` ``[B, C, H, W]``, a time on the student's grid ``t = i / N`` (``i`` uniform in 1..N), ``z_t``,
+    the teacher's two-step target ``x_tilde`` (:func:`two_step_target`) and the loss
+    ``mean (student(z_t, t) - v_from_x(z_t, t, x_tilde))^2``. History key ``loss``."""
+    check_int("student_steps", student_steps)
+    check_int("batch_size", batch_size)
+    _check_images(images, student)
+    if student is teacher:
+        raise ValueError("the student must be a separate copy of the teacher (copy.deepcopy(teacher))")
+    dev = get_device(device)
+    student.to(dev)
+    freeze(teacher, dev)
+    for p in student.parameters():  # a copy of a frozen teacher starts frozen too
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(student.parameters(), lr=lr)
+
+    def step_fn(step: int, g: torch.Generator) -> dict[str, float]:
+        x = images[torch.randint(len(images), (batch_size,), generator=g)].to(dev)  # (B, C, H, W)
+        t = (torch.randint(1, student_steps + 1, (batch_size,), generator=g).double() / student_steps).float().to(dev)
+        z = diffuse(x, t, torch.randn(x.shape, generator=g).to(dev))
+        with torch.no_grad():
+            x_tilde, _ = two_step_target(teacher, z, t, student_steps)
+            target = v_from_x(z, t, x_tilde)
+        loss = (student(z, t) - target).pow(2).mean()
+        _minimise(opt, loss)
+        return {"loss": loss.item()}
+
+    run = {"kind": "progressive-distillation", "seed": seed, "batch_size": batch_size, "lr": lr,
+           "student_steps": student_steps, "model": models.architecture(student)}
+    return run_loop(step_fn, steps=steps, seed=seed, modules={"student": student}, optimizers={"opt": opt}, run=run,
+                    state_path=state_path, checkpoint_every=checkpoint_every, progress=progress,
+                    desc=f"distil {2 * student_steps} -> {student_steps} steps")

@@ -1,0 +1,149 @@
+"""Diffusion (kdlab.diffusion, kdlab.unet) against closed forms: the schedule's identities, the
+v-parameterisation, DDIM on data whose optimal denoiser is known, and the progressive-distillation
+target."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import kdlab as kd
+from kdlab import diffusion as dm
+
+
+def test_cosine_schedule_identities():
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    a, s = dm.alpha_sigma(t)
+    assert torch.allclose(a ** 2 + s ** 2, torch.ones_like(t), atol=1e-15)  # variance preserving
+    assert a[0] == 1 and s[0] == 0 and abs(a[-1]) < 1e-15 and s[-1] == 1
+    assert (a[1:] < a[:-1]).all() and (s[1:] > s[:-1]).all()
+    inner = t[1:-1]  # signal-to-noise ratio alpha^2 / sigma^2 = 1 / tan^2(pi t / 2)
+    assert torch.allclose((a[1:-1] / s[1:-1]) ** 2, 1 / torch.tan(math.pi * inner / 2) ** 2, rtol=1e-12)
+
+
+def test_v_parameterisation_round_trip():
+    g = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(5, 1, 4, 4, generator=g, dtype=torch.float64), torch.randn(5, 1, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.tensor([0.01, 0.2, 0.5, 0.9, 1.0], dtype=torch.float64)
+    z, v = dm.diffuse(x, t, eps), dm.v_target(x, t, eps)
+    x_hat, eps_hat = dm.x_eps_from_v(z, t, v)
+    assert torch.allclose(x_hat, x, atol=1e-12) and torch.allclose(eps_hat, eps, atol=1e-12)
+    assert torch.allclose(dm.v_from_x(z, t, x), v, atol=1e-12)
+
+
+class PointMassDenoiser(nn.Module):
+    """The optimal v-predictor when the data is one image x0: E[x | z_t] = x0 for every z_t."""
+
+    def __init__(self, x0):
+        super().__init__()
+        self.x0 = x0
+
+    def forward(self, z, t):
+        return dm.v_from_x(z, t.to(z.dtype), self.x0.expand_as(z))
+
+
+class GaussianDenoiser(nn.Module):
+    """Data x ~ N(mu, s^2 I): E[x | z_t] = mu + alpha_t s^2 / (alpha_t^2 s^2 + sigma_t^2) (z_t - alpha_t mu)."""
+
+    def __init__(self, mu, s):
+        super().__init__()
+        self.mu, self.s = mu, s
+
+    def forward(self, z, t):
+        a, sg = [dm._bc(v, z) for v in dm.alpha_sigma(t.to(z.dtype))]
+        x = self.mu + a * self.s ** 2 / (a ** 2 * self.s ** 2 + sg ** 2) * (z - a * self.mu)
+        return dm.v_from_x(z, t.to(z.dtype), x)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7, 64])
+def test_ddim_with_the_optimal_denoiser_of_one_image_recovers_it_exactly(steps):
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(1, 1, 6, 6, generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(3, 1, 6, 6, generator=g, dtype=torch.float64)
+    out = dm.sample(PointMassDenoiser(x0), noise, steps, clip=False)
+    assert torch.allclose(out, x0.expand_as(out), atol=1e-10)
+    # and from z_t made with the true noise, one step to t = 0 lands on x0
+    t = torch.full((3,), 0.7, dtype=torch.float64)
+    z = dm.diffuse(x0.expand(3, -1, -1, -1), t, noise)
+    x_hat = dm.predict_x(PointMassDenoiser(x0), z, t, clip=False)
+    assert torch.allclose(dm.ddim_step(z, t, torch.zeros_like(t), x_hat), x0.expand_as(z), atol=1e-12)
+
+
+def test_ddim_on_gaussian_data_converges_to_the_exact_probability_flow():
+    """For Gaussian data the probability-flow ODE maps z_1 = u to x = mu + s u exactly; DDIM is its
+    discretisation, so its error must shrink as the step count grows (about as 1 / steps)."""
+    g = torch.Generator().manual_seed(2)
+    mu, s = 0.3, 0.5
+    u = torch.randn(2000, 1, 1, 1, generator=g, dtype=torch.float64)
+    errors = [(dm.sample(GaussianDenoiser(mu, s), u, n, clip=False) - (mu + s * u)).abs().max().item() for n in (4, 32, 256)]
+    # first order: 8x more steps cut the worst error (over u up to about 3.5 sigma) about 8x
+    assert errors[0] / errors[1] > 5 and errors[1] / errors[2] > 5 and errors[2] < 0.015, errors
+    x = dm.sample(GaussianDenoiser(mu, s), u, 256, clip=False)
+    assert abs(x.mean().item() - mu) < 0.03 and abs(x.std().item() - s) < 0.02
+
+
+@pytest.mark.parametrize("student_steps", [1, 2, 8])
+def test_two_step_target_reproduces_the_teachers_two_steps_in_one(student_steps):
+    torch.manual_seed(0)
+    teacher = kd.unet.UNet(widths=(8, 8, 8), emb_dim=16).double().eval()
+    for p in teacher.parameters():  # a random teacher with non-trivial outputs
+        nn.init.normal_(p, std=0.1)
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(4, 1, 28, 28, generator=g, dtype=torch.float64)
+    t = torch.tensor([1.0, 1.0, 0.5, 0.25], dtype=torch.float64).clamp(min=1.0 / student_steps)
+    with torch.no_grad():
+        x_tilde, z2 = dm.two_step_target(teacher, z, t, student_steps)
+    one_step = dm.ddim_step(z, t, t - 1.0 / student_steps, x_tilde)
+    assert torch.allclose(one_step, z2, atol=1e-10)
+    # a student that predicts v_from_x(z, t, x_tilde) takes exactly that step
+    v = dm.v_from_x(z, t, x_tilde)
+    assert torch.allclose(dm.x_eps_from_v(z, t, v)[0], x_tilde, atol=1e-10)
+
+
+def test_two_step_target_of_the_point_mass_teacher_is_the_image():
+    x0 = torch.full((1, 1, 4, 4), 0.25, dtype=torch.float64)
+    z = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    t = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    x_tilde, _ = dm.two_step_target(PointMassDenoiser(x0), z, t, 4, clip=False)
+    assert torch.allclose(x_tilde, x0.expand_as(z), atol=1e-10)
+
+
+def test_unet_shapes_determinism_errors_and_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    a = kd.unet.UNet(widths=(8, 16, 16), emb_dim=32)
+    torch.manual_seed(0)
+    b = kd.unet.UNet(widths=(8, 16, 16), emb_dim=32)
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([0.1, 0.5, 1.0])
+    for p in a.parameters():
+        nn.init.normal_(p, std=0.05)
+    b.load_state_dict(a.state_dict())
+    assert a(x, t).shape == (3, 1, 28, 28) and torch.equal(a(x, t), b(x, t))
+    assert not torch.allclose(a(x, t), a(x, t.flip(0)))  # the output depends on the time
+    assert kd.unet.UNet(img_size=32, widths=(8, 8, 8))(torch.randn(2, 1, 32, 32), torch.rand(2)).shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError, match=r"t \[N\]"):
+        a(x, torch.rand(2))
+    with pytest.raises(ValueError, match="widths"):
+        kd.unet.UNet(widths=(8, 8))
+    path = kd.checkpoints.save(a, tmp_path / "unet.safetensors", dataset="none")
+    assert torch.equal(kd.checkpoints.load(path)(x, t), a(x, t))
+
+
+def test_train_diffusion_is_deterministic_and_distill_round_leaves_the_teacher(tmp_path):
+    images = kd.data.as_tensors(kd.data.load("mnist5k", "test"))[0][:64]
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = kd.unet.UNet(widths=(8, 8, 8), emb_dim=16)
+        ema, history = dm.train_diffusion(model, images, steps=6, batch_size=8, seed=1, device="cpu", progress=False)
+        runs.append((ema, history))
+    assert runs[0][1] == runs[1][1] and all(math.isfinite(v) for v in runs[0][1]["loss"])
+    for p, q in zip(runs[0][0].parameters(), runs[1][0].parameters()):
+        assert torch.equal(p, q)
+    teacher = runs[0][0]
+    before = [p.clone() for p in teacher.parameters()]
+    student = kd.checkpoints.load(kd.checkpoints.save(teacher, tmp_path / "t.safetensors"))
+    history = dm.distill_round(student, teacher, images, student_steps=2, steps=3, batch_size=8, device="cpu",
+                               progress=False)
+    assert len(history["loss"]) == 3
+    assert all(torch.equal(p, q) for p, q in zip(before, teacher.parameters()))
+    assert any(not torch.equal(p, q) for p, q in zip(before, student.parameters()))
