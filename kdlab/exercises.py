@@ -227,3 +227,38 @@ def check_radial_spectrum(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> bo
         raise ExerciseError("the values differ from the radially averaged power spectrum: check the ring of each "
                             "FFT bin (rounded, corners beyond Nyquist in the last ring) and the averaging")
     return _passed("radial spectrum", 6)
+
+
+# ---------------------------------------------------------------- notebook 06
+def check_distillation_target(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
+    """``fn(z_t, z_t2, t, t2)``: the progressive-distillation target ``x_tilde`` ``[N, C, H, W]`` such
+    that one DDIM step from ``z_t`` at time ``t`` to ``t2 < t`` with prediction ``x_tilde`` lands on the
+    teacher's ``z_t2`` (times ``[N]``, cosine schedule of :mod:`kdlab.diffusion`)."""
+    from . import diffusion
+
+    g = torch.Generator().manual_seed(0)
+    z, z2 = torch.randn(4, 1, 5, 5, generator=g, dtype=torch.float64), torch.randn(4, 1, 5, 5, generator=g, dtype=torch.float64)
+    t = torch.tensor([1.0, 0.8, 0.5, 0.3], dtype=torch.float64)
+    t2 = torch.tensor([0.5, 0.6, 0.25, 0.0], dtype=torch.float64)
+    out = _tensor(fn(z, z2, t, t2), "your function")
+    if out.shape != z.shape:
+        raise ExerciseError(f"expected one image per sample, shape {list(z.shape)}; got {list(out.shape)}")
+    if not torch.isfinite(out).all():
+        raise ExerciseError("inf or nan: sigma_t > 0 for t > 0, and the denominator alpha_t2 - (sigma_t2 / sigma_t) "
+                            "alpha_t is never 0 for t2 < t; check which sigma you divide by")
+    a_t, s_t = diffusion.alpha_sigma(t)
+    a_2, s_2 = diffusion.alpha_sigma(t2)
+    bc = lambda v: v.view(-1, 1, 1, 1)
+    if _close(out[:3], z2[:3]):
+        raise ExerciseError("this returns the teacher's z_t2; the target is the prediction x_tilde whose one DDIM "
+                            "step from z_t lands there")
+    if _close(out, (z2 - bc(s_t / s_2.clamp_min(1e-300)) * z) / (bc(a_2) - bc(s_t / s_2.clamp_min(1e-300)) * bc(a_t))):
+        raise ExerciseError("the noise ratio is inverted: the DDIM step keeps eps_hat = (z_t - alpha_t x) / sigma_t, "
+                            "so the ratio is sigma_t2 / sigma_t")
+    if _close(out, z2 - bc(s_2 / s_t) * z):
+        raise ExerciseError("solve the step for x_tilde: divide by (alpha_t2 - (sigma_t2 / sigma_t) alpha_t)")
+    lands = diffusion.ddim_step(z, t, t2, out.double())
+    if not _close(lands, z2, rtol=1e-6, atol=1e-8):
+        raise ExerciseError("one DDIM step from z_t with your x_tilde does not land on z_t2: write the step "
+                            "z_t2 = alpha_t2 x + sigma_t2 (z_t - alpha_t x) / sigma_t and solve it for x")
+    return _passed("progressive-distillation target", 5)

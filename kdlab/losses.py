@@ -12,8 +12,8 @@ class axis at dim 1, softened by a temperature ``T`` (Hinton et al. 2015, arXiv 
     reverse:  KL(q || p) = sum_k q_k (log q_k - log p_k)      (mode seeking)
     loss = T^2 * KL,   since d KL(p || q) / d z_S = (q - p) / T  shrinks as 1 / T.
 
-:func:`kl_distillation` here is the pure-PyTorch reference that a fused CUDA kernel (planned)
-must match and fall back to.
+:func:`kl_distillation` here is the pure-PyTorch reference; for CUDA tensors it dispatches to the
+fused kernel of :mod:`kdlab.kernels` when that is available (which gives no teacher gradient).
 """
 from __future__ import annotations
 
@@ -60,6 +60,10 @@ def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     temperature = float(temperature)
     check_choice("direction", direction, DIRECTIONS)
     check_choice("reduction", reduction, REDUCTIONS)
+    from . import kernels
+
+    if student_logits.shape[1] <= kernels.MAX_CLASSES and kernels.use_fused(student_logits):
+        return kernels.kl_distillation(student_logits, teacher_logits, temperature, direction, reduction)
     dtype = torch.promote_types(student_logits.dtype, torch.float32)  # float32 (float64 stays float64)
     log_q = F.log_softmax(student_logits.to(dtype) / temperature, dim=1)  # student, log-sum-exp stable
     log_p = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=1)  # teacher

@@ -61,6 +61,12 @@ SOLUTIONS = {
             count = torch.zeros(n_bins + 1, dtype=power.dtype).index_add_(0, ring, torch.ones_like(power))
             return total / count.clamp(min=1)
     """,
+    "06_exercises.ipynb": """
+        def distillation_target(z_t, z_t2, t, t2):
+            a_t, s_t = torch.cos(math.pi * t / 2).view(-1, 1, 1, 1), torch.sin(math.pi * t / 2).view(-1, 1, 1, 1)
+            a_2, s_2 = torch.cos(math.pi * t2 / 2).view(-1, 1, 1, 1), torch.sin(math.pi * t2 / 2).view(-1, 1, 1, 1)
+            return (z_t2 - s_2 / s_t * z_t) / (a_2 - s_2 / s_t * a_t)
+    """,
 }
 WRONG = {  # one typical mistake per notebook, and the hint the check must give
     "01_exercises.ipynb": ("def bits_per_dim(log_prob, num_pixels):\n    return -log_prob / num_pixels", "convert to bits"),
@@ -72,6 +78,7 @@ WRONG = {  # one typical mistake per notebook, and the hint the check must give
     "04_exercises.ipynb": ("def attention_map(features):\n    return (features ** 2).mean(1).flatten(1)", "L2 norm 1"),
     "05_exercises.ipynb": (textwrap.dedent(SOLUTIONS["05_exercises.ipynb"]).replace(
         "x = images - images.mean((-2, -1), keepdim=True)", "x = images"), "DC"),
+    "06_exercises.ipynb": ("def distillation_target(z_t, z_t2, t, t2):\n    return z_t2", "teacher's z_t2"),
 }
 
 
@@ -84,6 +91,7 @@ def test_checks_accept_correct_solutions():
     assert kd.exercises.check_kl(ns["my_kl"]) and kd.exercises.check_kl(kl_solution)
     assert kd.exercises.check_attention_map(ns["attention_map"])
     assert kd.exercises.check_radial_spectrum(ns["radial_spectrum"])
+    assert kd.exercises.check_distillation_target(ns["distillation_target"])
 
 
 @pytest.mark.parametrize("wrong, hint", [
@@ -185,6 +193,26 @@ def test_spectrum_check_accepts_numpy_reference_and_catches_typical_mistakes():
             torch.from_numpy(np.minimum(np.round(np.sqrt(np.fft.fftfreq(x.shape[-2])[:, None] ** 2
                                                           + np.fft.fftfreq(x.shape[-1])[None, :] ** 2) * 2 * n), n)
                              .astype(np.int64).ravel()), minlength=n + 1))
+
+
+def test_distillation_target_check_catches_typical_mistakes():
+    ab = lambda t: [v.view(-1, 1, 1, 1) for v in kd.diffusion.alpha_sigma(t)]
+
+    def inverted(z, z2, t, t2):
+        (a_t, s_t), (a_2, s_2) = ab(t), ab(t2)
+        return (z2 - s_t / s_2 * z) / (a_2 - s_t / s_2 * a_t)
+
+    def no_denominator(z, z2, t, t2):
+        (a_t, s_t), (a_2, s_2) = ab(t), ab(t2)
+        return z2 - s_2 / s_t * z
+
+    def alpha_ratio(z, z2, t, t2):
+        (a_t, s_t), (a_2, s_2) = ab(t), ab(t2)
+        return (z2 - a_2 / a_t * z) / (s_2 - a_2 / a_t * s_t)
+
+    for wrong, hint in ((inverted, "inverted|inf or nan"), (no_denominator, "divide by"), (alpha_ratio, "does not land")):
+        with pytest.raises(ExerciseError, match=hint):
+            kd.exercises.check_distillation_target(wrong)
 
 
 def _with_solution(path: Path, src: str, dest: Path) -> Path:

@@ -172,3 +172,19 @@ def test_05_signal_preservation_smoke(tmp_path):
     for png in ("capacity_sweep.png", "samples_by_size.png", "textures_teacher.png", "texture_spectra.png",
                 "texture_samples.png", "explorer_static.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+@pytest.mark.notebook
+def test_06_diffusion_step_distillation_smoke(tmp_path):
+    m = _papermill(ROOT / "notebooks" / "06_diffusion_step_distillation.ipynb", tmp_path)
+    assert m["smoke"] is True and m["base_steps"] == 8 and m["round_steps"] == 3 and m["fid_samples"] == 100
+    assert m["teacher"]["parameters"] == 269_377 and m["teacher"]["steps"] == 8
+    assert sorted(map(int, m["ddim"])) == sorted(map(int, m["distilled"])) == [2, 4]  # smoke: 8 -> 4 -> 2
+    for table in (m["ddim"], m["distilled"]):
+        for n, r in table.items():
+            assert r["steps"] == int(n) and r["fid"] > 0 and r["ms_per_image"] > 0
+    # fewer DDIM steps from the same noise cost quality: 2 steps are far worse than the teacher's 8
+    assert m["ddim"]["2"]["fid"] > m["teacher"]["fid"]
+    assert set(m["claims"]) == {"distilled_beats_ddim_at", "fewest_steps_within_25pct_of_teacher"}
+    for png in ("fid_vs_steps.png", "samples.png"):
+        assert (tmp_path / png).stat().st_size > 1000

@@ -84,6 +84,7 @@ def test_interrupt_mid_step_saves_after_the_step_and_resume_is_exact(tmp_path, c
     full = _weights(*modules)
 
     step_fn, kw, modules = _two_update_loop(tmp_path / "cut", interrupt_at=3)
+    handler_before = signal.getsignal(signal.SIGINT)  # default_int_handler; SIG_IGN under `cmd &` in a script
     with pytest.raises(KeyboardInterrupt):
         kd.train.run_loop(step_fn, **kw)
     assert "rerun to resume" in capsys.readouterr().out
@@ -92,7 +93,7 @@ def test_interrupt_mid_step_saves_after_the_step_and_resume_is_exact(tmp_path, c
     history = kd.train.run_loop(step_fn, **kw2)
     assert history == full_history
     assert _same(full, _weights(*modules))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored
 
 
 def test_non_finite_loss_stops_with_a_clear_message(images, tmp_path):

@@ -1,0 +1,129 @@
+"""Benchmark of the fused kernels against PyTorch eager and torch.compile (needs a CUDA GPU).
+
+    python -m kdlab.bench [--json FILE] [--quick]
+
+For each kernel, shape and dtype: median milliseconds of forward + backward (CUDA events, after
+warm-up), the effective bandwidth of the minimum traffic (read student and teacher, write the
+student gradient) in GB/s, and the peak extra memory over the inputs in MiB, for three
+implementations in the same run:
+
+- ``eager``: the autograd reference (:func:`kdlab.losses.kl_distillation` /
+  :func:`kdlab.feature_losses.attention_transfer` with ``KDLAB_KERNELS=reference`` semantics);
+- ``compile``: ``torch.compile`` of that reference (forward + backward);
+- ``fused``: ``torch.ops.kdlab.*`` (this package's CUDA kernels).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+import torch
+
+KL_SHAPES = [((256, 256, 32, 32), 2.0), ((64, 256, 28, 28), 2.0), ((65536, 10), 2.0), ((4096, 1024), 2.0)]
+AT_SHAPES = [((128, 64, 32, 32), (128, 256, 32, 32)), ((64, 32, 28, 28), (64, 128, 28, 28))]
+DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _kl_eager(s, t, temperature):
+    """The reference forward KL in plain PyTorch ops (what eager autograd and torch.compile see)."""
+    log_q = torch.log_softmax(s.float() / temperature, 1)
+    log_p = torch.log_softmax(t.float() / temperature, 1)
+    return (log_p.exp() * (log_p - log_q)).sum(1).mean() * temperature ** 2
+
+
+def _at_eager(fs, ft):
+    from .kernels.reference import _acc
+
+    a_s = torch.nn.functional.normalize(_acc(fs).pow(2).mean(1).flatten(1), dim=1)
+    a_t = torch.nn.functional.normalize(_acc(ft).pow(2).mean(1).flatten(1), dim=1)
+    return (a_s - a_t).pow(2).sum(1).mean()
+
+
+def _kl_fused(s, t, temperature):
+    return torch.ops.kdlab.kl_fused(s, t, temperature, False)[0].mean()
+
+
+def _at_fused(fs, ft):
+    return torch.ops.kdlab.attention_fused(fs, ft, 2.0)[0].mean()
+
+
+def _time(fn, x, *args, repeats: int = 50, warmup: int = 10) -> tuple[float, float]:
+    """Median ms of ``fn(x, *args).backward()`` and the peak memory above the inputs (MiB)."""
+    def run():
+        x.grad = None
+        fn(x, *args).backward()
+
+    for _ in range(warmup):
+        run()
+    torch.cuda.synchronize()
+    x.grad = None
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times), peak
+
+
+def _row(kernel, shape, dtype, traffic_bytes, impls, x, *args) -> dict:
+    row = {"kernel": kernel, "shape": shape, "dtype": str(dtype).replace("torch.", "")}
+    for name, fn in impls.items():
+        ms, mem = _time(fn, x, *args)
+        row[f"{name}_ms"], row[f"{name}_gbps"], row[f"{name}_extra_mib"] = ms, traffic_bytes / ms / 1e6, mem
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="kdlab fused-kernel benchmark")
+    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--quick", action="store_true", help="the first shape of each kernel only")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("kdlab.bench needs a CUDA GPU (none is visible); the measured table is in kdlab/kernels/README.md")
+        return 2
+    from . import kernels
+
+    if not kernels.available():
+        print(f"the fused kernels are unavailable: {kernels.reason()}")
+        return 1
+    rows = []
+    for dtype in DTYPES:
+        for shape, temperature in KL_SHAPES[:1] if args.quick else KL_SHAPES:
+            s = torch.randn(shape, device="cuda").to(dtype).requires_grad_(True)
+            t = torch.randn(shape, device="cuda").to(dtype)
+            traffic = 3 * s.numel() * s.element_size()
+            impls = {"eager": _kl_eager, "compile": torch.compile(_kl_eager), "fused": _kl_fused}
+            rows.append(_row("kl", list(shape), dtype, traffic, impls, s, t, temperature))
+        for s_shape, t_shape in AT_SHAPES[:1] if args.quick else AT_SHAPES:
+            fs = torch.randn(s_shape, device="cuda").to(dtype).requires_grad_(True)
+            ft = torch.randn(t_shape, device="cuda").to(dtype)
+            traffic = (2 * fs.numel() + ft.numel()) * fs.element_size()
+            impls = {"eager": _at_eager, "compile": torch.compile(_at_eager), "fused": _at_fused}
+            rows.append(_row("attention", [list(s_shape), list(t_shape)], dtype, traffic, impls, fs, ft))
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    print(f"{'kernel':<10}{'shape':<34}{'dtype':<10}{'eager ms':>9}{'compile ms':>11}{'fused ms':>9}"
+          f"{'fused GB/s':>11}{'x eager':>8}{'x compile':>10}{'extra MiB e/c/f':>20}")
+    for r in rows:
+        print(f"{r['kernel']:<10}{str(r['shape']):<34}{r['dtype']:<10}{r['eager_ms']:>9.3f}{r['compile_ms']:>11.3f}"
+              f"{r['fused_ms']:>9.3f}{r['fused_gbps']:>11.0f}{r['eager_ms'] / r['fused_ms']:>8.1f}"
+              f"{r['compile_ms'] / r['fused_ms']:>10.1f}"
+              f"{r['eager_extra_mib']:>8.0f}/{r['compile_extra_mib']:.0f}/{r['fused_extra_mib']:.0f}")
+    if args.json:
+        meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda}
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

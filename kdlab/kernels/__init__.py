@@ -1,0 +1,137 @@
+"""Fused CUDA training kernels for distillation losses, with the pure-PyTorch reference everywhere else.
+
+Two custom operators, registered with ``torch.library`` so they work in eager mode, under autograd
+and under ``torch.compile``:
+
+- ``torch.ops.kdlab.kl_fused(student, teacher, temperature, reverse) -> (loss, grad)``: per-position
+  ``T^2 KL`` ``[N, *spatial]`` (float32) for logits ``[N, K, *spatial]`` and its gradient with respect
+  to the student logits, in one pass over memory;
+- ``torch.ops.kdlab.attention_fused(student, teacher, p) -> (loss, grad)``: per-sample attention
+  transfer ``[N]`` for features ``[N, C_S, H, W]`` / ``[N, C_T, H, W]`` and its gradient.
+
+Implementations: CUDA kernels (``kl.cu``, ``attention.cu``, registered by ``ops.cpp``) built on first
+use when possible (:mod:`kdlab.kernels.build`), and the reference (:mod:`kdlab.kernels.reference`)
+for every other device and as the fallback. The forward saves only the gradient (one tensor the
+size of the student input) for the backward, which scales it by the incoming gradient. **Teachers
+are frozen: the ops give no gradient for the teacher input** and raise if one is requested.
+
+Public entry points (dispatching automatically): :func:`kdlab.losses.kl_distillation` and
+:func:`kdlab.feature_losses.attention_transfer` use the fused op for CUDA tensors when
+:func:`available` is true. ``KDLAB_KERNELS=reference`` forces the reference; ``KDLAB_KERNELS=fused``
+makes a failed build an error instead of a fallback.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from . import build, reference
+
+MAX_CLASSES = 96 * 1024 // 8 - 1  # kl.cu: two float tiles of K + 1 values per position in 96 KiB
+MAX_POSITIONS = 8192  # attention.cu: two float maps of H * W values in shared memory
+FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+_lib = None
+_state: dict = {"checked": False, "available": False, "reason": "not checked yet", "warned": False}
+
+
+def _define_ops() -> None:
+    """Define the op schemas and their reference, fake and autograd registrations (once)."""
+    global _lib
+    if _lib is not None:
+        return
+    _lib = torch.library.Library("kdlab", "DEF")
+    _lib.define("kl_fused(Tensor student, Tensor teacher, float temperature, bool reverse) -> (Tensor, Tensor)")
+    _lib.define("attention_fused(Tensor student, Tensor teacher, float p) -> (Tensor, Tensor)")
+    # the reference serves every backend without a dedicated kernel (CPU, MPS, CUDA before a build)
+    _lib.impl("kl_fused", reference.kl_fused, "CompositeExplicitAutograd")
+    _lib.impl("attention_fused", reference.attention_fused, "CompositeExplicitAutograd")
+
+    @torch.library.register_fake("kdlab::kl_fused")
+    def _kl_fake(student, teacher, temperature, reverse):
+        loss = student.new_empty((student.shape[0], *student.shape[2:]), dtype=torch.promote_types(student.dtype, torch.float32))
+        return loss, torch.empty_like(student)
+
+    @torch.library.register_fake("kdlab::attention_fused")
+    def _at_fake(student, teacher, p):
+        return student.new_empty((student.shape[0],), dtype=torch.promote_types(student.dtype, torch.float32)), torch.empty_like(student)
+
+    def _setup(ctx, inputs, output):
+        ctx.save_for_backward(output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    def _backward(ctx, grad_loss, _grad_of_grad):
+        if ctx.needs_input_grad[1]:
+            raise RuntimeError("kdlab's fused distillation ops give no gradient for the teacher input: teachers "
+                               "are frozen (detach the teacher tensor or use requires_grad=False)")
+        (grad,) = ctx.saved_tensors
+        scale = grad_loss.view(grad_loss.shape[0], 1, *grad_loss.shape[1:]).to(torch.promote_types(grad.dtype, torch.float32))
+        return (grad * scale).to(grad.dtype), None, None, None
+
+    def _at_backward(ctx, grad_loss, _grad_of_grad):
+        return _backward(ctx, grad_loss.view(-1, 1, 1), _grad_of_grad)[:3]
+
+    torch.library.register_autograd("kdlab::kl_fused", _backward, setup_context=_setup)
+    torch.library.register_autograd("kdlab::attention_fused", _at_backward, setup_context=_setup)
+
+
+_define_ops()
+
+
+def _announce(reason: str) -> None:
+    if not _state["warned"]:
+        _state["warned"] = True
+        warnings.warn(f"kdlab: the fused CUDA kernels are not used ({reason}); the pure-PyTorch reference "
+                      "implementation runs instead (same results, slower).", RuntimeWarning, stacklevel=3)
+
+
+def available() -> bool:
+    """Whether the fused CUDA path is active: on first call with a CUDA device this builds (or loads
+    the cached build of) the kernels. :func:`reason` says why not when false."""
+    if not _state["checked"]:
+        _state["checked"] = True
+        why = build.missing_requirement()
+        if why is None:
+            try:
+                build.compile_and_load()
+                _state["available"], why = True, None
+            except Exception as err:  # a failed build must not stop training: fall back, say why
+                why = f"building them failed: {type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
+        _state["reason"] = why or "active"
+        if why and build.mode() == "fused":
+            raise RuntimeError(f"KDLAB_KERNELS=fused but the fused kernels are unavailable: {why}")
+    return _state["available"]
+
+
+def reason() -> str:
+    """``"active"``, or why the fused kernels are not used (after :func:`available` ran)."""
+    return _state["reason"]
+
+
+def use_fused(x: torch.Tensor) -> bool:
+    """Whether a loss on ``x`` should take the fused path: a CUDA tensor of a supported dtype with the
+    kernels available. Announces the fallback (once) when a CUDA tensor has to use the reference."""
+    if not x.is_cuda or x.dtype not in FUSED_DTYPES:
+        return False
+    if available():
+        return True
+    _announce(reason())
+    return False
+
+
+def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                    direction: str = "forward", reduction: str = "mean") -> torch.Tensor:
+    """:func:`kdlab.losses.kl_distillation` through ``torch.ops.kdlab.kl_fused`` (arguments already
+    validated by the caller; any device: CUDA tensors use the kernel once built)."""
+    if teacher_logits.requires_grad:
+        raise RuntimeError("kdlab's fused KL gives no gradient for the teacher logits: teachers are frozen "
+                           "(pass teacher_logits.detach())")
+    loss, _ = torch.ops.kdlab.kl_fused(student_logits, teacher_logits, float(temperature), direction == "reverse")
+    return loss.mean() if reduction == "mean" else loss.sum() if reduction == "sum" else loss
+
+
+def attention_transfer(student_feats: torch.Tensor, teacher_feats: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """:func:`kdlab.feature_losses.attention_transfer` (batch mean) through ``torch.ops.kdlab.attention_fused``."""
+    loss, _ = torch.ops.kdlab.attention_fused(student_feats, teacher_feats.detach(), float(p))
+    return loss.mean()

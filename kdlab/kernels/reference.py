@@ -1,0 +1,59 @@
+"""Pure-PyTorch reference implementations of the fused training kernels (float32 accumulation;
+float64 stays float64). They return exactly what the CUDA kernels return, the loss per position
+(or per sample) *and* the gradient with respect to the student, so the fallback and the kernels
+are interchangeable behind :mod:`kdlab.kernels`.
+
+KL distillation over per-class logits ``[N, K, *spatial]`` (class axis 1), with
+``q = softmax(s / T)`` (student) and ``p = softmax(t / T)`` (teacher):
+
+    forward:  loss = T^2 sum_k p_k (log p_k - log q_k)      d loss / d s_k = T (q_k - p_k)
+    reverse:  loss = T^2 sum_k q_k (log q_k - log p_k)      d loss / d s_k = T q_k (log q_k - log p_k - KL)
+
+Attention transfer (Zagoruyko and Komodakis, arXiv 1612.03928) for features ``[N, C, H, W]``:
+``a = mean_c |F|^p`` ``[N, H W]``, ``u = a_S / ||a_S||``, ``v = a_T / ||a_T||``, ``d = u - v``:
+
+    loss_n = ||d||^2
+    d loss / d a_S = 2 (d - u (u . d)) / ||a_S||
+    d loss / d F_S[c, j] = (d loss / d a_S[j]) * (p / C_S) |F_S[c, j]|^(p-1) sign(F_S[c, j])
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _acc(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss [N, *spatial], grad [N, K, *spatial])``: ``T^2 KL`` per position (float32, or float64)
+    and its gradient with respect to ``student`` (in ``student.dtype``)."""
+    log_q = F.log_softmax(_acc(student) / temperature, dim=1)
+    log_p = F.log_softmax(_acc(teacher) / temperature, dim=1)
+    q, p = log_q.exp(), log_p.exp()
+    if reverse:
+        kl = torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q)).sum(1, keepdim=True)  # (N, 1, *spatial)
+        grad = temperature * q * (log_q - log_p - kl)
+    else:
+        kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(1, keepdim=True)
+        grad = temperature * (q - p)
+    return (temperature ** 2) * kl.squeeze(1), grad.to(student.dtype)
+
+
+def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0, eps: float = 1e-12
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss [N], grad [N, C_S, H, W])`` of attention transfer per sample, and its gradient with
+    respect to the student features (in ``student.dtype``)."""
+    fs, ft = _acc(student), _acc(teacher)
+    a_s = fs.abs().pow(p).mean(1).flatten(1)  # (N, HW)
+    a_t = ft.abs().pow(p).mean(1).flatten(1)
+    n_s = a_s.norm(dim=1, keepdim=True).clamp_min(eps)  # (N, 1)
+    u, v = a_s / n_s, a_t / a_t.norm(dim=1, keepdim=True).clamp_min(eps)
+    d = u - v
+    loss = d.pow(2).sum(1)  # (N,)
+    g_a = 2 * (d - u * (u * d).sum(1, keepdim=True)) / n_s  # (N, HW)
+    g_a = g_a.view(fs.shape[0], 1, *fs.shape[2:])
+    dfs = (p / fs.shape[1]) * fs.abs().pow(p - 1) * fs.sign()
+    return loss, (g_a * dfs).to(student.dtype)

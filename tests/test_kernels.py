@@ -1,0 +1,180 @@
+"""kdlab.kernels on any machine: the reference implementations against float64 formulas written
+here, the custom ops (reference path) under autograd, opcheck and torch.compile, the teacher-gradient
+refusal, the fallback warning and the build guard. The CUDA kernels themselves are tested in
+test_kernels_gpu.py (skipped without a GPU)."""
+import math
+
+import pytest
+import torch
+
+import kdlab as kd
+from kdlab import kernels
+from kdlab.kernels import build, reference
+
+
+def kl64(s, t, temperature, reverse):
+    """Independent float64 formula: T^2 sum_k a_k log(a_k / b_k) per position, softmax written out."""
+    s, t = s.double() / temperature, t.double() / temperature
+    q = torch.exp(s - s.max(1, keepdim=True).values)
+    q = q / q.sum(1, keepdim=True)
+    p = torch.exp(t - t.max(1, keepdim=True).values)
+    p = p / p.sum(1, keepdim=True)
+    a, b = (q, p) if reverse else (p, q)
+    return temperature ** 2 * (a * (a.log() - b.log())).sum(1)
+
+
+def at64(fs, ft, p):
+    """Independent float64 attention transfer per sample."""
+    a_s = (fs.double().abs() ** p).mean(1).flatten(1)
+    a_t = (ft.double().abs() ** p).mean(1).flatten(1)
+    return ((a_s / a_s.norm(dim=1, keepdim=True) - a_t / a_t.norm(dim=1, keepdim=True)) ** 2).sum(1)
+
+
+@pytest.mark.parametrize("shape", [(6, 10), (3, 7, 5, 3), (2, 257, 4)])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_kl_reference_matches_float64_values_and_gradients(shape, reverse, temperature):
+    g = torch.Generator().manual_seed(0)
+    s, t = 3 * torch.randn(shape, generator=g), 3 * torch.randn(shape, generator=g)
+    loss, grad = reference.kl_fused(s, t, temperature, reverse)
+    s64 = s.double().requires_grad_(True)
+    ref = kl64(s64, t, temperature, reverse)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), s64)
+    assert loss.dtype == torch.float32 and grad.dtype == torch.float32
+    assert torch.allclose(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(grad.double(), ref_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_kl_reference_is_stable_for_extreme_logits_and_keeps_half_grads():
+    s = torch.tensor([[1000.0, -1000.0, 0.0], [-1000.0, 1000.0, 0.0]])
+    t = torch.tensor([[-1000.0, 1000.0, 0.0], [-1000.0, 1000.0, 0.0]])
+    for reverse in (False, True):
+        loss, grad = reference.kl_fused(s, t, 1.0, reverse)
+        assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+        assert loss[0].item() == pytest.approx(2000.0, rel=1e-6) and loss[1].item() == pytest.approx(0.0, abs=1e-6)
+    loss, grad = reference.kl_fused(s.bfloat16(), t.bfloat16(), 2.0, False)
+    assert loss.dtype == torch.float32 and grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("p", [2.0, 3.0])
+def test_attention_reference_matches_float64_with_different_channels(p):
+    g = torch.Generator().manual_seed(1)
+    fs, ft = torch.randn(3, 5, 4, 6, generator=g), torch.randn(3, 11, 4, 6, generator=g)
+    loss, grad = reference.attention_fused(fs, ft, p)
+    fs64 = fs.double().requires_grad_(True)
+    ref = at64(fs64, ft, p)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), fs64)
+    assert torch.allclose(loss.double(), ref, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(grad.double(), ref_grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_kl_op_autograd_matches_the_autograd_reference(reduction):
+    g = torch.Generator().manual_seed(2)
+    s, t = torch.randn(4, 9, 3, 3, generator=g), torch.randn(4, 9, 3, 3, generator=g)
+    weights = torch.rand(4, 3, 3, generator=g)  # a non-uniform upstream gradient for reduction="none"
+    out = {}
+    for name, fn in (("op", kernels.kl_distillation), ("autograd", kd.losses.kl_distillation)):
+        x = s.clone().requires_grad_(True)
+        loss = fn(x, t, 2.0, "reverse", reduction)
+        (loss * weights).sum().backward() if reduction == "none" else loss.backward()
+        out[name] = (loss.detach(), x.grad)
+    assert torch.allclose(out["op"][0], out["autograd"][0], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(out["op"][1], out["autograd"][1], rtol=1e-4, atol=1e-7)
+
+
+def test_attention_op_autograd_matches_feature_losses():
+    g = torch.Generator().manual_seed(3)
+    fs, ft = torch.randn(2, 4, 5, 5, generator=g), torch.randn(2, 8, 5, 5, generator=g)
+    a, b = fs.clone().requires_grad_(True), fs.clone().requires_grad_(True)
+    kernels.attention_transfer(a, ft).backward()
+    kd.feature_losses.attention_transfer(b, ft).backward()
+    assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_opcheck_of_both_ops():
+    g = torch.Generator().manual_seed(4)
+    s, t = torch.randn(3, 6, 2, 2, generator=g, requires_grad=True), torch.randn(3, 6, 2, 2, generator=g)
+    torch.library.opcheck(torch.ops.kdlab.kl_fused.default, (s, t, 2.0, False))
+    fs, ft = torch.randn(2, 3, 4, 4, generator=g, requires_grad=True), torch.randn(2, 5, 4, 4, generator=g)
+    torch.library.opcheck(torch.ops.kdlab.attention_fused.default, (fs, ft, 2.0))
+
+
+def test_ops_under_torch_compile_fullgraph():
+    def step(s, t, fs, ft):
+        return kernels.kl_distillation(s, t, 2.0) + kernels.attention_transfer(fs, ft)
+
+    g = torch.Generator().manual_seed(5)
+    args = [torch.randn(2, 5, 3, 3, generator=g), torch.randn(2, 5, 3, 3, generator=g),
+            torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 6, 4, 4, generator=g)]
+    eager_in, comp_in = [a.clone().requires_grad_(i in (0, 2)) for i, a in enumerate(args)], \
+        [a.clone().requires_grad_(i in (0, 2)) for i, a in enumerate(args)]
+    eager = step(*eager_in)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(*comp_in)
+    eager.backward(), compiled.backward()
+    assert torch.allclose(eager, compiled)
+    assert torch.allclose(eager_in[0].grad, comp_in[0].grad) and torch.allclose(eager_in[2].grad, comp_in[2].grad)
+
+
+def test_teacher_gradients_are_refused():
+    s, t = torch.randn(2, 4, requires_grad=True), torch.randn(2, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="teachers are frozen"):
+        kernels.kl_distillation(s, t)
+    loss, _ = torch.ops.kdlab.kl_fused(s, t, 1.0, False)
+    with pytest.raises(RuntimeError, match="no gradient for the teacher"):
+        loss.sum().backward()
+
+
+@pytest.fixture
+def fresh_state(monkeypatch):
+    monkeypatch.setattr(kernels, "_state", {"checked": False, "available": False, "reason": "", "warned": False})
+
+
+def test_build_guard_names_what_is_missing(monkeypatch):
+    monkeypatch.setenv("KDLAB_KERNELS", "reference")
+    assert "KDLAB_KERNELS=reference" in build.missing_requirement()
+    monkeypatch.setenv("KDLAB_KERNELS", "auto")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert "no CUDA support" in build.missing_requirement()
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "no CUDA device" in build.missing_requirement()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(build, "find_nvcc", lambda: None)
+    assert "nvcc" in build.missing_requirement()
+    monkeypatch.setattr(build, "find_nvcc", lambda: "/usr/local/cuda/bin/nvcc")
+    from torch.utils import cpp_extension
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: False)
+    assert "ninja" in build.missing_requirement()
+    monkeypatch.setenv("KDLAB_KERNELS", "fast")
+    with pytest.raises(ValueError, match="auto, reference, fused"):
+        build.mode()
+
+
+def test_fallback_is_announced_once_and_fused_mode_refuses(monkeypatch, fresh_state):
+    monkeypatch.setattr(build, "missing_requirement", lambda: "nvcc (the CUDA compiler) was not found")
+    assert kernels.available() is False and "nvcc" in kernels.reason()
+    with pytest.warns(RuntimeWarning, match="nvcc.*reference implementation runs instead") as record:
+        kernels._announce(kernels.reason())
+        kernels._announce(kernels.reason())
+    assert len(record) == 1
+    monkeypatch.setattr(kernels, "_state", {"checked": False, "available": False, "reason": "", "warned": False})
+    monkeypatch.setenv("KDLAB_KERNELS", "fused")
+    with pytest.raises(RuntimeError, match="KDLAB_KERNELS=fused"):
+        kernels.available()
+
+
+def test_a_failed_build_falls_back_with_the_reason(monkeypatch, fresh_state):
+    monkeypatch.setattr(build, "missing_requirement", lambda: None)
+
+    def broken():
+        raise RuntimeError("Error building extension 'kdlab_kernels'\nnvcc fatal: unsupported gpu architecture")
+
+    monkeypatch.setattr(build, "compile_and_load", broken)
+    assert kernels.available() is False and "unsupported gpu architecture" in kernels.reason()
+
+
+def test_cpu_tensors_never_take_the_fused_path(fresh_state):
+    assert not kernels.use_fused(torch.randn(2, 3))
+    assert kernels._state["checked"] is False  # no build attempted for CPU tensors
+    assert math.isfinite(kd.losses.kl_distillation(torch.randn(2, 3), torch.randn(2, 3)).item())
