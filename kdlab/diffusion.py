@@ -182,7 +182,7 @@ def distill_round(student: nn.Module, teacher: nn.Module, images: torch.Tensor, 
 
     def step_fn(step: int, g: torch.Generator) -> dict[str, float]:
         x = images[torch.randint(len(images), (batch_size,), generator=g)].to(dev)  # (B, C, H, W)
-        t = (torch.randint(1, student_steps + 1, (batch_size,), generator=g).double() / student_steps).float().to(dev)
+        t = (torch.randint(1, student_steps + 1, (batch_size,), generator=g).double() / student_steps).to(dev, images.dtype)
         z = diffuse(x, t, torch.randn(x.shape, generator=g).to(dev))
         with torch.no_grad():
             x_tilde, _ = two_step_target(teacher, z, t, student_steps)

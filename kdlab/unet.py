@@ -60,6 +60,11 @@ class UNet(nn.Module):
         widths = list(widths)
         if len(widths) != 3 or any(not isinstance(w, int) or w < 1 for w in widths):
             raise ValueError(f"widths={widths!r} is not valid; expected three positive integers (full, half, quarter resolution)")
+        if any(w > 8 and w % 8 for w in widths):
+            raise ValueError(f"widths={widths!r} is not valid; GroupNorm uses 8 groups, so each width must be at most 8 "
+                             "or a multiple of 8")
+        if not isinstance(emb_dim, int) or emb_dim < 2 or emb_dim % 2:
+            raise ValueError(f"emb_dim={emb_dim!r} is not valid; expected an even integer >= 2 (sine and cosine halves)")
         if img_size not in (28, 32):
             raise ValueError(f"img_size={img_size!r} is not valid; allowed values: 28, 32")
         self.config = dict(channels=channels, widths=widths, emb_dim=emb_dim, img_size=img_size)

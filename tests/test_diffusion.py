@@ -1,6 +1,7 @@
 """Diffusion (kdlab.diffusion, kdlab.unet) against closed forms: the schedule's identities, the
 v-parameterisation, DDIM on data whose optimal denoiser is known, and the progressive-distillation
 target."""
+import copy
 import math
 
 import pytest
@@ -62,10 +63,12 @@ def test_ddim_with_the_optimal_denoiser_of_one_image_recovers_it_exactly(steps):
     noise = torch.randn(3, 1, 6, 6, generator=g, dtype=torch.float64)
     out = dm.sample(PointMassDenoiser(x0), noise, steps, clip=False)
     assert torch.allclose(out, x0.expand_as(out), atol=1e-10)
-    # and from z_t made with the true noise, one step to t = 0 lands on x0
-    t = torch.full((3,), 0.7, dtype=torch.float64)
+    # from z_t made with the true noise, a step to any s < t stays on the same noise path:
+    # z_s = alpha_s x0 + sigma_s eps (an intermediate step, so a wrong DDIM step cannot pass)
+    t, s = torch.full((3,), 0.7, dtype=torch.float64), torch.full((3,), 0.3, dtype=torch.float64)
     z = dm.diffuse(x0.expand(3, -1, -1, -1), t, noise)
     x_hat = dm.predict_x(PointMassDenoiser(x0), z, t, clip=False)
+    assert torch.allclose(dm.ddim_step(z, t, s, x_hat), dm.diffuse(x0.expand(3, -1, -1, -1), s, noise), atol=1e-12)
     assert torch.allclose(dm.ddim_step(z, t, torch.zeros_like(t), x_hat), x0.expand_as(z), atol=1e-12)
 
 
@@ -90,10 +93,13 @@ def test_two_step_target_reproduces_the_teachers_two_steps_in_one(student_steps)
         nn.init.normal_(p, std=0.1)
     g = torch.Generator().manual_seed(3)
     z = torch.randn(4, 1, 28, 28, generator=g, dtype=torch.float64)
-    t = torch.tensor([1.0, 1.0, 0.5, 0.25], dtype=torch.float64).clamp(min=1.0 / student_steps)
+    t = torch.tensor([1.0, 0.9, 0.75, 0.6], dtype=torch.float64).clamp(min=1.0 / student_steps)
     with torch.no_grad():
         x_tilde, z2 = dm.two_step_target(teacher, z, t, student_steps)
-    one_step = dm.ddim_step(z, t, t - 1.0 / student_steps, x_tilde)
+        t1, t2 = t - 0.5 / student_steps, t - 1.0 / student_steps  # the teacher's midpoint and end, written out
+        z1 = dm.ddim_step(z, t, t1, dm.predict_x(teacher, z, t))
+        assert torch.allclose(z2, dm.ddim_step(z1, t1, t2, dm.predict_x(teacher, z1, t1)), atol=1e-12)
+    one_step = dm.ddim_step(z, t, t2, x_tilde)
     assert torch.allclose(one_step, z2, atol=1e-10)
     # a student that predicts v_from_x(z, t, x_tilde) takes exactly that step
     v = dm.v_from_x(z, t, x_tilde)
@@ -124,6 +130,10 @@ def test_unet_shapes_determinism_errors_and_checkpoint(tmp_path):
         a(x, torch.rand(2))
     with pytest.raises(ValueError, match="widths"):
         kd.unet.UNet(widths=(8, 8))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        kd.unet.UNet(widths=(12, 16, 16))
+    with pytest.raises(ValueError, match="even"):
+        kd.unet.UNet(emb_dim=33)
     path = kd.checkpoints.save(a, tmp_path / "unet.safetensors", dataset="none")
     assert torch.equal(kd.checkpoints.load(path)(x, t), a(x, t))
 
@@ -140,10 +150,26 @@ def test_train_diffusion_is_deterministic_and_distill_round_leaves_the_teacher(t
     for p, q in zip(runs[0][0].parameters(), runs[1][0].parameters()):
         assert torch.equal(p, q)
     teacher = runs[0][0]
+    assert all(not p.requires_grad for p in teacher.parameters())  # the EMA copy is frozen
     before = [p.clone() for p in teacher.parameters()]
-    student = kd.checkpoints.load(kd.checkpoints.save(teacher, tmp_path / "t.safetensors"))
+    student = copy.deepcopy(teacher)  # as in notebook 06: a copy of a frozen teacher must still train
     history = dm.distill_round(student, teacher, images, student_steps=2, steps=3, batch_size=8, device="cpu",
                                progress=False)
     assert len(history["loss"]) == 3
     assert all(torch.equal(p, q) for p, q in zip(before, teacher.parameters()))
     assert any(not torch.equal(p, q) for p, q in zip(before, student.parameters()))
+
+
+def test_ema_follows_its_closed_form():
+    model = nn.Linear(3, 2)
+    ema = dm.EMA(model, decay=0.9)
+    start = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)
+    ema.update(model)  # twice with the new weights: ema = w + 1 - 0.9^2 * 1
+    for e, w in zip(ema.model.parameters(), start):
+        assert torch.allclose(e, w + 1 - 0.81, atol=1e-6) and not e.requires_grad
+    with pytest.raises(ValueError, match="decay"):
+        dm.EMA(model, decay=1.0)

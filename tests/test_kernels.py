@@ -178,3 +178,19 @@ def test_cpu_tensors_never_take_the_fused_path(fresh_state):
     assert not kernels.use_fused(torch.randn(2, 3))
     assert kernels._state["checked"] is False  # no build attempted for CPU tensors
     assert math.isfinite(kd.losses.kl_distillation(torch.randn(2, 3), torch.randn(2, 3)).item())
+
+
+def test_op_outputs_are_contiguous_for_transposed_inputs_and_opcheck_passes():
+    base = torch.randn(3, 6, 5, 4)
+    s, t = base.transpose(2, 3).requires_grad_(True), (0.5 * base).transpose(2, 3)  # [3, 6, 4, 5], not contiguous
+    loss, grad = torch.ops.kdlab.kl_fused(s, t, 1.5, False)
+    assert grad.is_contiguous() and grad.shape == s.shape
+    torch.library.opcheck(torch.ops.kdlab.kl_fused.default, (s, t, 1.5, False))
+    fs = torch.randn(2, 3, 6, 5).transpose(2, 3).requires_grad_(True)
+    torch.library.opcheck(torch.ops.kdlab.attention_fused.default, (fs, torch.randn(2, 4, 5, 6), 2.0))
+
+
+def test_mixed_dtypes_and_empty_batches_use_the_reference_path():
+    assert not kernels.use_fused(torch.randn(2, 3), torch.randn(2, 3).double())
+    loss, grad = torch.ops.kdlab.kl_fused(torch.randn(0, 4, 2, 2), torch.randn(0, 4, 2, 2), 1.0, False)
+    assert loss.shape == (0, 2, 2) and grad.shape == (0, 4, 2, 2)

@@ -108,3 +108,14 @@ def test_opcheck_and_compile_on_cuda():
 
     compiled = torch.compile(f, fullgraph=True)
     assert torch.allclose(compiled(s, t), f(s, t))
+
+
+def test_empty_batches_mixed_dtypes_and_transposed_inputs_on_cuda():
+    loss, grad = torch.ops.kdlab.kl_fused(torch.randn(0, 4, 3, 3, device="cuda"), torch.randn(0, 4, 3, 3, device="cuda"), 1.0, False)
+    assert loss.shape == (0, 3, 3) and grad.shape == (0, 4, 3, 3)
+    from kdlab import losses
+
+    s = torch.randn(8, 16, 4, 4, device="cuda").bfloat16()
+    assert torch.isfinite(losses.kl_distillation(s, s.float() + 1))  # mixed dtypes: the reference path
+    base = torch.randn(3, 6, 5, 4, device="cuda")
+    torch.library.opcheck(torch.ops.kdlab.kl_fused.default, (base.transpose(2, 3).requires_grad_(True), base.transpose(2, 3), 1.5, False))

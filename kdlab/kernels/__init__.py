@@ -51,11 +51,11 @@ def _define_ops() -> None:
     @torch.library.register_fake("kdlab::kl_fused")
     def _kl_fake(student, teacher, temperature, reverse):
         loss = student.new_empty((student.shape[0], *student.shape[2:]), dtype=torch.promote_types(student.dtype, torch.float32))
-        return loss, torch.empty_like(student)
+        return loss, student.new_empty(student.shape)  # contiguous, like the kernels' output
 
     @torch.library.register_fake("kdlab::attention_fused")
     def _at_fake(student, teacher, p):
-        return student.new_empty((student.shape[0],), dtype=torch.promote_types(student.dtype, torch.float32)), torch.empty_like(student)
+        return student.new_empty((student.shape[0],), dtype=torch.promote_types(student.dtype, torch.float32)), student.new_empty(student.shape)
 
     def _setup(ctx, inputs, output):
         ctx.save_for_backward(output[1])
@@ -109,11 +109,14 @@ def reason() -> str:
     return _state["reason"]
 
 
-def use_fused(x: torch.Tensor) -> bool:
-    """Whether a loss on ``x`` should take the fused path: a CUDA tensor of a supported dtype with the
-    kernels available. Announces the fallback (once) when a CUDA tensor has to use the reference."""
+def use_fused(x: torch.Tensor, other: torch.Tensor | None = None) -> bool:
+    """Whether a loss on ``x`` (and ``other``, the teacher side, which must have the same dtype and
+    device) should take the fused path: CUDA tensors of a supported dtype with the kernels available.
+    Announces the fallback (once) when a CUDA tensor has to use the reference."""
     if not x.is_cuda or x.dtype not in FUSED_DTYPES:
         return False
+    if other is not None and (other.dtype != x.dtype or other.device != x.device):
+        return False  # mixed precision or devices: the reference handles them
     if available():
         return True
     _announce(reason())

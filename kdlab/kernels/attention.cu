@@ -93,6 +93,7 @@ std::tuple<at::Tensor, at::Tensor> attention_fused_cuda(const at::Tensor& studen
                   student.size(3) == teacher.size(3),
               "attention_fused: batch and spatial sizes must match");
   TORCH_CHECK(student.scalar_type() == teacher.scalar_type(), "attention_fused: student and teacher dtypes differ");
+  TORCH_CHECK(student.device() == teacher.device(), "attention_fused: student and teacher are on different devices");
   TORCH_CHECK(student.scalar_type() != at::kDouble, "attention_fused: float64 features use the reference implementation");
   const int64_t HW64 = student.size(2) * student.size(3);
   TORCH_CHECK(HW64 <= kAtMaxPositions, "attention_fused: H*W = ", HW64, " exceeds the kernel's limit of ",

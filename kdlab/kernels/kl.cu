@@ -127,6 +127,7 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
                                                  double temperature, bool reverse) {
   TORCH_CHECK(student.is_cuda() && teacher.is_cuda(), "kl_fused: expected CUDA tensors");
   TORCH_CHECK(student.sizes() == teacher.sizes(), "kl_fused: student and teacher shapes differ");
+  TORCH_CHECK(student.device() == teacher.device(), "kl_fused: student and teacher are on different devices");
   TORCH_CHECK(student.scalar_type() == teacher.scalar_type(), "kl_fused: student and teacher dtypes differ");
   TORCH_CHECK(student.dim() >= 2 && student.size(1) >= 2, "kl_fused: expected logits [N, K, *spatial], K >= 2");
   TORCH_CHECK(student.scalar_type() != at::kDouble, "kl_fused: float64 logits use the reference implementation");
@@ -136,9 +137,12 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
   const at::Tensor s = student.contiguous(), t = teacher.contiguous();
   const int64_t N = s.size(0);
   const int K = static_cast<int>(K64);
-  const int64_t HW = s.numel() / (N * K);
+  int64_t HW = 1;  // product of the spatial sizes (not numel / (N K): N may be 0)
   std::vector<int64_t> loss_shape{N};
-  for (int64_t d = 2; d < s.dim(); ++d) loss_shape.push_back(s.size(d));
+  for (int64_t d = 2; d < s.dim(); ++d) {
+    loss_shape.push_back(s.size(d));
+    HW *= s.size(d);
+  }
   at::Tensor loss = at::empty(loss_shape, s.options().dtype(at::kFloat));
   at::Tensor grad = at::empty_like(s);
   if (s.numel() == 0) return {loss, grad};

@@ -39,7 +39,7 @@ def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, r
     else:
         kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(1, keepdim=True)
         grad = temperature * (q - p)
-    return (temperature ** 2) * kl.squeeze(1), grad.to(student.dtype)
+    return (temperature ** 2) * kl.squeeze(1), grad.to(student.dtype).contiguous()
 
 
 def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0, eps: float = 1e-12
@@ -56,4 +56,4 @@ def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0
     g_a = 2 * (d - u * (u * d).sum(1, keepdim=True)) / n_s  # (N, HW)
     g_a = g_a.view(fs.shape[0], 1, *fs.shape[2:])
     dfs = (p / fs.shape[1]) * fs.abs().pow(p - 1) * fs.sign()
-    return loss, (g_a * dfs).to(student.dtype)
+    return loss, (g_a * dfs).to(student.dtype).contiguous()
