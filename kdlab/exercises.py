@@ -262,3 +262,28 @@ def check_distillation_target(fn: Callable[[torch.Tensor, torch.Tensor, torch.Te
         raise ExerciseError("one DDIM step from z_t with your x_tilde does not land on z_t2: write the step "
                             "z_t2 = alpha_t2 x + sigma_t2 (z_t - alpha_t x) / sigma_t and solve it for x")
     return _passed("progressive-distillation target", 5)
+
+
+# ---------------------------------------------------------------- notebook 07
+def check_online_logsumexp(fn: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """``fn(x)``: ``log sum_k exp(x[..., k])`` ``[...]`` computed in one pass over the last axis with a
+    running maximum and a rescaled running sum (no overflow for logits of +-1000)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 37, generator=g, dtype=torch.float64) * 5
+    ref = torch.logsumexp(x, -1)
+    out = _tensor(fn(x), "your function")
+    if out.shape != ref.shape:
+        raise ExerciseError(f"expected one value per row, shape {list(ref.shape)}; got {list(out.shape)}")
+    if _close(out, x.max(-1).values):
+        raise ExerciseError("this is only the running maximum m: add log(l), the log of the rescaled running sum")
+    if not _close(out, ref, rtol=1e-9, atol=1e-9):
+        raise ExerciseError("the values differ from log sum exp: when the maximum grows from m to m', the running "
+                            "sum must be rescaled by exp(m - m') before adding exp(x - m')")
+    big = torch.tensor([[1000.0, -1000.0, 999.0], [-1000.0, -1001.0, -999.5]], dtype=torch.float64)
+    out = _tensor(fn(big), "your function")
+    if not torch.isfinite(out).all():
+        raise ExerciseError("logits of +-1000 give inf or nan: subtract the running maximum inside exp(...), never "
+                            "exponentiate a raw logit")
+    if not _close(out, torch.logsumexp(big, -1), rtol=1e-9, atol=1e-9):
+        raise ExerciseError("extreme logits give a wrong value: check the rescaling when the maximum changes")
+    return _passed("online log-sum-exp", 4)

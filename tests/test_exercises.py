@@ -67,6 +67,16 @@ SOLUTIONS = {
             a_2, s_2 = torch.cos(math.pi * t2 / 2).view(-1, 1, 1, 1), torch.sin(math.pi * t2 / 2).view(-1, 1, 1, 1)
             return (z_t2 - s_2 / s_t * z_t) / (a_2 - s_2 / s_t * a_t)
     """,
+    "07_exercises.ipynb": """
+        def online_logsumexp(x):
+            m = torch.full(x.shape[:-1], -math.inf, dtype=x.dtype)
+            l = torch.zeros(x.shape[:-1], dtype=x.dtype)
+            for k in range(x.shape[-1]):
+                m_new = torch.maximum(m, x[..., k])
+                l = l * torch.exp(m - m_new) + torch.exp(x[..., k] - m_new)
+                m = m_new
+            return m + torch.log(l)
+    """,
 }
 WRONG = {  # one typical mistake per notebook, and the hint the check must give
     "01_exercises.ipynb": ("def bits_per_dim(log_prob, num_pixels):\n    return -log_prob / num_pixels", "convert to bits"),
@@ -79,6 +89,7 @@ WRONG = {  # one typical mistake per notebook, and the hint the check must give
     "05_exercises.ipynb": (textwrap.dedent(SOLUTIONS["05_exercises.ipynb"]).replace(
         "x = images - images.mean((-2, -1), keepdim=True)", "x = images"), "DC"),
     "06_exercises.ipynb": ("def distillation_target(z_t, z_t2, t, t2):\n    return z_t2", "teacher's z_t2"),
+    "07_exercises.ipynb": ("def online_logsumexp(x):\n    return torch.log(torch.exp(x).sum(-1))", "+-1000"),
 }
 
 
@@ -92,6 +103,12 @@ def test_checks_accept_correct_solutions():
     assert kd.exercises.check_attention_map(ns["attention_map"])
     assert kd.exercises.check_radial_spectrum(ns["radial_spectrum"])
     assert kd.exercises.check_distillation_target(ns["distillation_target"])
+    assert kd.exercises.check_online_logsumexp(ns["online_logsumexp"])
+    assert kd.exercises.check_online_logsumexp(lambda x: torch.logsumexp(x, -1))
+    with pytest.raises(ExerciseError, match="rescaled"):
+        kd.exercises.check_online_logsumexp(lambda x: x.max(-1).values)
+    with pytest.raises(ExerciseError, match="rescaling|rescaled"):  # forgetting exp(m - m')
+        kd.exercises.check_online_logsumexp(lambda x: x.max(-1).values + torch.log(torch.exp(x - x[..., :1]).sum(-1)))
 
 
 @pytest.mark.parametrize("wrong, hint", [

@@ -188,3 +188,19 @@ def test_06_diffusion_step_distillation_smoke(tmp_path):
     assert set(m["claims"]) == {"distilled_beats_ddim_at", "fewest_steps_within_25pct_of_teacher"}
     for png in ("fid_vs_steps.png", "samples.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+@pytest.mark.notebook
+def test_07_fused_kernels_smoke(tmp_path):
+    m = _papermill(ROOT / "notebooks" / "07_fused_kernels.ipynb", tmp_path)
+    assert m["smoke"] is True and m["shape"] == [4, 256, 4, 4]
+    saved = m["saved_logit_tensors"]
+    assert saved["fused op"] == pytest.approx(1.0)  # the op keeps only its gradient for the backward
+    assert saved["eager PyTorch"] >= 2 * saved["fused op"]
+    writes = m["written_logit_tensors"]  # the op: its gradient, and the backward's scaled copy of it
+    assert writes["fused op"] == 2 and writes["eager PyTorch"] >= 3 * writes["fused op"]
+    for direction in ("forward", "reverse"):
+        assert m["op_vs_float64"][direction]["loss_rel_error"] < 1e-5
+        assert m["op_vs_float64"][direction]["grad_max_error"] < 1e-5
+    assert m["benchmark"] in ("measured", "not measured")
+    assert (tmp_path / "benchmark.png").stat().st_size > 1000

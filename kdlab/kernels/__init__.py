@@ -60,17 +60,20 @@ def _define_ops() -> None:
     def _setup(ctx, inputs, output):
         ctx.save_for_backward(output[1])
         ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for the (non-differentiable) grad output
 
     def _backward(ctx, grad_loss, _grad_of_grad):
         if ctx.needs_input_grad[1]:
             raise RuntimeError("kdlab's fused distillation ops give no gradient for the teacher input: teachers "
                                "are frozen (detach the teacher tensor or use requires_grad=False)")
+        if grad_loss is None:  # the loss output was not used: no gradient flows
+            return None, None, None, None
         (grad,) = ctx.saved_tensors
         scale = grad_loss.view(grad_loss.shape[0], 1, *grad_loss.shape[1:]).to(torch.promote_types(grad.dtype, torch.float32))
         return (grad * scale).to(grad.dtype), None, None, None
 
     def _at_backward(ctx, grad_loss, _grad_of_grad):
-        return _backward(ctx, grad_loss.view(-1, 1, 1), _grad_of_grad)[:3]
+        return _backward(ctx, None if grad_loss is None else grad_loss.view(-1, 1, 1), _grad_of_grad)[:3]
 
     torch.library.register_autograd("kdlab::kl_fused", _backward, setup_context=_setup)
     torch.library.register_autograd("kdlab::attention_fused", _at_backward, setup_context=_setup)
