@@ -92,12 +92,44 @@ def test_attention_op_autograd_matches_feature_losses():
     assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("reduction", [1, 2])
+def test_reduced_ops_return_the_gradient_of_the_reduced_loss(reduction):
+    g = torch.Generator().manual_seed(6)
+    s, t = torch.randn(4, 7, 3, generator=g), torch.randn(4, 7, 3, generator=g)
+    loss, grad = reference.kl_fused(s, t, 2.0, True, reduction)
+    s64 = s.double().requires_grad_(True)
+    ref = kl64(s64, t, 2.0, True)
+    ref = ref.mean() if reduction == 1 else ref.sum()
+    (ref_grad,) = torch.autograd.grad(ref, s64)
+    assert loss.shape == () and torch.allclose(loss.double(), ref, rtol=1e-5)
+    assert torch.allclose(grad.double(), ref_grad, rtol=1e-4, atol=1e-8)
+    fs, ft = torch.randn(3, 4, 5, 5, generator=g), torch.randn(3, 6, 5, 5, generator=g)
+    loss, grad = reference.attention_fused(fs, ft, 2.0, reduction)
+    fs64 = fs.double().requires_grad_(True)
+    ref = at64(fs64, ft, 2.0)
+    (ref_grad,) = torch.autograd.grad(ref.mean() if reduction == 1 else ref.sum(), fs64)
+    assert torch.allclose(grad.double(), ref_grad, rtol=1e-4, atol=1e-9)
+
+
+def test_backward_of_a_reduced_op_returns_the_saved_gradient_without_a_copy():
+    s, t = torch.randn(2, 5, 3, 3, requires_grad=True), torch.randn(2, 5, 3, 3)
+    loss, grad = torch.ops.kdlab.kl_fused(s, t, 1.0, False, 1)
+    loss.backward()
+    assert torch.equal(s.grad, grad)
+    s.grad = None
+    loss, grad = torch.ops.kdlab.kl_fused(s, t, 1.0, False, 1)
+    (3 * loss).backward()  # an upstream gradient other than 1 scales it
+    assert torch.allclose(s.grad, 3 * grad)
+
+
 def test_opcheck_of_both_ops():
     g = torch.Generator().manual_seed(4)
     s, t = torch.randn(3, 6, 2, 2, generator=g, requires_grad=True), torch.randn(3, 6, 2, 2, generator=g)
     torch.library.opcheck(torch.ops.kdlab.kl_fused.default, (s, t, 2.0, False))
+    torch.library.opcheck(torch.ops.kdlab.kl_fused.default, (s, t, 2.0, True, 1))
     fs, ft = torch.randn(2, 3, 4, 4, generator=g, requires_grad=True), torch.randn(2, 5, 4, 4, generator=g)
     torch.library.opcheck(torch.ops.kdlab.attention_fused.default, (fs, ft, 2.0))
+    torch.library.opcheck(torch.ops.kdlab.attention_fused.default, (fs, ft, 2.0, 2))
 
 
 def test_ops_under_torch_compile_fullgraph():

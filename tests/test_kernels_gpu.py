@@ -70,6 +70,19 @@ def test_attention_fused_matches_reference(dtype, shapes):
     assert torch.allclose(grad.float(), ref_grad, rtol=rtol, atol=atol * ref_grad.abs().max().item() + 1e-9)
 
 
+@pytest.mark.parametrize("reduction", [1, 2])
+def test_reduced_fused_ops_match_reference(reduction):
+    g = torch.Generator(device="cuda").manual_seed(5)
+    s, t = torch.randn(8, 64, 6, 6, generator=g, device="cuda"), torch.randn(8, 64, 6, 6, generator=g, device="cuda")
+    loss, grad = torch.ops.kdlab.kl_fused(s, t, 2.0, False, reduction)
+    ref_loss, ref_grad = reference.kl_fused(s, t, 2.0, False, reduction)
+    assert loss.shape == () and torch.allclose(loss, ref_loss, rtol=1e-5) and torch.allclose(grad, ref_grad, rtol=1e-4, atol=1e-9)
+    fs, ft = torch.randn(4, 8, 16, 16, generator=g, device="cuda"), torch.randn(4, 16, 16, 16, generator=g, device="cuda")
+    loss, grad = torch.ops.kdlab.attention_fused(fs, ft, 2.0, reduction)
+    ref_loss, ref_grad = reference.attention_fused(fs, ft, 2.0, reduction)
+    assert torch.allclose(loss, ref_loss, rtol=1e-5) and torch.allclose(grad, ref_grad, rtol=1e-4, atol=1e-9)
+
+
 def test_fused_results_are_bitwise_deterministic():
     g = torch.Generator(device="cuda").manual_seed(2)
     s, t = torch.randn(32, 256, 16, 16, generator=g, device="cuda"), torch.randn(32, 256, 16, 16, generator=g, device="cuda")

@@ -3,16 +3,19 @@
 Two custom operators, registered with ``torch.library`` so they work in eager mode, under autograd
 and under ``torch.compile``:
 
-- ``torch.ops.kdlab.kl_fused(student, teacher, temperature, reverse) -> (loss, grad)``: per-position
-  ``T^2 KL`` ``[N, *spatial]`` (float32) for logits ``[N, K, *spatial]`` and its gradient with respect
-  to the student logits, in one pass over memory;
-- ``torch.ops.kdlab.attention_fused(student, teacher, p) -> (loss, grad)``: per-sample attention
-  transfer ``[N]`` for features ``[N, C_S, H, W]`` / ``[N, C_T, H, W]`` and its gradient.
+- ``torch.ops.kdlab.kl_fused(student, teacher, temperature, reverse, reduction=0) -> (loss, grad)``:
+  per-position ``T^2 KL`` ``[N, *spatial]`` (float32) for logits ``[N, K, *spatial]``, or its mean
+  (``reduction=1``) or sum (``2``), and that loss's gradient with respect to the student logits, in
+  one pass over memory;
+- ``torch.ops.kdlab.attention_fused(student, teacher, p, reduction=0) -> (loss, grad)``: attention
+  transfer per sample ``[N]`` (or its mean / sum) for features ``[N, C_S, H, W]`` / ``[N, C_T, H, W]``
+  and its gradient.
 
 Implementations: CUDA kernels (``kl.cu``, ``attention.cu``, registered by ``ops.cpp``) built on first
 use when possible (:mod:`kdlab.kernels.build`), and the reference (:mod:`kdlab.kernels.reference`)
 for every other device and as the fallback. The forward saves only the gradient (one tensor the
-size of the student input) for the backward, which scales it by the incoming gradient. **Teachers
+size of the student input) for the backward. With a mean or sum reduction inside the op the saved gradient is already the
+answer, and the backward returns it as is when the incoming gradient is 1 (the usual case). **Teachers
 are frozen: the ops give no gradient for the teacher input** and raise if one is requested.
 
 Public entry points (dispatching automatically): :func:`kdlab.losses.kl_distillation` and
@@ -42,22 +45,27 @@ def _define_ops() -> None:
     if _lib is not None:
         return
     _lib = torch.library.Library("kdlab", "DEF")
-    _lib.define("kl_fused(Tensor student, Tensor teacher, float temperature, bool reverse) -> (Tensor, Tensor)")
-    _lib.define("attention_fused(Tensor student, Tensor teacher, float p) -> (Tensor, Tensor)")
+    # reduction: 0 = none, 1 = mean, 2 = sum; the returned gradient is that of the (reduced) loss
+    _lib.define("kl_fused(Tensor student, Tensor teacher, float temperature, bool reverse, int reduction=0) -> (Tensor, Tensor)")
+    _lib.define("attention_fused(Tensor student, Tensor teacher, float p, int reduction=0) -> (Tensor, Tensor)")
     # the reference serves every backend without a dedicated kernel (CPU, MPS, CUDA before a build)
     _lib.impl("kl_fused", reference.kl_fused, "CompositeExplicitAutograd")
     _lib.impl("attention_fused", reference.attention_fused, "CompositeExplicitAutograd")
 
     @torch.library.register_fake("kdlab::kl_fused")
-    def _kl_fake(student, teacher, temperature, reverse):
-        loss = student.new_empty((student.shape[0], *student.shape[2:]), dtype=torch.promote_types(student.dtype, torch.float32))
+    def _kl_fake(student, teacher, temperature, reverse, reduction=0):
+        shape = (student.shape[0], *student.shape[2:]) if reduction == 0 else ()
+        loss = student.new_empty(shape, dtype=torch.promote_types(student.dtype, torch.float32))
         return loss, student.new_empty(student.shape)  # contiguous, like the kernels' output
 
     @torch.library.register_fake("kdlab::attention_fused")
-    def _at_fake(student, teacher, p):
-        return student.new_empty((student.shape[0],), dtype=torch.promote_types(student.dtype, torch.float32)), student.new_empty(student.shape)
+    def _at_fake(student, teacher, p, reduction=0):
+        shape = (student.shape[0],) if reduction == 0 else ()
+        return student.new_empty(shape, dtype=torch.promote_types(student.dtype, torch.float32)), student.new_empty(student.shape)
 
-    def _setup(ctx, inputs, output):
+    def _setup(ctx, inputs, output, reduction_index):
+        ctx.reduced = len(inputs) > reduction_index and inputs[reduction_index] != 0  # mean or sum in the op
+        ctx.n_inputs = len(inputs)
         ctx.save_for_backward(output[1])
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)  # no zero-filled gradient for the (non-differentiable) grad output
@@ -66,17 +74,24 @@ def _define_ops() -> None:
         if ctx.needs_input_grad[1]:
             raise RuntimeError("kdlab's fused distillation ops give no gradient for the teacher input: teachers "
                                "are frozen (detach the teacher tensor or use requires_grad=False)")
+        nones = (None,) * (ctx.n_inputs - 1)
         if grad_loss is None:  # the loss output was not used: no gradient flows
-            return None, None, None, None
+            return (None, *nones)
         (grad,) = ctx.saved_tensors
-        scale = grad_loss.view(grad_loss.shape[0], 1, *grad_loss.shape[1:]).to(torch.promote_types(grad.dtype, torch.float32))
-        return (grad * scale).to(grad.dtype), None, None, None
+        acc = torch.promote_types(grad.dtype, torch.float32)
+        if ctx.reduced:  # grad is already d loss / d student; the upstream gradient is a scalar, usually 1
+            eager = type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling()  # not traced (fake) tensors
+            if eager and grad_loss.item() == 1.0:
+                return (grad, *nones)  # no extra pass over memory (one scalar copied to the host)
+            return ((grad * grad_loss.to(acc)).to(grad.dtype), *nones)
+        extra = [1] * (grad.dim() - grad_loss.dim() - 1)  # KL: loss (N, *spatial); attention: loss (N,)
+        scale = grad_loss.reshape(grad_loss.shape[0], 1, *grad_loss.shape[1:], *extra).to(acc)
+        return ((grad * scale).to(grad.dtype), *nones)
 
-    def _at_backward(ctx, grad_loss, _grad_of_grad):
-        return _backward(ctx, None if grad_loss is None else grad_loss.view(-1, 1, 1), _grad_of_grad)[:3]
-
-    torch.library.register_autograd("kdlab::kl_fused", _backward, setup_context=_setup)
-    torch.library.register_autograd("kdlab::attention_fused", _at_backward, setup_context=_setup)
+    torch.library.register_autograd("kdlab::kl_fused", _backward,
+                                    setup_context=lambda ctx, inputs, output: _setup(ctx, inputs, output, 4))
+    torch.library.register_autograd("kdlab::attention_fused", _backward,
+                                    setup_context=lambda ctx, inputs, output: _setup(ctx, inputs, output, 3))
 
 
 _define_ops()
@@ -133,11 +148,10 @@ def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     if teacher_logits.requires_grad:
         raise RuntimeError("kdlab's fused KL gives no gradient for the teacher logits: teachers are frozen "
                            "(pass teacher_logits.detach())")
-    loss, _ = torch.ops.kdlab.kl_fused(student_logits, teacher_logits, float(temperature), direction == "reverse")
-    return loss.mean() if reduction == "mean" else loss.sum() if reduction == "sum" else loss
+    code = {"none": 0, "mean": 1, "sum": 2}[reduction]
+    return torch.ops.kdlab.kl_fused(student_logits, teacher_logits, float(temperature), direction == "reverse", code)[0]
 
 
 def attention_transfer(student_feats: torch.Tensor, teacher_feats: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """:func:`kdlab.feature_losses.attention_transfer` (batch mean) through ``torch.ops.kdlab.attention_fused``."""
-    loss, _ = torch.ops.kdlab.attention_fused(student_feats, teacher_feats.detach(), float(p))
-    return loss.mean()
+    return torch.ops.kdlab.attention_fused(student_feats, teacher_feats.detach(), float(p), 1)[0]

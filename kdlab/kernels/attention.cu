@@ -39,7 +39,7 @@ __device__ float block_sum(float v, float* red) {
 template <typename scalar_t>
 __global__ void __launch_bounds__(kAtThreads) attention_fused_kernel(
     const scalar_t* __restrict__ fs, const scalar_t* __restrict__ ft, float* __restrict__ loss,
-    scalar_t* __restrict__ grad, int Cs, int Ct, int HW, float p) {
+    scalar_t* __restrict__ grad, int Cs, int Ct, int HW, float p, float gscale) {
   extern __shared__ float smem[];
   float* a_s = smem;        // (HW,)
   float* a_t = smem + HW;   // (HW,)
@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(kAtThreads) attention_fused_kernel(
   ud = block_sum(ud, red);
   if (threadIdx.x == 0) loss[n] = dd;
   scalar_t* g = grad + n * Cs * static_cast<int64_t>(HW);
-  const float inv_cs = 1.f / Cs;  // d a_S[j] / d F_S[c, j] = p |F|^(p-1) sign(F) / C_S
+  const float inv_cs = gscale / Cs;  // d a_S[j] / d F_S[c, j] = p |F|^(p-1) sign(F) / C_S
   for (int j = threadIdx.x; j < HW; j += blockDim.x) {
     const float u = a_s[j] / norm_s, d = u - a_t[j] / norm_t;
     const float g_a = 2.f * (d - u * ud) / norm_s;  // d loss / d a_S[j]
@@ -85,8 +85,10 @@ __global__ void __launch_bounds__(kAtThreads) attention_fused_kernel(
   }
 }
 
+// reduction: 0 = none (loss per sample), 1 = mean, 2 = sum; the gradient is that of the reduced loss.
 std::tuple<at::Tensor, at::Tensor> attention_fused_cuda(const at::Tensor& student, const at::Tensor& teacher,
-                                                        double p) {
+                                                        double p, int64_t reduction) {
+  TORCH_CHECK(reduction >= 0 && reduction <= 2, "attention_fused: reduction must be 0 (none), 1 (mean) or 2 (sum)");
   TORCH_CHECK(student.is_cuda() && teacher.is_cuda(), "attention_fused: expected CUDA tensors");
   TORCH_CHECK(student.dim() == 4 && teacher.dim() == 4, "attention_fused: expected features [N, C, H, W]");
   TORCH_CHECK(student.size(0) == teacher.size(0) && student.size(2) == teacher.size(2) &&
@@ -103,8 +105,9 @@ std::tuple<at::Tensor, at::Tensor> attention_fused_cuda(const at::Tensor& studen
   const int64_t N = s.size(0);
   at::Tensor loss = at::empty({N}, s.options().dtype(at::kFloat));
   at::Tensor grad = at::empty_like(s);
-  if (s.numel() == 0) return {loss, grad};
+  if (s.numel() == 0) return {reduction == 0 ? loss : reduction == 1 ? loss.mean() : loss.sum(), grad};
   const int HW = static_cast<int>(HW64);
+  const float gscale = reduction == 1 ? 1.f / static_cast<float>(N) : 1.f;
   const int threads = static_cast<int>(std::min<int64_t>(kAtThreads, ((HW64 + 31) / 32) * 32));
   const size_t shmem = (2 * static_cast<size_t>(HW) + threads / 32) * sizeof(float);
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -116,9 +119,11 @@ std::tuple<at::Tensor, at::Tensor> attention_fused_cuda(const at::Tensor& studen
     }
     kernel<<<static_cast<unsigned>(N), threads, shmem, stream>>>(
         s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), loss.data_ptr<float>(), grad.data_ptr<scalar_t>(),
-        static_cast<int>(s.size(1)), static_cast<int>(t.size(1)), HW, static_cast<float>(p));
+        static_cast<int>(s.size(1)), static_cast<int>(t.size(1)), HW, static_cast<float>(p), gscale);
   });
   C10_CUDA_CHECK(cudaGetLastError());
+  if (reduction == 1) return {loss.mean(), grad};
+  if (reduction == 2) return {loss.sum(), grad};
   return {loss, grad};
 }
 

@@ -44,7 +44,7 @@ __device__ __forceinline__ at::BFloat16 from_f<at::BFloat16>(float v) { return a
 template <typename scalar_t, bool kReverse, bool kRows>
 __global__ void __launch_bounds__(kThreads) kl_fused_kernel(
     const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, float* __restrict__ loss,
-    scalar_t* __restrict__ grad, int64_t N, int K, int64_t HW, int TP, float inv_temp, float temp) {
+    scalar_t* __restrict__ grad, int64_t N, int K, int64_t HW, int TP, float inv_temp, float temp, float gtemp) {
   extern __shared__ float smem[];
   const int KP = K + 1;  // padded row: no bank conflicts when threads walk positions
   float* sm_s = smem;
@@ -95,7 +95,7 @@ __global__ void __launch_bounds__(kThreads) kl_fused_kernel(
     __syncwarp();
     for (int k = lane; k < K; k += 32) {
       const float lq = xs[k] - lse_s, lp = xt[k] - lse_t, q = expf(lq);
-      xs[k] = kReverse ? temp * q * (lq - lp - kl) : temp * (q - expf(lp));
+      xs[k] = kReverse ? gtemp * q * (lq - lp - kl) : gtemp * (q - expf(lp));  // gtemp = T * grad_scale
     }
     if (lane == 0) {
       const int64_t pos = kRows ? row0 + j : n * HW + hw0 + j;
@@ -123,8 +123,10 @@ int tile_positions(int K) {
 
 int64_t max_classes() { return kMaxSharedBytes / 8 - 1; }
 
+// reduction: 0 = none (loss per position), 1 = mean, 2 = sum; the gradient is that of the reduced loss.
 std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, const at::Tensor& teacher,
-                                                 double temperature, bool reverse) {
+                                                 double temperature, bool reverse, int64_t reduction) {
+  TORCH_CHECK(reduction >= 0 && reduction <= 2, "kl_fused: reduction must be 0 (none), 1 (mean) or 2 (sum)");
   TORCH_CHECK(student.is_cuda() && teacher.is_cuda(), "kl_fused: expected CUDA tensors");
   TORCH_CHECK(student.sizes() == teacher.sizes(), "kl_fused: student and teacher shapes differ");
   TORCH_CHECK(student.device() == teacher.device(), "kl_fused: student and teacher are on different devices");
@@ -145,13 +147,14 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
   }
   at::Tensor loss = at::empty(loss_shape, s.options().dtype(at::kFloat));
   at::Tensor grad = at::empty_like(s);
-  if (s.numel() == 0) return {loss, grad};
+  if (s.numel() == 0) return {reduction == 0 ? loss : reduction == 1 ? loss.mean() : loss.sum(), grad};
   const bool rows = HW == 1;
   const int TP = tile_positions(K);
   const int64_t blocks = rows ? (N + TP - 1) / TP : N * ((HW + TP - 1) / TP);
   TORCH_CHECK(blocks < (1LL << 31), "kl_fused: too many positions");
   const size_t shmem = 2 * static_cast<size_t>(TP) * (K + 1) * sizeof(float);
   const float temp = static_cast<float>(temperature), inv_temp = 1.f / temp;
+  const float gtemp = reduction == 1 ? temp / static_cast<float>(N * HW) : temp;  // mean: d loss / d s scaled by 1/P
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "kl_fused", [&] {
     auto launch = [&](auto kernel) {
@@ -161,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
       }
       kernel<<<static_cast<unsigned>(blocks), kThreads, shmem, stream>>>(
           s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), loss.data_ptr<float>(), grad.data_ptr<scalar_t>(),
-          N, K, HW, TP, inv_temp, temp);
+          N, K, HW, TP, inv_temp, temp, gtemp);
     };
     if (reverse) {
       rows ? launch(kl_fused_kernel<scalar_t, true, true>) : launch(kl_fused_kernel<scalar_t, true, false>);
@@ -170,6 +173,8 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
     }
   });
   C10_CUDA_CHECK(cudaGetLastError());
+  if (reduction == 1) return {loss.mean(), grad};  // torch reductions: deterministic, no atomics
+  if (reduction == 2) return {loss.sum(), grad};
   return {loss, grad};
 }
 

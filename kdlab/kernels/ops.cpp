@@ -7,9 +7,9 @@
 
 namespace kdlab {
 std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, const at::Tensor& teacher,
-                                                 double temperature, bool reverse);
+                                                 double temperature, bool reverse, int64_t reduction);
 std::tuple<at::Tensor, at::Tensor> attention_fused_cuda(const at::Tensor& student, const at::Tensor& teacher,
-                                                        double p);
+                                                        double p, int64_t reduction);
 }  // namespace kdlab
 
 TORCH_LIBRARY_IMPL(kdlab, CUDA, m) {

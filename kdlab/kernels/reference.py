@@ -1,7 +1,9 @@
 """Pure-PyTorch reference implementations of the fused training kernels (float32 accumulation;
 float64 stays float64). They return exactly what the CUDA kernels return, the loss per position
 (or per sample) *and* the gradient with respect to the student, so the fallback and the kernels
-are interchangeable behind :mod:`kdlab.kernels`.
+are interchangeable behind :mod:`kdlab.kernels`. With ``reduction`` 1 (mean) or 2 (sum) the loss
+is reduced and the gradient is that of the reduced loss, so the backward pass has nothing left
+to compute when the upstream gradient is 1.
 
 KL distillation over per-class logits ``[N, K, *spatial]`` (class axis 1), with
 ``q = softmax(s / T)`` (student) and ``p = softmax(t / T)`` (teacher):
@@ -26,10 +28,18 @@ def _acc(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool
+def _reduce(loss: torch.Tensor, grad: torch.Tensor, reduction: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """0: per position / sample; 1: mean (and the gradient scaled by 1 / count); 2: sum."""
+    if reduction == 1:
+        return loss.mean(), grad / max(loss.numel(), 1)
+    return (loss.sum(), grad) if reduction == 2 else (loss, grad)
+
+
+def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool, reduction: int = 0
              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(loss [N, *spatial], grad [N, K, *spatial])``: ``T^2 KL`` per position (float32, or float64)
-    and its gradient with respect to ``student`` (in ``student.dtype``)."""
+    """``(loss, grad)``: ``T^2 KL`` per position ``[N, *spatial]`` (float32, or float64), or its mean
+    (``reduction=1``) or sum (``2``), and the gradient of that loss with respect to ``student``
+    (in ``student.dtype``)."""
     log_q = F.log_softmax(_acc(student) / temperature, dim=1)
     log_p = F.log_softmax(_acc(teacher) / temperature, dim=1)
     q, p = log_q.exp(), log_p.exp()
@@ -39,13 +49,14 @@ def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, r
     else:
         kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(1, keepdim=True)
         grad = temperature * (q - p)
-    return (temperature ** 2) * kl.squeeze(1), grad.to(student.dtype).contiguous()
+    loss, grad = _reduce((temperature ** 2) * kl.squeeze(1), grad, reduction)
+    return loss, grad.to(student.dtype).contiguous()
 
 
-def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0, eps: float = 1e-12
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(loss [N], grad [N, C_S, H, W])`` of attention transfer per sample, and its gradient with
-    respect to the student features (in ``student.dtype``)."""
+def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0, reduction: int = 0,
+                    eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, grad)``: attention transfer per sample ``[N]``, or its mean (``reduction=1``) or sum
+    (``2``), and the gradient of that loss with respect to the student features (``student.dtype``)."""
     fs, ft = _acc(student), _acc(teacher)
     a_s = fs.abs().pow(p).mean(1).flatten(1)  # (N, HW)
     a_t = ft.abs().pow(p).mean(1).flatten(1)
@@ -56,4 +67,5 @@ def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0
     g_a = 2 * (d - u * (u * d).sum(1, keepdim=True)) / n_s  # (N, HW)
     g_a = g_a.view(fs.shape[0], 1, *fs.shape[2:])
     dfs = (p / fs.shape[1]) * fs.abs().pow(p - 1) * fs.sign()
-    return loss, (g_a * dfs).to(student.dtype).contiguous()
+    loss, grad = _reduce(loss, g_a * dfs, reduction)
+    return loss, grad.to(student.dtype).contiguous()
