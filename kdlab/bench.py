@@ -34,11 +34,10 @@ def _kl_eager(s, t, temperature):
 
 
 def _at_eager(fs, ft):
-    from .kernels.reference import _acc
+    """Attention transfer in plain PyTorch ops (``attention_transfer`` itself would dispatch to the kernel)."""
+    from .feature_losses import attention_map
 
-    a_s = torch.nn.functional.normalize(_acc(fs).pow(2).mean(1).flatten(1), dim=1)
-    a_t = torch.nn.functional.normalize(_acc(ft).pow(2).mean(1).flatten(1), dim=1)
-    return (a_s - a_t).pow(2).sum(1).mean()
+    return (attention_map(fs) - attention_map(ft)).pow(2).sum(1).mean()
 
 
 def _kl_fused(s, t, temperature):

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import models
-from .train import History, _check_images, _minimise, freeze, run_loop
+from .train import History, _batch, _check_images, _minimise, freeze, run_loop
 from .utils import check_int, get_device
 
 
@@ -144,7 +144,7 @@ def train_diffusion(model: nn.Module, images: torch.Tensor, *, steps: int, batch
     def step_fn(step: int, g: torch.Generator) -> dict[str, float]:
         for group in opt.param_groups:  # linear warm-up, then cosine decay: a function of the step, so resuming is exact
             group["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        x = images[torch.randint(len(images), (batch_size,), generator=g)].to(dev)  # (B, C, H, W)
+        x = _batch(images, batch_size, g, dev)  # (B, C, H, W)
         t = torch.rand(batch_size, generator=g).to(dev)  # (B,)
         eps = torch.randn(x.shape, generator=g).to(dev)
         loss = (model(diffuse(x, t, eps), t) - v_target(x, t, eps)).pow(2).mean()
@@ -181,7 +181,7 @@ def distill_round(student: nn.Module, teacher: nn.Module, images: torch.Tensor, 
     opt = torch.optim.Adam(student.parameters(), lr=lr)
 
     def step_fn(step: int, g: torch.Generator) -> dict[str, float]:
-        x = images[torch.randint(len(images), (batch_size,), generator=g)].to(dev)  # (B, C, H, W)
+        x = _batch(images, batch_size, g, dev)  # (B, C, H, W)
         t = (torch.randint(1, student_steps + 1, (batch_size,), generator=g).double() / student_steps).to(dev, images.dtype)
         z = diffuse(x, t, torch.randn(x.shape, generator=g).to(dev))
         with torch.no_grad():

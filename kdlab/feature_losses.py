@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .taps import features
-from .utils import check_choice
+from .utils import at_least_float32, check_choice
 
 FEATURE_LOSSES = ("hint", "attention", "gram")
 
@@ -38,15 +38,10 @@ def _check_maps(student: torch.Tensor, teacher: torch.Tensor, what: str) -> None
                          f"teacher {list(teacher.shape)} (choose layers of the same resolution)")
 
 
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """Half precision goes up to float32 for the reductions; float32 and float64 stay as they are."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
 def attention_map(feats: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """Normalised spatial attention ``a / ||a||_2`` ``[N, H*W]`` with ``a = mean_c |F|^p`` of
     features ``[N, C, H, W]``, computed in float32 or wider (float64 stays float64)."""
-    a = _at_least_float32(feats).abs().pow(p).mean(1).flatten(1)  # (N, H*W)
+    a = at_least_float32(feats).abs().pow(p).mean(1).flatten(1)  # (N, H*W)
     return F.normalize(a, dim=1, eps=1e-12)
 
 
@@ -119,7 +114,7 @@ def feature_distillation(kind: str, student_feats: dict[str, torch.Tensor], teac
             continue
         adapted = adapters(name, fs)  # (N, Ct, H, W)
         if kind == "hint":
-            terms.append(F.mse_loss(_at_least_float32(adapted), _at_least_float32(ft)))
+            terms.append(F.mse_loss(at_least_float32(adapted), at_least_float32(ft)))
         else:
             terms.append(F.mse_loss(gram_matrix(adapted), gram_matrix(ft)))
     return torch.stack(terms).mean()

@@ -16,6 +16,11 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 for reductions, unless it is already wider (float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def data_root() -> Path:
     """Folder holding bundled data and checkpoints: ``$KDLAB_DATA`` if set, else ``<repo>/data``."""
     return Path(os.environ.get("KDLAB_DATA", REPO_ROOT / "data"))

@@ -262,5 +262,12 @@ def test_exercise_notebook_runs_with_a_solution_and_stops_on_a_wrong_one(name, t
     assert err.value.ename == "ExerciseError" and hint in err.value.evalue
 
 
+@pytest.mark.parametrize("name", sorted(SOLUTIONS))
+def test_exercise_notebooks_have_a_parameters_cell_after_the_imports(name):
+    code = [c for c in json.loads((EXERCISES / name).read_text())["cells"] if c["cell_type"] == "code"]
+    assert "import kdlab as kd" in "".join(code[0]["source"])
+    assert code[1]["metadata"].get("tags") == ["parameters"]  # papermill can rerun it with other values
+
+
 def test_exercise_notebooks_are_the_ones_we_have_solutions_for():
     assert sorted(p.name for p in EXERCISES.glob("*.ipynb")) == sorted(SOLUTIONS)

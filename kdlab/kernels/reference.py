@@ -23,9 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def _acc(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+from ..utils import at_least_float32 as _acc
 
 
 def _reduce(loss: torch.Tensor, grad: torch.Tensor, reduction: int) -> tuple[torch.Tensor, torch.Tensor]:
