@@ -10,24 +10,7 @@ import torch
 import kdlab as kd
 from kdlab import kernels
 from kdlab.kernels import build, reference
-
-
-def kl64(s, t, temperature, reverse):
-    """Independent float64 formula: T^2 sum_k a_k log(a_k / b_k) per position, softmax written out."""
-    s, t = s.double() / temperature, t.double() / temperature
-    q = torch.exp(s - s.max(1, keepdim=True).values)
-    q = q / q.sum(1, keepdim=True)
-    p = torch.exp(t - t.max(1, keepdim=True).values)
-    p = p / p.sum(1, keepdim=True)
-    a, b = (q, p) if reverse else (p, q)
-    return temperature ** 2 * (a * (a.log() - b.log())).sum(1)
-
-
-def at64(fs, ft, p):
-    """Independent float64 attention transfer per sample."""
-    a_s = (fs.double().abs() ** p).mean(1).flatten(1)
-    a_t = (ft.double().abs() ** p).mean(1).flatten(1)
-    return ((a_s / a_s.norm(dim=1, keepdim=True) - a_t / a_t.norm(dim=1, keepdim=True)) ** 2).sum(1)
+from refs64 import at64, kl64
 
 
 @pytest.mark.parametrize("shape", [(6, 10), (3, 7, 5, 3), (2, 257, 4)])

@@ -11,6 +11,7 @@ Compile check without a GPU (what CI cannot do, a developer machine with nvcc ca
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 SOURCES = [Path(__file__).with_name(n) for n in ("ops.cpp", "kl.cu", "attention.cu")]
+HEADERS = [Path(__file__).with_name(n) for n in ("common.cuh", "kl_kernel.cuh", "attention_kernel.cuh")]
 MODES = ("auto", "reference", "fused")
 
 
@@ -70,8 +72,12 @@ def compile_and_load(verbose: bool = False) -> None:
     if "TORCH_CUDA_ARCH_LIST" not in os.environ and torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
         os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"  # one architecture: a short build
-    cpp_extension.load(name="kdlab_kernels", sources=[str(p) for p in SOURCES], extra_cuda_cflags=["-O3"],
-                       extra_cflags=["-O3"], is_python_module=False, verbose=verbose)
+    # the kernels live in headers, which PyTorch's build cache does not hash: a digest of every
+    # source in the flags makes any edit a new build
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS)).hexdigest()[:16]
+    flags = ["-O3", f"-DKDLAB_SOURCES_SHA256={digest}"]
+    cpp_extension.load(name="kdlab_kernels", sources=[str(p) for p in SOURCES], extra_cuda_cflags=flags,
+                       extra_cflags=flags, is_python_module=False, verbose=verbose)
 
 
 def main() -> int:

@@ -1,0 +1,53 @@
+// Device helpers shared by kdlab's kernels, written once for two compilers:
+// - nvcc (kl.cu, attention.cu): the real CUDA build;
+// - a host C++ compiler with KDLAB_SIMT_EMULATOR defined (emulator/launch.cpp): the same kernel
+//   source runs on the CPU under a SIMT emulator (emulator/simt.hpp) that schedules every CUDA
+//   thread as a fiber, so the kernels' indexing, barriers and warp shuffles are tested without a GPU.
+// Kernels include only this header (no ATen), so both builds see identical kernel code.
+#pragma once
+
+#ifdef KDLAB_SIMT_EMULATOR
+#include "emulator/simt.hpp"
+// dynamic shared memory of the launch (the emulator allocates exactly the requested bytes)
+#define KDLAB_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::simt::dynamic_shared())
+#else
+#include <cstdint>
+#define KDLAB_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
+namespace kdlab {
+
+// Maximum (or sum) of v over the 32 lanes of a warp, identical on every lane; butterfly order is
+// fixed, so the result is bitwise reproducible.
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum of v over the block, identical on every thread (blockDim.x a multiple of 32); `red` holds
+// blockDim.x / 32 floats of shared memory. Partial sums are added in warp order (deterministic).
+__device__ __forceinline__ float block_sum(float v, float* red) {
+  v = warp_sum(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  __syncthreads();  // `red` may still be read by a previous call
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float total = 0.f;
+  for (int w = 0; w < warps; ++w) total += red[w];
+  return total;
+}
+
+// Storage type <-> float. c10::Half / c10::BFloat16 convert with round-to-nearest-even in their
+// float constructors, so one static_cast serves every dtype.
+template <typename scalar_t>
+__device__ __forceinline__ float to_float(scalar_t x) { return static_cast<float>(x); }
+
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t from_float(float v) { return static_cast<scalar_t>(v); }
+
+}  // namespace kdlab

@@ -1,0 +1,131 @@
+"""kdlab's CUDA kernels on the CPU, under a SIMT emulator: a checker for machines without a GPU.
+
+The kernel templates in ``kl_kernel.cuh`` and ``attention_kernel.cuh`` are compiled a second time by
+the host C++ compiler against ``emulator/simt.hpp``, which runs every CUDA thread as a fiber and
+checks what a GPU would not report: barriers that some threads never reach, warp shuffles whose
+lanes diverged, out-of-bounds accesses to global or shared memory (guard pages), reads of shared
+memory nobody wrote (it starts as NaN), and data races (run with ``order="ascending"``,
+``"descending"`` and ``"shuffled"``: a race-free kernel gives bitwise-identical results). The launch
+configuration is the CUDA build's own (``kl_launch_config``, ``attention_launch_config``).
+
+It is slow (a fiber switch per barrier and thread) and float32 only: use small shapes. It checks
+the kernels' logic, not their speed or the float16/bfloat16 conversions, and not the hardware's
+memory model beyond the races a schedule can expose.
+
+>>> from kdlab.kernels import emulate
+>>> loss, grad = emulate.kl_fused(student, teacher, temperature=2.0, reverse=False)  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).parent
+SOURCES = [HERE / "emulator" / "simt.cpp", HERE / "emulator" / "launch.cpp"]
+HEADERS = [HERE / "emulator" / "simt.hpp", HERE / "emulator" / "launch.hpp", HERE / "common.cuh",
+           HERE / "kl_kernel.cuh", HERE / "attention_kernel.cuh"]
+ORDERS = {"ascending": 0, "descending": 1, "shuffled": 2}
+
+_lib = None
+
+
+class EmulatorError(RuntimeError):
+    """The emulated kernel did something a GPU would hang on, fault on or leave undefined."""
+
+
+def compiler() -> str | None:
+    """The host C++ compiler (``$CXX``, else ``g++`` or ``c++``), or ``None`` if there is none."""
+    for name in (os.environ.get("CXX"), "g++", "c++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def build(extra_sources: list[Path] = (), name: str = "kdlab_simt") -> ctypes.CDLL:
+    """Compile the emulator and the kernels (plus ``extra_sources``) into a shared library, cached
+    in the temporary folder under a digest of every source, and load it (about 2 s the first time)."""
+    cxx = compiler()
+    if cxx is None:
+        raise EmulatorError("no C++ compiler found (set CXX or install g++) to build the SIMT emulator")
+    sources = [*SOURCES, *map(Path, extra_sources)]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources + HEADERS)).hexdigest()[:16]
+    out = Path(tempfile.gettempdir()) / f"{name}-{digest}.so"
+    if not out.exists():
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", f"-I{HERE}", "-o", str(tmp), *map(str, sources)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise EmulatorError(f"building the SIMT emulator failed:\n{result.stderr[-3000:]}")
+        os.replace(tmp, out)  # atomic: concurrent builders never load a half-written library
+    return ctypes.CDLL(str(out))
+
+
+def _library() -> ctypes.CDLL:
+    global _lib
+    if _lib is None:
+        lib = build()
+        i64, f32, i32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_int, ctypes.c_void_p
+        lib.kdlab_emulate_kl.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i64, f32, i32, i32, i32, ctypes.c_uint64,
+                                         ctypes.c_char_p, i32]
+        lib.kdlab_emulate_attention.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i32, i32, f32, i32, i32,
+                                                ctypes.c_uint64, ctypes.c_char_p, i32]
+        _lib = lib
+    return _lib
+
+
+def _float32(x: torch.Tensor, what: str) -> torch.Tensor:
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        raise TypeError(f"the emulator takes float32 CPU tensors; {what} is {x.dtype} on {x.device}")
+    return x.contiguous()
+
+
+def _call(fn, *args) -> None:
+    error = ctypes.create_string_buffer(1024)
+    if fn(*args, error, len(error)) != 0:
+        raise EmulatorError(error.value.decode())
+
+
+def _reduce(loss: torch.Tensor, reduction: int) -> torch.Tensor:
+    return loss if reduction == 0 else loss.mean() if reduction == 1 else loss.sum()
+
+
+def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool, reduction: int = 0,
+             order: str = "ascending", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.ops.kdlab.kl_fused`` computed by the CUDA kernel's source under the emulator: logits
+    ``[N, K, *spatial]`` float32 -> (``T^2 KL`` per position ``[N, *spatial]`` or its mean / sum,
+    gradient ``[N, K, *spatial]``). ``order``: thread schedule between barriers."""
+    s, t = _float32(student, "student"), _float32(teacher, "teacher")
+    if s.shape != t.shape or s.dim() < 2 or s.shape[1] < 2:
+        raise ValueError(f"expected logits [N, K >= 2, *spatial] of one shape, got {tuple(s.shape)} and {tuple(t.shape)}")
+    n, k = s.shape[0], s.shape[1]
+    hw = s[0, 0].numel()
+    loss = torch.empty((n, *s.shape[2:]), dtype=torch.float32)
+    grad = torch.empty_like(s)
+    if s.numel():
+        _call(_library().kdlab_emulate_kl, s.data_ptr(), t.data_ptr(), loss.data_ptr(), grad.data_ptr(), n, k, hw,
+              float(temperature), int(reverse), reduction, ORDERS[order], seed)
+    return _reduce(loss, reduction), grad
+
+
+def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0, reduction: int = 0,
+                    order: str = "ascending", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.ops.kdlab.attention_fused`` computed by the CUDA kernel's source under the emulator:
+    features ``[N, C_S, H, W]``, ``[N, C_T, H, W]`` float32 -> (loss per sample ``[N]`` or its mean /
+    sum, gradient ``[N, C_S, H, W]``)."""
+    s, t = _float32(student, "student"), _float32(teacher, "teacher")
+    if s.dim() != 4 or t.dim() != 4 or s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
+        raise ValueError(f"expected features [N, C, H, W] with equal N, H, W, got {tuple(s.shape)} and {tuple(t.shape)}")
+    n, cs, ct, hw = s.shape[0], s.shape[1], t.shape[1], s.shape[2] * s.shape[3]
+    loss = torch.empty(n, dtype=torch.float32)
+    grad = torch.empty_like(s)
+    if s.numel():
+        _call(_library().kdlab_emulate_attention, s.data_ptr(), t.data_ptr(), loss.data_ptr(), grad.data_ptr(), n,
+              cs, ct, hw, float(p), reduction, ORDERS[order], seed)
+    return _reduce(loss, reduction), grad

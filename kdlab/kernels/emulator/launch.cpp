@@ -1,0 +1,85 @@
+// kdlab's kernels under the SIMT emulator: C entry points (called through ctypes from
+// kdlab/kernels/emulate.py) that launch the very kernel templates the CUDA build uses, with the
+// same launch configuration, on float32 buffers guarded against out-of-bounds accesses.
+#define KDLAB_SIMT_EMULATOR 1
+#include "../attention_kernel.cuh"
+#include "../kl_kernel.cuh"
+#include "launch.hpp"
+
+#include <cstring>
+#include <string>
+
+namespace {
+
+// Copies `n` floats into a guarded buffer (inputs) or fills it with NaN (outputs).
+struct Arg {
+  simt::Buffer buffer;
+  Arg(const float* src, size_t n, const char* name) : buffer(n * sizeof(float), name) {
+    if (src) std::memcpy(buffer.data, src, n * sizeof(float));
+  }
+  float* ptr() { return reinterpret_cast<float*>(buffer.data); }
+};
+
+int finish(const std::string& launch_error, Arg& loss, Arg& grad, float* loss_out, float* grad_out, size_t n_loss,
+           size_t n_grad, char* error, int error_size) {
+  std::string message = launch_error;
+  if (message.empty() && !loss.buffer.canaries_intact()) message = "a write outside the loss buffer";
+  if (message.empty() && !grad.buffer.canaries_intact()) message = "a write outside the gradient buffer";
+  if (!message.empty()) {
+    std::snprintf(error, static_cast<size_t>(error_size), "%s", message.c_str());
+    return 1;
+  }
+  std::memcpy(loss_out, loss.ptr(), n_loss * sizeof(float));
+  std::memcpy(grad_out, grad.ptr(), n_grad * sizeof(float));
+  return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+// student, teacher: [N, K, HW] float32; loss_out: [N HW] (per position); grad_out: [N, K, HW], the
+// gradient of the loss reduced with `reduction` (0 none, 1 mean, 2 sum). Returns 0, or 1 with a message.
+int kdlab_emulate_kl(const float* student, const float* teacher, float* loss_out, float* grad_out, int64_t N, int K,
+                     int64_t HW, float temperature, int reverse, int reduction, int order, uint64_t seed, char* error,
+                     int error_size) {
+  const size_t n = static_cast<size_t>(N * K * HW), positions = static_cast<size_t>(N * HW);
+  Arg s(student, n, "student logits"), t(teacher, n, "teacher logits"), loss(nullptr, positions, "loss"),
+      grad(nullptr, n, "gradient");
+  const kdlab::KlLaunch cfg = kdlab::kl_launch_config(N, K, HW);
+  const float inv_temp = 1.f / temperature, gtemp = kdlab::kl_grad_scale(temperature, reduction, N * HW);
+  const float* ps = s.ptr();
+  const float* pt = t.ptr();
+  float* pl = loss.ptr();
+  float* pg = grad.ptr();
+  auto run = [&](auto kernel) {
+    return simt::launch(static_cast<unsigned>(cfg.blocks), kdlab::kThreads, cfg.shared, static_cast<simt::Order>(order),
+                        seed, [&] { kernel(ps, pt, pl, pg, N, K, HW, cfg.tile, inv_temp, temperature, gtemp); });
+  };
+  const bool rows = HW == 1;
+  std::string message;
+  if (reverse) message = rows ? run(kdlab::kl_fused_kernel<float, true, true>) : run(kdlab::kl_fused_kernel<float, true, false>);
+  else message = rows ? run(kdlab::kl_fused_kernel<float, false, true>) : run(kdlab::kl_fused_kernel<float, false, false>);
+  return finish(message, loss, grad, loss_out, grad_out, positions, n, error, error_size);
+}
+
+// fs: [N, Cs, HW], ft: [N, Ct, HW] float32; loss_out: [N]; grad_out: [N, Cs, HW] (of the reduced loss).
+int kdlab_emulate_attention(const float* fs, const float* ft, float* loss_out, float* grad_out, int64_t N, int Cs,
+                            int Ct, int HW, float p, int reduction, int order, uint64_t seed, char* error,
+                            int error_size) {
+  const size_t ns = static_cast<size_t>(N * Cs * HW), nt = static_cast<size_t>(N * Ct * HW);
+  Arg s(fs, ns, "student features"), t(ft, nt, "teacher features"), loss(nullptr, static_cast<size_t>(N), "loss"),
+      grad(nullptr, ns, "gradient");
+  const kdlab::AtLaunch cfg = kdlab::attention_launch_config(HW);
+  const float gscale = kdlab::attention_grad_scale(reduction, N);
+  const float* ps = s.ptr();
+  const float* pt = t.ptr();
+  float* pl = loss.ptr();
+  float* pg = grad.ptr();
+  const std::string message = simt::launch(
+      static_cast<unsigned>(N), static_cast<unsigned>(cfg.threads), cfg.shared, static_cast<simt::Order>(order), seed,
+      [&] { kdlab::attention_fused_kernel<float>(ps, pt, pl, pg, Cs, Ct, HW, p, gscale); });
+  return finish(message, loss, grad, loss_out, grad_out, static_cast<size_t>(N), ns, error, error_size);
+}
+
+}  // extern "C"
