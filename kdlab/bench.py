@@ -1,6 +1,6 @@
 """Benchmark of the fused kernels against PyTorch eager and torch.compile (needs a CUDA GPU).
 
-    python -m kdlab.bench [--json FILE] [--quick]
+    python -m kdlab.bench [--json FILE] [--quick] [--tune]
 
 For each kernel, shape and dtype: median milliseconds of forward + backward (CUDA events, after
 warm-up), the effective bandwidth of the minimum traffic (read student and teacher, write the
@@ -11,11 +11,15 @@ implementations in the same run:
   :func:`kdlab.feature_losses.attention_transfer` with ``KDLAB_KERNELS=reference`` semantics);
 - ``compile``: ``torch.compile`` of that reference (forward + backward);
 - ``fused``: ``torch.ops.kdlab.*`` (this package's CUDA kernels).
+
+``--tune`` also times the fused KL kernel at every tile size (positions per block, through
+``KDLAB_KL_TILE``) for each KL shape, to choose the default in ``kl_launch_config``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 
@@ -82,10 +86,27 @@ def _row(kernel, shape, dtype, traffic_bytes, impls, x, *args) -> dict:
     return row
 
 
+def _tune(dtype, rows: list) -> None:
+    """Fused KL forward + backward at tiles of 1 .. 32 positions per block (``KDLAB_KL_TILE``)."""
+    for shape, temperature in KL_SHAPES:
+        s = torch.randn(shape, device="cuda").to(dtype).requires_grad_(True)
+        t = torch.randn(shape, device="cuda").to(dtype)
+        row = {"kernel": "kl_tile", "shape": list(shape), "dtype": str(dtype).replace("torch.", "")}
+        try:
+            for tile in (1, 2, 4, 8, 16, 32):
+                os.environ["KDLAB_KL_TILE"] = str(tile)
+                row[f"tile{tile}_ms"] = _time(_kl_fused, s, t, temperature)[0]
+        finally:
+            os.environ.pop("KDLAB_KL_TILE", None)
+        rows.append(row)
+        print(f"tiles {shape} {row['dtype']}: " + ", ".join(f"{k[4:-3]}: {v:.3f} ms" for k, v in row.items() if k.endswith("_ms")))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="kdlab fused-kernel benchmark")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--quick", action="store_true", help="the first shape of each kernel only")
+    parser.add_argument("--tune", action="store_true", help="also time the fused KL kernel at every tile size")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("kdlab.bench needs a CUDA GPU (none is visible); the measured table is in kdlab/kernels/README.md")
@@ -109,6 +130,10 @@ def main(argv=None) -> int:
             traffic = (2 * fs.numel() + ft.numel()) * fs.element_size()
             impls = {"eager": _at_eager, "compile": torch.compile(_at_eager), "fused": _at_fused}
             rows.append(_row("attention", [list(s_shape), list(t_shape)], dtype, traffic, impls, fs, ft))
+    tuning = []
+    if args.tune:
+        for dtype in DTYPES:
+            _tune(dtype, tuning)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     print(f"{'kernel':<10}{'shape':<34}{'dtype':<10}{'eager ms':>9}{'compile ms':>11}{'fused ms':>9}"
           f"{'fused GB/s':>11}{'x eager':>8}{'x compile':>10}{'extra MiB e/c/f':>20}")
@@ -120,7 +145,7 @@ def main(argv=None) -> int:
     if args.json:
         meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda}
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+            json.dump({"meta": meta, "rows": rows, "tiles": tuning}, f, indent=1)
     return 0
 
 

@@ -1,6 +1,10 @@
 """Interactive explorers for Jupyter (ipywidgets). Exploration only: every notebook follows a
-widget with a static figure made by the same plotting function, so headless runs show it too."""
+widget with a static figure made by the same plotting function, so headless runs show it too.
+Without ipywidgets installed (plain Python, a bare GPU machine) the explorers print a note and return
+``None``; the static figure that follows each one carries the notebook."""
 from __future__ import annotations
+
+import importlib
 
 import matplotlib.pyplot as plt
 import torch
@@ -8,14 +12,26 @@ import torch
 from . import viz
 
 
+def _ipywidgets(caller: str):
+    """The ipywidgets module, or ``None`` after a one-line note when it is not installed."""
+    try:
+        return importlib.import_module("ipywidgets")
+    except ImportError:
+        print(f"{caller}: ipywidgets is not installed, so there is no interactive explorer here "
+              "(pip install ipywidgets); the static figure below shows the same plot.")
+        return None
+
+
 def temperature_explorer(teacher_logits: torch.Tensor, student_logits: dict[str, torch.Tensor],
                          t_min: float = 0.25, t_max: float = 16.0):
     """A log-scale temperature slider redrawing :func:`kdlab.viz.plot_pixel_distributions` for one
-    pixel's teacher logits ``[K]`` and student logits ``{name: [K]}``. Returns the widget."""
-    import ipywidgets as widgets
-
+    pixel's teacher logits ``[K]`` and student logits ``{name: [K]}``. Returns the widget (``None``
+    without ipywidgets)."""
     if not 0 < t_min < t_max:
         raise ValueError(f"expected 0 < t_min < t_max, got t_min={t_min!r}, t_max={t_max!r}")
+    widgets = _ipywidgets("temperature_explorer")
+    if widgets is None:
+        return None
     slider = widgets.FloatLogSlider(value=1.0, base=2, min=torch.tensor(t_min).log2().item(),
                                     max=torch.tensor(t_max).log2().item(), step=0.25, description="T")
 
@@ -30,11 +46,13 @@ def temperature_explorer(teacher_logits: torch.Tensor, student_logits: dict[str,
 def student_explorer(teacher: torch.nn.Module, students: dict[str, torch.nn.Module], n: int = 8,
                      bands: dict[str, tuple[float, float]] | None = None):
     """A student dropdown and a noise-seed slider redrawing :func:`kdlab.viz.teacher_student_figure`
-    (teacher and student images for the same noise, and their spectra). Returns the widget."""
-    import ipywidgets as widgets
-
+    (teacher and student images for the same noise, and their spectra). Returns the widget (``None``
+    without ipywidgets)."""
     if not students:
         raise ValueError("student_explorer needs at least one student, got an empty dict")
+    widgets = _ipywidgets("student_explorer")
+    if widgets is None:
+        return None
     names = list(students)
 
     def draw(student: str, seed: int) -> None:

@@ -53,8 +53,8 @@ def test_pixel_distribution_plot_and_temperature_widget():
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert len(heights) == 32 and sum(heights) == pytest.approx(2.0)  # two distributions over 16 levels
     assert abs(sum(heights[:16]) - 1) < 1e-9
+    with pytest.raises(ValueError, match="t_min"):
+        kd.widgets.temperature_explorer(t, {"student": s}, t_min=2.0, t_max=1.0)
     pytest.importorskip("ipywidgets")
     w = kd.widgets.temperature_explorer(t, {"student": s})
     assert w.children[0].value == 1.0
-    with pytest.raises(ValueError, match="t_min"):
-        kd.widgets.temperature_explorer(t, {"student": s}, t_min=2.0, t_max=1.0)

@@ -83,7 +83,19 @@ def test_spectrum_figures_and_explorer():
     fig = kd.viz.teacher_student_figure(teacher, student, seed=0, n=4, bands=dict(kd.textures.BANDS))
     assert len(fig.axes) == 3 and len(fig.axes[2].lines) == 2 and fig.axes[2].get_yscale() == "log"
     plt.close(fig)
-    widget = kd.widgets.student_explorer(teacher, {"tiny": student})
-    assert [c.description for c in widget.children[:2]] == ["student", "noise seed"]
     with pytest.raises(ValueError, match="at least one student"):
         kd.widgets.student_explorer(teacher, {})
+    pytest.importorskip("ipywidgets")
+    widget = kd.widgets.student_explorer(teacher, {"tiny": student})
+    assert [c.description for c in widget.children[:2]] == ["student", "noise seed"]
+
+
+def test_explorers_without_ipywidgets_print_a_note_and_return_none(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # makes `import ipywidgets` raise ImportError
+    teacher = kd.models.Generator(width=1).eval()
+    assert kd.widgets.student_explorer(teacher, {"tiny": teacher}) is None
+    assert kd.widgets.temperature_explorer(torch.randn(4), {"s": torch.randn(4)}) is None
+    out = capsys.readouterr().out
+    assert out.count("ipywidgets is not installed") == 2 and "static figure below" in out

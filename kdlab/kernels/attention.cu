@@ -1,6 +1,7 @@
 // Host side of the fused attention-transfer op (torch.ops.kdlab.attention_fused): argument checks,
 // launch configuration and dtype dispatch. The kernel itself is in attention_kernel.cuh.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch_v2.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -36,7 +37,7 @@ std::tuple<at::Tensor, at::Tensor> attention_fused_cuda(const at::Tensor& studen
   const int threads = cfg.threads;
   const size_t shmem = cfg.shared;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "attention_fused", [&] {
+  AT_DISPATCH_V2(s.scalar_type(), "attention_fused", AT_WRAP([&] {
     auto kernel = attention_fused_kernel<scalar_t>;
     if (shmem > 48 * 1024) {
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -45,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor> attention_fused_cuda(const at::Tensor& studen
     kernel<<<static_cast<unsigned>(N), threads, shmem, stream>>>(
         s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), loss.data_ptr<float>(), grad.data_ptr<scalar_t>(),
         static_cast<int>(s.size(1)), static_cast<int>(t.size(1)), HW, static_cast<float>(p), gscale);
-  });
+  }), at::kFloat, at::kHalf, at::kBFloat16);
   C10_CUDA_CHECK(cudaGetLastError());
   if (reduction == 1) return {loss.mean(), grad};
   if (reduction == 2) return {loss.sum(), grad};

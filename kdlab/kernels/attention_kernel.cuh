@@ -56,7 +56,9 @@ __global__ void __launch_bounds__(kAtThreads) attention_fused_kernel(
   float ss = 0.f, st = 0.f;
   for (int j = threadIdx.x; j < HW; j += blockDim.x) {  // a[j] = mean_c |F[c, j]|^p
     float as = 0.f, at = 0.f;
+#pragma unroll 8
     for (int c = 0; c < Cs; ++c) as += abs_pow(xs[static_cast<int64_t>(c) * HW + j], p, square);
+#pragma unroll 8
     for (int c = 0; c < Ct; ++c) at += abs_pow(xt[static_cast<int64_t>(c) * HW + j], p, square);
     as /= Cs;
     at /= Ct;
@@ -81,6 +83,7 @@ __global__ void __launch_bounds__(kAtThreads) attention_fused_kernel(
   for (int j = threadIdx.x; j < HW; j += blockDim.x) {
     const float u = a_s[j] / norm_s, d = u - a_t[j] / norm_t;
     const float g_a = 2.f * (d - u * ud) / norm_s;  // d loss / d a_S[j]
+#pragma unroll 4
     for (int c = 0; c < Cs; ++c) {
       const int64_t off = static_cast<int64_t>(c) * HW + j;
       const float x = to_float(xs[off]);

@@ -59,7 +59,7 @@ def build(extra_sources: list[Path] = (), name: str = "kdlab_simt") -> ctypes.CD
     out = Path(tempfile.gettempdir()) / f"{name}-{digest}.so"
     if not out.exists():
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", f"-I{HERE}", "-o", str(tmp), *map(str, sources)]
+        cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas", f"-I{HERE}", "-o", str(tmp), *map(str, sources)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise EmulatorError(f"building the SIMT emulator failed:\n{result.stderr[-3000:]}")

@@ -1,6 +1,8 @@
 // Host side of the fused KL distillation op (torch.ops.kdlab.kl_fused): argument checks, launch
 // configuration and dtype dispatch. The kernel itself is in kl_kernel.cuh.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch_v2.h>
+#include <cstdlib>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -34,8 +36,8 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
   at::Tensor loss = at::empty(loss_shape, s.options().dtype(at::kFloat));
   at::Tensor grad = at::empty_like(s);
   if (s.numel() == 0) return {reduction == 0 ? loss : reduction == 1 ? loss.mean() : loss.sum(), grad};
-  const bool rows = HW == 1;
-  const KlLaunch cfg = kl_launch_config(N, K, HW);
+  const char* tile = std::getenv("KDLAB_KL_TILE");  // benchmark tuning only: python -m kdlab.bench --tune
+  const KlLaunch cfg = kl_launch_config(N, K, HW, tile ? std::atoi(tile) : 32);
   const int TP = cfg.tile;
   const int64_t blocks = cfg.blocks;
   TORCH_CHECK(blocks < (1LL << 31), "kl_fused: too many positions");
@@ -43,8 +45,8 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
   const float temp = static_cast<float>(temperature), inv_temp = 1.f / temp;
   const float gtemp = kl_grad_scale(temp, reduction, N * HW);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "kl_fused", [&] {
-    auto launch = [&](auto kernel) {
+  AT_DISPATCH_V2(s.scalar_type(), "kl_fused", AT_WRAP([&] {
+    kl_dispatch<scalar_t>(reverse, HW, K, [&](auto kernel) {
       if (shmem > 48 * 1024) {
         C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(shmem)));
@@ -52,13 +54,8 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
       kernel<<<static_cast<unsigned>(blocks), kThreads, shmem, stream>>>(
           s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), loss.data_ptr<float>(), grad.data_ptr<scalar_t>(),
           N, K, HW, TP, inv_temp, temp, gtemp);
-    };
-    if (reverse) {
-      rows ? launch(kl_fused_kernel<scalar_t, true, true>) : launch(kl_fused_kernel<scalar_t, true, false>);
-    } else {
-      rows ? launch(kl_fused_kernel<scalar_t, false, true>) : launch(kl_fused_kernel<scalar_t, false, false>);
-    }
-  });
+    });
+  }), at::kFloat, at::kHalf, at::kBFloat16);
   C10_CUDA_CHECK(cudaGetLastError());
   if (reduction == 1) return {loss.mean(), grad};  // torch reductions: deterministic, no atomics
   if (reduction == 2) return {loss.sum(), grad};

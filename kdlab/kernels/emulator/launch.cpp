@@ -52,14 +52,11 @@ int kdlab_emulate_kl(const float* student, const float* teacher, float* loss_out
   const float* pt = t.ptr();
   float* pl = loss.ptr();
   float* pg = grad.ptr();
-  auto run = [&](auto kernel) {
-    return simt::launch(static_cast<unsigned>(cfg.blocks), kdlab::kThreads, cfg.shared, static_cast<simt::Order>(order),
-                        seed, [&] { kernel(ps, pt, pl, pg, N, K, HW, cfg.tile, inv_temp, temperature, gtemp); });
-  };
-  const bool rows = HW == 1;
   std::string message;
-  if (reverse) message = rows ? run(kdlab::kl_fused_kernel<float, true, true>) : run(kdlab::kl_fused_kernel<float, true, false>);
-  else message = rows ? run(kdlab::kl_fused_kernel<float, false, true>) : run(kdlab::kl_fused_kernel<float, false, false>);
+  kdlab::kl_dispatch<float>(reverse != 0, HW, K, [&](auto kernel) {
+    message = simt::launch(static_cast<unsigned>(cfg.blocks), kdlab::kThreads, cfg.shared, static_cast<simt::Order>(order),
+                           seed, [&] { kernel(ps, pt, pl, pg, N, K, HW, cfg.tile, inv_temp, temperature, gtemp); });
+  });
   return finish(message, loss, grad, loss_out, grad_out, positions, n, error, error_size);
 }
 
