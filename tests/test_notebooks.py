@@ -202,5 +202,8 @@ def test_07_fused_kernels_smoke(tmp_path):
     for direction in ("forward", "reverse"):
         assert m["op_vs_float64"][direction]["loss_rel_error"] < 1e-5
         assert m["op_vs_float64"][direction]["grad_max_error"] < 1e-5
+        emulated = m["emulated_kernel_vs_float64"][direction]  # the CUDA source under the CPU emulator
+        assert emulated["loss_rel_error"] < 1e-5 and emulated["grad_max_error"] < 1e-5
+        assert emulated["identical_under_3_schedules"] is True
     assert m["benchmark"] in ("measured", "not measured")
     assert (tmp_path / "benchmark.png").stat().st_size > 1000
