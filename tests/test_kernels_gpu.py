@@ -132,3 +132,17 @@ def test_empty_batches_mixed_dtypes_and_transposed_inputs_on_cuda():
     assert torch.isfinite(losses.kl_distillation(s, s.float() + 1))  # mixed dtypes: the reference path
     base = torch.randn(3, 6, 5, 4, device="cuda")
     torch.library.opcheck(torch.ops.kdlab.kl_fused.default, (base.transpose(2, 3).requires_grad_(True), base.transpose(2, 3), 1.5, False))
+
+
+@pytest.mark.parametrize("shape", [(16, 64, 8, 8), (64, 256, 32, 32)])  # 256 KiB (multiply), 64 MiB (shortcut)
+def test_reduced_backward_below_and_above_the_upstream_check_size(shape):
+    g = torch.Generator(device="cuda").manual_seed(6)
+    s = torch.randn(shape, generator=g, device="cuda", requires_grad=True)
+    t = torch.randn(shape, generator=g, device="cuda")
+    assert (s.numel() * 4 >= kernels.CHECK_UPSTREAM_ONE_BYTES) == (shape[0] == 64)
+    for weight in (1.0, 0.25):
+        s.grad = None
+        loss = kernels.kl_distillation(s, t, 2.0, "forward", "mean")
+        (loss * weight).backward() if weight != 1.0 else loss.backward()
+        _, ref_grad = reference.kl_fused(s.detach(), t, 2.0, False, 1)
+        assert torch.allclose(s.grad, weight * ref_grad, rtol=1e-4, atol=1e-12)
