@@ -97,12 +97,26 @@ def test_reduced_ops_return_the_gradient_of_the_reduced_loss(reduction):
 def test_backward_of_a_reduced_op_returns_the_saved_gradient_without_a_copy():
     s, t = torch.randn(2, 5, 3, 3, requires_grad=True), torch.randn(2, 5, 3, 3)
     loss, grad = torch.ops.kdlab.kl_fused(s, t, 1.0, False, 1)
+    (returned,) = torch.autograd.grad(loss, s)
+    assert returned.data_ptr() == grad.data_ptr()  # the very tensor the forward wrote: no pass over memory
+    loss, grad = torch.ops.kdlab.kl_fused(s, t, 1.0, False, 1)
     loss.backward()
     assert torch.equal(s.grad, grad)
     s.grad = None
     loss, grad = torch.ops.kdlab.kl_fused(s, t, 1.0, False, 1)
     (3 * loss).backward()  # an upstream gradient other than 1 scales it
     assert torch.allclose(s.grad, 3 * grad)
+
+
+def test_double_backward_through_the_ops_raises_instead_of_dropping_terms():
+    s, t = torch.randn(2, 5, 3, requires_grad=True), torch.randn(2, 5, 3)
+    fs, ft = torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 4, 4, 4)
+    for x, loss in ((s, kernels.kl_distillation(s, t, 2.0)), (fs, kernels.attention_transfer(fs, ft))):
+        with pytest.raises(RuntimeError, match="create_graph=True"):
+            torch.autograd.grad(loss, x, create_graph=True)
+    # the public losses off the fused path (CPU) are plain autograd: twice differentiable
+    (g,) = torch.autograd.grad(kd.losses.kl_distillation(s, t, 2.0), s, create_graph=True)
+    assert g.requires_grad
 
 
 def test_opcheck_of_both_ops():

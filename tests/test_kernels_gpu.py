@@ -50,6 +50,10 @@ def test_kl_fused_extreme_logits_and_non_contiguous_inputs():
         loss, grad = torch.ops.kdlab.kl_fused(s, t, 1.0, reverse)
         assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
         assert torch.allclose(loss.cpu(), torch.tensor([2000.0, 0.0]), atol=1e-3)
+        # forward: T (q - p) = (1, -1, 0) and 0; reverse: q is one-hot at the student's own class,
+        # where log q - log p - KL = 0 - (-2000) - 2000 = 0, and 0 elsewhere
+        expected = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 0.0]]) if not reverse else torch.zeros(2, 3)
+        assert torch.allclose(grad.cpu(), expected, atol=1e-4)
     base = torch.randn(6, 8, 12, 10, device="cuda")
     s_nc, t_nc = base.transpose(2, 3), (base * 0.5 + 1).transpose(2, 3)  # [6, 8, 10, 12], not contiguous
     loss, grad = torch.ops.kdlab.kl_fused(s_nc, t_nc, 1.5, False)
@@ -146,3 +150,50 @@ def test_reduced_backward_below_and_above_the_upstream_check_size(shape):
         (loss * weight).backward() if weight != 1.0 else loss.backward()
         _, ref_grad = reference.kl_fused(s.detach(), t, 2.0, False, 1)
         assert torch.allclose(s.grad, weight * ref_grad, rtol=1e-4, atol=1e-12)
+
+
+def test_large_shapes_at_the_shared_memory_limits():
+    """H W above 6,128 needs the opted-in shared memory (> 48 KiB); K at the device's class limit."""
+    max_classes, max_positions = kernels.device_limits(torch.cuda.current_device())
+    g = torch.Generator(device="cuda").manual_seed(7)
+    fs = torch.randn(2, 8, 64, max_positions // 64, generator=g, device="cuda")
+    ft = torch.randn(2, 16, 64, max_positions // 64, generator=g, device="cuda")
+    loss, grad = torch.ops.kdlab.attention_fused(fs, ft, 2.0)
+    ref_loss, ref_grad = reference.attention_fused(fs, ft, 2.0)
+    assert torch.allclose(loss, ref_loss, rtol=1e-4) and torch.allclose(grad, ref_grad, rtol=1e-3, atol=1e-9)
+    s, t = torch.randn(3, max_classes, generator=g, device="cuda"), torch.randn(3, max_classes, generator=g, device="cuda")
+    loss, grad = torch.ops.kdlab.kl_fused(s, t, 2.0, True)
+    ref_loss, ref_grad = reference.kl_fused(s, t, 2.0, True)
+    assert torch.allclose(loss, ref_loss, rtol=1e-4) and torch.allclose(grad, ref_grad, rtol=1e-3, atol=1e-9)
+    with pytest.raises(RuntimeError, match="exceeds the kernel's limit"):
+        torch.ops.kdlab.kl_fused(torch.randn(1, max_classes + 1, device="cuda"), torch.randn(1, max_classes + 1, device="cuda"), 1.0, False)
+
+
+def test_public_losses_run_the_cuda_kernels():
+    from torch.profiler import ProfilerActivity, profile
+
+    from kdlab import feature_losses, losses
+
+    s, t = torch.randn(8, 32, 4, 4, device="cuda", requires_grad=True), torch.randn(8, 32, 4, 4, device="cuda")
+    fs, ft = torch.randn(4, 8, 8, 8, device="cuda", requires_grad=True), torch.randn(4, 16, 8, 8, device="cuda")
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        losses.kl_distillation(s, t, 2.0).backward()
+        feature_losses.attention_transfer(fs, ft).backward()
+        torch.cuda.synchronize()
+    names = " ".join(e.name for e in prof.events())
+    assert "kl_fused_kernel" in names and "attention_fused_kernel" in names
+
+
+def test_large_logits_and_masked_classes_on_cuda():
+    g = torch.Generator(device="cuda").manual_seed(8)
+    for shape in [(64, 3), (64, 10), (8, 100, 4), (8, 400)]:  # each path of kl_row
+        s = torch.randn(shape, generator=g, device="cuda") + 1e4
+        t = torch.randn(shape, generator=g, device="cuda") - 1e4
+        for reverse in (False, True):
+            loss, grad = torch.ops.kdlab.kl_fused(s, t, 1.0, reverse)
+            ref_loss, ref_grad = reference.kl_fused(s.double(), t.double(), 1.0, reverse)
+            assert torch.allclose(loss.double(), ref_loss, rtol=1e-4, atol=1e-5)
+            assert torch.allclose(grad.double(), ref_grad, rtol=1e-4, atol=1e-5)
+    s = torch.tensor([[0.5, float("-inf"), 1.0, -0.3]], device="cuda")
+    loss, grad = torch.ops.kdlab.kl_fused(s, torch.zeros_like(s), 1.0, True)
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all() and grad[0, 1].item() == 0.0

@@ -27,14 +27,16 @@ makes a failed build an error instead of a fallback.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
 
 from . import build, reference
 
-MAX_CLASSES = 96 * 1024 // 8 - 1  # kl.cu: two float tiles of K + 1 values per position in 96 KiB
-MAX_POSITIONS = 8192  # attention.cu: two float maps of H * W values in shared memory
+MAX_SHARED_BYTES = 96 * 1024  # common.cuh: the most dynamic shared memory a kernel block uses
+MAX_CLASSES = MAX_SHARED_BYTES // 8 - 1  # kl_kernel.cuh: two float rows of K | 1 values per position
+MAX_POSITIONS = 8192  # attention_kernel.cuh: two float maps of H * W values in shared memory
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # CUDA gradients at least this large skip the backward's multiply when the upstream gradient is 1, at the
 # cost of one host synchronisation; reading and writing 32 MiB at ~3 TB/s takes about as long (~20 us)
@@ -76,6 +78,10 @@ def _define_ops() -> None:
         ctx.set_materialize_grads(False)  # no zero-filled gradient for the (non-differentiable) grad output
 
     def _backward(ctx, grad_loss, _grad_of_grad):
+        if torch.is_grad_enabled():  # create_graph=True: the gradient would silently lack its own gradient
+            raise RuntimeError("kdlab's fused distillation ops support one backward pass only, not create_graph=True "
+                               "(double backward, e.g. a gradient penalty through this loss); set "
+                               "KDLAB_KERNELS=reference so the public losses use plain autograd")
         if ctx.needs_input_grad[1]:
             raise RuntimeError("kdlab's fused distillation ops give no gradient for the teacher input: teachers "
                                "are frozen (detach the teacher tensor or use requires_grad=False)")
@@ -88,8 +94,9 @@ def _define_ops() -> None:
             eager = type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling()  # not traced (fake) tensors
             # on a GPU the check copies a scalar to the host (a synchronisation, some 10-20 us); worth it only when
             # the multiply it saves, a pass over the gradient, costs more
-            worth = not grad.is_cuda or grad.numel() * grad.element_size() >= CHECK_UPSTREAM_ONE_BYTES
-            if eager and worth and grad_loss.item() == 1.0:
+            worth = not grad.is_cuda or (grad.numel() * grad.element_size() >= CHECK_UPSTREAM_ONE_BYTES
+                                         and not torch.cuda.is_current_stream_capturing())  # no .item() in a graph
+            if eager and worth and not grad_loss.requires_grad and grad_loss.item() == 1.0:
                 return (grad, *nones)  # no extra pass over memory
             return ((grad * grad_loss.to(acc)).to(grad.dtype), *nones)
         extra = [1] * (grad.dim() - grad_loss.dim() - 1)  # KL: loss (N, *spatial); attention: loss (N,)
@@ -133,6 +140,21 @@ def available() -> bool:
 def reason() -> str:
     """``"active"``, or why the fused kernels are not used (after :func:`available` ran)."""
     return _state["reason"]
+
+
+@functools.lru_cache(maxsize=None)
+def _device_limits(index: int) -> tuple[int, int]:
+    props = torch.cuda.get_device_properties(index)
+    shared = min(getattr(props, "shared_memory_per_block_optin", 48 * 1024), MAX_SHARED_BYTES)
+    return shared // 8 - 1, min(MAX_POSITIONS, (shared // 4 - 1024 // 32) // 2)
+
+
+def device_limits(device: torch.device | str | int) -> tuple[int, int]:
+    """``(max classes K, max positions H W)`` the kernels accept on this CUDA device, from its
+    shared memory per block (96 KiB on A100 / H100 give 12,287 and 8,192; 64 KiB on a T4 give 8,191
+    and 8,176). The public losses send larger inputs to the reference."""
+    return _device_limits(torch.device(device).index if torch.device(device).index is not None
+                          else torch.cuda.current_device())
 
 
 def use_fused(x: torch.Tensor, other: torch.Tensor | None = None) -> bool:

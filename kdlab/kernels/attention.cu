@@ -23,9 +23,11 @@ std::tuple<at::Tensor, at::Tensor> attention_fused_cuda(const at::Tensor& studen
   TORCH_CHECK(student.device() == teacher.device(), "attention_fused: student and teacher are on different devices");
   TORCH_CHECK(student.scalar_type() != at::kDouble, "attention_fused: float64 features use the reference implementation");
   const int64_t HW64 = student.size(2) * student.size(3);
-  TORCH_CHECK(HW64 <= kAtMaxPositions, "attention_fused: H*W = ", HW64, " exceeds the kernel's limit of ",
-              kAtMaxPositions);
   c10::cuda::CUDAGuard guard(student.device());
+  const int max_positions = attention_max_positions(shared_limit_bytes(student.get_device()));
+  TORCH_CHECK(HW64 <= max_positions, "attention_fused: H*W = ", HW64, " exceeds the kernel's limit of ",
+              max_positions, " on this GPU");
+  TORCH_CHECK(student.size(0) < (1LL << 31), "attention_fused: batch too large for one launch");
   const at::Tensor s = student.contiguous(), t = teacher.contiguous();
   const int64_t N = s.size(0);
   at::Tensor loss = at::empty({N}, s.options().dtype(at::kFloat));

@@ -17,6 +17,12 @@ namespace kdlab {
 constexpr int kAtThreads = 1024;
 constexpr int kAtMaxPositions = 8192;  // two float maps of HW in shared memory (64 KiB)
 
+// Largest H W whose two float maps and the block reduction's floats fit in `max_shared` bytes.
+inline int attention_max_positions(int max_shared = kMaxSharedBytes) {
+  const int fit = (max_shared / 4 - kAtThreads / 32) / 2;
+  return fit < kAtMaxPositions ? fit : kAtMaxPositions;
+}
+
 struct AtLaunch {
   int threads;    // per block (a multiple of 32)
   size_t shared;  // dynamic shared memory per block, bytes: a_S, a_T and one float per warp
@@ -56,9 +62,7 @@ __global__ void __launch_bounds__(kAtThreads) attention_fused_kernel(
   float ss = 0.f, st = 0.f;
   for (int j = threadIdx.x; j < HW; j += blockDim.x) {  // a[j] = mean_c |F[c, j]|^p
     float as = 0.f, at = 0.f;
-#pragma unroll 8
     for (int c = 0; c < Cs; ++c) as += abs_pow(xs[static_cast<int64_t>(c) * HW + j], p, square);
-#pragma unroll 8
     for (int c = 0; c < Ct; ++c) at += abs_pow(xt[static_cast<int64_t>(c) * HW + j], p, square);
     as /= Cs;
     at /= Ct;
@@ -83,7 +87,6 @@ __global__ void __launch_bounds__(kAtThreads) attention_fused_kernel(
   for (int j = threadIdx.x; j < HW; j += blockDim.x) {
     const float u = a_s[j] / norm_s, d = u - a_t[j] / norm_t;
     const float g_a = 2.f * (d - u * ud) / norm_s;  // d loss / d a_S[j]
-#pragma unroll 4
     for (int c = 0; c < Cs; ++c) {
       const int64_t off = static_cast<int64_t>(c) * HW + j;
       const float x = to_float(xs[off]);

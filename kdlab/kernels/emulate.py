@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -32,8 +34,11 @@ SOURCES = [HERE / "emulator" / "simt.cpp", HERE / "emulator" / "launch.cpp"]
 HEADERS = [HERE / "emulator" / "simt.hpp", HERE / "emulator" / "launch.hpp", HERE / "common.cuh",
            HERE / "kl_kernel.cuh", HERE / "attention_kernel.cuh"]
 ORDERS = {"ascending": 0, "descending": 1, "shuffled": 2}
+GUARDS = {"end": 0, "start": 1}  # which side of each buffer touches an inaccessible page
+FLAGS = ["-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas"]
 
 _lib = None
+_lock = threading.Lock()  # the emulator is single-threaded (global scheduler state)
 
 
 class EmulatorError(RuntimeError):
@@ -55,12 +60,14 @@ def build(extra_sources: list[Path] = (), name: str = "kdlab_simt") -> ctypes.CD
     if cxx is None:
         raise EmulatorError("no C++ compiler found (set CXX or install g++) to build the SIMT emulator")
     sources = [*SOURCES, *map(Path, extra_sources)]
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources + HEADERS)).hexdigest()[:16]
-    out = Path(tempfile.gettempdir()) / f"{name}-{digest}.so"
+    cmd = [cxx, *FLAGS, f"-I{HERE}", *map(str, sources)]
+    key = "\0".join(cmd).encode() + b"".join(p.read_bytes() for p in sources + HEADERS)
+    folder = Path(tempfile.gettempdir()) / f"kdlab-simt-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    out = folder / f"{name}-{hashlib.sha256(key).hexdigest()[:16]}.so"
     if not out.exists():
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas", f"-I{HERE}", "-o", str(tmp), *map(str, sources)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        result = subprocess.run([*cmd, "-o", str(tmp)], capture_output=True, text=True)
         if result.returncode != 0:
             raise EmulatorError(f"building the SIMT emulator failed:\n{result.stderr[-3000:]}")
         os.replace(tmp, out)  # atomic: concurrent builders never load a half-written library
@@ -72,10 +79,12 @@ def _library() -> ctypes.CDLL:
     if _lib is None:
         lib = build()
         i64, f32, i32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_int, ctypes.c_void_p
-        lib.kdlab_emulate_kl.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i64, f32, i32, i32, i32, ctypes.c_uint64,
-                                         ctypes.c_char_p, i32]
+        lib.kdlab_emulate_kl.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i64, f32, i32, i32, i32, i32,
+                                         ctypes.c_uint64, i32, ctypes.c_char_p, i32]
         lib.kdlab_emulate_attention.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i32, i32, f32, i32, i32,
-                                                ctypes.c_uint64, ctypes.c_char_p, i32]
+                                                ctypes.c_uint64, i32, ctypes.c_char_p, i32]
+        lib.kdlab_kernel_limits.argtypes = [i32, ctypes.POINTER(i64), ctypes.POINTER(i32)]
+        lib.kdlab_kernel_limits.restype = None
         _lib = lib
     return _lib
 
@@ -88,8 +97,18 @@ def _float32(x: torch.Tensor, what: str) -> torch.Tensor:
 
 def _call(fn, *args) -> None:
     error = ctypes.create_string_buffer(1024)
-    if fn(*args, error, len(error)) != 0:
+    with _lock:
+        code = fn(*args, error, len(error))
+    if code != 0:
         raise EmulatorError(error.value.decode())
+
+
+def kernel_limits(max_shared_bytes: int = 96 * 1024) -> tuple[int, int]:
+    """``(max classes K, max positions H W)`` as the CUDA launchers compute them for this much shared
+    memory per block (``kl_max_classes``, ``attention_max_positions``)."""
+    classes, positions = ctypes.c_int64(), ctypes.c_int32()
+    _library().kdlab_kernel_limits(max_shared_bytes, ctypes.byref(classes), ctypes.byref(positions))
+    return classes.value, positions.value
 
 
 def _reduce(loss: torch.Tensor, reduction: int) -> torch.Tensor:
@@ -97,25 +116,29 @@ def _reduce(loss: torch.Tensor, reduction: int) -> torch.Tensor:
 
 
 def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool, reduction: int = 0,
-             order: str = "ascending", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+             order: str = "ascending", seed: int = 0, tile: int = 0, guard: str = "end"
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.ops.kdlab.kl_fused`` computed by the CUDA kernel's source under the emulator: logits
     ``[N, K, *spatial]`` float32 -> (``T^2 KL`` per position ``[N, *spatial]`` or its mean / sum,
-    gradient ``[N, K, *spatial]``). ``order``: thread schedule between barriers."""
+    gradient ``[N, K, *spatial]``). ``order``: thread schedule between barriers; ``tile``: positions
+    per block as ``KDLAB_KL_TILE`` sets them on a GPU (0: the default); ``guard``: which side of every
+    buffer touches an inaccessible page ("end" or "start")."""
     s, t = _float32(student, "student"), _float32(teacher, "teacher")
     if s.shape != t.shape or s.dim() < 2 or s.shape[1] < 2:
         raise ValueError(f"expected logits [N, K >= 2, *spatial] of one shape, got {tuple(s.shape)} and {tuple(t.shape)}")
-    n, k = s.shape[0], s.shape[1]
-    hw = s[0, 0].numel()
+    n, k, hw = s.shape[0], s.shape[1], math.prod(s.shape[2:])
+    if k > kernel_limits()[0]:
+        raise ValueError(f"K = {k} exceeds the kernel's limit of {kernel_limits()[0]} classes")
     loss = torch.empty((n, *s.shape[2:]), dtype=torch.float32)
     grad = torch.empty_like(s)
     if s.numel():
         _call(_library().kdlab_emulate_kl, s.data_ptr(), t.data_ptr(), loss.data_ptr(), grad.data_ptr(), n, k, hw,
-              float(temperature), int(reverse), reduction, ORDERS[order], seed)
+              float(temperature), int(reverse), reduction, tile, ORDERS[order], seed, GUARDS[guard])
     return _reduce(loss, reduction), grad
 
 
 def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0, reduction: int = 0,
-                    order: str = "ascending", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                    order: str = "ascending", seed: int = 0, guard: str = "end") -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.ops.kdlab.attention_fused`` computed by the CUDA kernel's source under the emulator:
     features ``[N, C_S, H, W]``, ``[N, C_T, H, W]`` float32 -> (loss per sample ``[N]`` or its mean /
     sum, gradient ``[N, C_S, H, W]``)."""
@@ -123,9 +146,11 @@ def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0
     if s.dim() != 4 or t.dim() != 4 or s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
         raise ValueError(f"expected features [N, C, H, W] with equal N, H, W, got {tuple(s.shape)} and {tuple(t.shape)}")
     n, cs, ct, hw = s.shape[0], s.shape[1], t.shape[1], s.shape[2] * s.shape[3]
+    if hw > kernel_limits()[1]:
+        raise ValueError(f"H W = {hw} exceeds the kernel's limit of {kernel_limits()[1]} positions")
     loss = torch.empty(n, dtype=torch.float32)
     grad = torch.empty_like(s)
     if s.numel():
         _call(_library().kdlab_emulate_attention, s.data_ptr(), t.data_ptr(), loss.data_ptr(), grad.data_ptr(), n,
-              cs, ct, hw, float(p), reduction, ORDERS[order], seed)
+              cs, ct, hw, float(p), reduction, ORDERS[order], seed, GUARDS[guard])
     return _reduce(loss, reduction), grad

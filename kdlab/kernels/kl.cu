@@ -22,8 +22,10 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
   TORCH_CHECK(student.dim() >= 2 && student.size(1) >= 2, "kl_fused: expected logits [N, K, *spatial], K >= 2");
   TORCH_CHECK(student.scalar_type() != at::kDouble, "kl_fused: float64 logits use the reference implementation");
   const int64_t K64 = student.size(1);
-  TORCH_CHECK(K64 <= kl_max_classes(), "kl_fused: K = ", K64, " exceeds the kernel's limit of ", kl_max_classes());
   c10::cuda::CUDAGuard guard(student.device());
+  const int max_shared = shared_limit_bytes(student.get_device());
+  TORCH_CHECK(K64 <= kl_max_classes(max_shared), "kl_fused: K = ", K64, " exceeds the kernel's limit of ",
+              kl_max_classes(max_shared), " on this GPU");
   const at::Tensor s = student.contiguous(), t = teacher.contiguous();
   const int64_t N = s.size(0);
   const int K = static_cast<int>(K64);
@@ -37,7 +39,7 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
   at::Tensor grad = at::empty_like(s);
   if (s.numel() == 0) return {reduction == 0 ? loss : reduction == 1 ? loss.mean() : loss.sum(), grad};
   const char* tile = std::getenv("KDLAB_KL_TILE");  // benchmark tuning only: python -m kdlab.bench --tune
-  const KlLaunch cfg = kl_launch_config(N, K, HW, tile ? std::atoi(tile) : 32);
+  const KlLaunch cfg = kl_launch_config(N, K, HW, tile ? std::atoi(tile) : 0, max_shared);
   const int TP = cfg.tile;
   const int64_t blocks = cfg.blocks;
   TORCH_CHECK(blocks < (1LL << 31), "kl_fused: too many positions");

@@ -16,7 +16,6 @@ namespace kdlab {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kMaxSharedBytes = 96 * 1024;
 
 // Shared-memory row stride of one position's K classes: odd, so the threads of a warp that store
 // 32 consecutive positions (stride KS floats apart) hit 32 different banks.
@@ -28,12 +27,16 @@ struct KlLaunch {
   size_t shared;   // dynamic shared memory per block, bytes
 };
 
-// Positions per tile: the largest power of two <= max_tile (at most 32: the default) whose two
-// float tiles fit in shared memory. Smaller tiles trade work per block for more blocks per SM.
-inline KlLaunch kl_launch_config(int64_t N, int K, int64_t HW, int max_tile = 32) {
-  int tp = 32;
-  while (tp > 1 && tp > max_tile) tp /= 2;
-  while (tp > 1 && 2L * tp * kl_row_stride(K) * 4 > kMaxSharedBytes) tp /= 2;
+// Lanes per position: 4 for K <= 4, 16 for K <= 16, else a whole warp (32).
+inline int kl_group(int K) { return K <= 4 ? 4 : K <= 16 ? 16 : 32; }
+
+// Positions per tile: by default 32 (whole-warp positions: 4 per warp) or 512 / group (two rounds of
+// every warp: 32 for K <= 16, 128 for K <= 4); `tile` > 0 overrides it (benchmark tuning). Then
+// halved until the two float tiles fit in `max_shared` bytes (the device's limit).
+inline KlLaunch kl_launch_config(int64_t N, int K, int64_t HW, int tile = 0, int max_shared = kMaxSharedBytes) {
+  int tp = kl_group(K) == 32 ? 32 : 512 / kl_group(K);
+  if (tile > 0) for (tp = 1; tp * 2 <= tile && tp < 256; tp *= 2) {}
+  while (tp > 1 && 2L * tp * kl_row_stride(K) * 4 > max_shared) tp /= 2;
   const int64_t blocks = HW == 1 ? (N + tp - 1) / tp : N * ((HW + tp - 1) / tp);
   return {blocks, tp, 2 * static_cast<size_t>(tp) * kl_row_stride(K) * sizeof(float)};
 }
@@ -44,91 +47,96 @@ inline float kl_grad_scale(float temp, int64_t reduction, int64_t positions) {
   return reduction == 1 ? temp / static_cast<float>(positions) : temp;
 }
 
-// Largest K with one position's two rows in shared memory: 2 * (K | 1) * 4 <= kMaxSharedBytes.
-inline int64_t kl_max_classes() { return kMaxSharedBytes / 8 - 1; }
+// Largest K with one position's two rows in shared memory: 2 * (K | 1) * 4 <= max_shared.
+inline int64_t kl_max_classes(int max_shared = kMaxSharedBytes) { return max_shared / 8 - 1; }
 
-// One position's KL and gradient by one warp, from its student row xs and teacher row xt (K logits
-// divided by T, in shared memory); the gradient gtemp * d KL / d (s / T) overwrites xs. Returns KL
-// (on every lane). With q = softmax(s / T), p = softmax(t / T):
+// One position's KL and gradient by a group of kGroup lanes (lane k0 of the group), from its student
+// row xs and teacher row xt (K logits divided by T, in shared memory); the gradient
+// gtemp * d KL / d (s / T) overwrites xs. Returns KL (on every lane of the group). Lanes of an
+// inactive group (past the tile's last position) read and write nothing but join the shuffles.
+// With q = softmax(s / T), p = softmax(t / T):
 //   forward:  KL = sum_k p_k (log p_k - log q_k),   d (T^2 KL) / d s_k = T (q_k - p_k)
 //   reverse:  KL = sum_k q_k (log q_k - log p_k),   d (T^2 KL) / d s_k = T q_k (log q_k - log p_k - KL)
-// kPerLane > 0 (K <= 32 kPerLane): each lane keeps its kPerLane logits and their exponentials in
-// registers, so every exponential is computed once and shared memory is read once. kPerLane = 0:
-// any K, re-reading shared memory and recomputing exponentials in each pass.
-template <int kPerLane, bool kReverse>
-__device__ __forceinline__ float kl_row(float* xs, const float* xt, int K, int lane, float gtemp) {
+// log q_k = (s_k - max s) - log sum_j exp(s_j - max s): the shift is subtracted first, so large
+// logits lose no precision (as in log_softmax). A class with q_k = 0 (a -inf logit) gets gradient 0.
+// kPerLane > 0 (K <= kGroup kPerLane): each lane keeps its logits and their exponentials in
+// registers, so every exponential is computed once and shared memory is read once. kPerLane = 0
+// (kGroup = 32, any K): re-reads shared memory and recomputes exponentials in each pass.
+template <int kGroup, int kPerLane, bool kReverse>
+__device__ __forceinline__ float kl_row(float* xs, const float* xt, int K, int k0, bool active, float gtemp) {
   if constexpr (kPerLane > 0) {
     constexpr int R = kPerLane;
     float s[R], t[R], es[R], et[R];
     float ms = -INFINITY, mt = -INFINITY;
 #pragma unroll
     for (int i = 0; i < R; ++i) {
-      const int k = lane + 32 * i;
-      s[i] = k < K ? xs[k] : -INFINITY;
-      t[i] = k < K ? xt[k] : -INFINITY;
+      const int k = k0 + kGroup * i;
+      const bool ok = active && k < K;
+      s[i] = ok ? xs[k] : -INFINITY;
+      t[i] = ok ? xt[k] : -INFINITY;
       ms = fmaxf(ms, s[i]);
       mt = fmaxf(mt, t[i]);
     }
-    ms = warp_max(ms);
-    mt = warp_max(mt);
+    ms = group_max<kGroup>(ms);
+    mt = group_max<kGroup>(mt);
     float ss = 0.f, st = 0.f;
 #pragma unroll
-    for (int i = 0; i < R; ++i) {  // exp(-inf) = 0 for the padding
-      es[i] = expf(s[i] - ms);
-      et[i] = expf(t[i] - mt);
+    for (int i = 0; i < R; ++i) {  // from here on s, t hold s - max s, t - max t
+      const bool ok = active && k0 + kGroup * i < K;
+      s[i] -= ms;
+      t[i] -= mt;
+      es[i] = ok ? expf(s[i]) : 0.f;  // padding and inactive lanes contribute 0
+      et[i] = ok ? expf(t[i]) : 0.f;
       ss += es[i];
       st += et[i];
     }
-    ss = warp_sum(ss);
-    st = warp_sum(st);
-    const float lse_s = ms + logf(ss), lse_t = mt + logf(st), inv_ss = 1.f / ss, inv_st = 1.f / st;
+    ss = group_sum<kGroup>(ss);
+    st = group_sum<kGroup>(st);
+    const float log_ss = logf(ss), log_st = logf(st), inv_ss = 1.f / ss, inv_st = 1.f / st;
     float kl = 0.f;
 #pragma unroll
     for (int i = 0; i < R; ++i) {
-      if (lane + 32 * i >= K) continue;
-      const float lq = s[i] - lse_s, lp = t[i] - lse_t;
+      if (!active || k0 + kGroup * i >= K) continue;
+      const float lq = s[i] - log_ss, lp = t[i] - log_st;
       if (kReverse) { const float q = es[i] * inv_ss; if (q > 0.f) kl += q * (lq - lp); }
       else { const float p = et[i] * inv_st; if (p > 0.f) kl += p * (lp - lq); }
     }
-    kl = warp_sum(kl);
+    kl = group_sum<kGroup>(kl);
 #pragma unroll
     for (int i = 0; i < R; ++i) {
-      const int k = lane + 32 * i;
-      if (k >= K) continue;
+      const int k = k0 + kGroup * i;
+      if (!active || k >= K) continue;
       const float q = es[i] * inv_ss;
-      xs[k] = kReverse ? gtemp * q * ((s[i] - lse_s) - (t[i] - lse_t) - kl) : gtemp * (q - et[i] * inv_st);
+      xs[k] = kReverse ? (q > 0.f ? gtemp * q * ((s[i] - log_ss) - (t[i] - log_st) - kl) : 0.f)
+                       : gtemp * (q - et[i] * inv_st);
     }
     return kl;
-  } else {
+  } else {  // kGroup == 32: the whole warp, always active
     float ms = -INFINITY, mt = -INFINITY;
-    for (int k = lane; k < K; k += 32) { ms = fmaxf(ms, xs[k]); mt = fmaxf(mt, xt[k]); }
+    for (int k = k0; k < K; k += 32) { ms = fmaxf(ms, xs[k]); mt = fmaxf(mt, xt[k]); }
     ms = warp_max(ms);
     mt = warp_max(mt);
     float ss = 0.f, st = 0.f;
-    for (int k = lane; k < K; k += 32) { ss += expf(xs[k] - ms); st += expf(xt[k] - mt); }
-    const float lse_s = ms + logf(warp_sum(ss));  // log sum_k exp(s_k / T)
-    const float lse_t = mt + logf(warp_sum(st));
+    for (int k = k0; k < K; k += 32) { ss += expf(xs[k] - ms); st += expf(xt[k] - mt); }
+    const float log_ss = logf(warp_sum(ss)), log_st = logf(warp_sum(st));  // log sum_k exp(s_k / T - max)
     float kl = 0.f;
-    for (int k = lane; k < K; k += 32) {
-      const float lq = xs[k] - lse_s, lp = xt[k] - lse_t;
+    for (int k = k0; k < K; k += 32) {
+      const float lq = (xs[k] - ms) - log_ss, lp = (xt[k] - mt) - log_st;
       if (kReverse) { const float q = expf(lq); if (q > 0.f) kl += q * (lq - lp); }
       else { const float p = expf(lp); if (p > 0.f) kl += p * (lp - lq); }
     }
     kl = warp_sum(kl);
-    for (int k = lane; k < K; k += 32) {  // each lane overwrites only the logits it reads
-      const float lq = xs[k] - lse_s, lp = xt[k] - lse_t, q = expf(lq);
-      xs[k] = kReverse ? gtemp * q * (lq - lp - kl) : gtemp * (q - expf(lp));
+    for (int k = k0; k < K; k += 32) {  // each lane overwrites only the logits it reads
+      const float lq = (xs[k] - ms) - log_ss, lp = (xt[k] - mt) - log_st, q = expf(lq);
+      xs[k] = kReverse ? (q > 0.f ? gtemp * q * (lq - lp - kl) : 0.f) : gtemp * (q - expf(lp));
     }
     return kl;
   }
 }
 
-// Logits per lane kept in registers by kl_row: 8 for K <= 256, else 0 (the shared-memory loop).
-inline int kl_per_lane(int K) { return K <= 256 ? 8 : 0; }
-
 // s, t: logits [N, K, HW] (kRows: HW == 1); loss: [N * HW] float; grad: like s. gtemp = T * (d
 // reduced loss / d per-position loss): T for none / sum, T / (N HW) for mean.
-template <typename scalar_t, bool kReverse, bool kRows, int kPerLane>
+template <typename scalar_t, bool kReverse, bool kRows, int kGroup, int kPerLane>
 __global__ void __launch_bounds__(kThreads) kl_fused_kernel(
     const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, float* __restrict__ loss,
     scalar_t* __restrict__ grad, int64_t N, int K, int64_t HW, int TP, float inv_temp, float temp, float gtemp) {
@@ -160,11 +168,15 @@ __global__ void __launch_bounds__(kThreads) kl_fused_kernel(
     }
   }
   __syncthreads();
-  // 2. one warp per position: log-sum-exp, KL and gradient (overwriting the student row)
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int j = warp; j < valid; j += kWarps) {
-    const float kl = kl_row<kPerLane, kReverse>(sm_s + j * KS, sm_t + j * KS, K, lane, gtemp);
-    if (lane == 0) {
+  // 2. kGroup lanes per position (32 / kGroup positions per warp and round): log-sum-exp, KL and
+  // gradient, overwriting the student row
+  constexpr int kPositionsPerWarp = 32 / kGroup;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = lane / kGroup, k0 = lane % kGroup;
+  for (int base = warp * kPositionsPerWarp; base < valid; base += kWarps * kPositionsPerWarp) {  // warp-uniform
+    const int j = base + sub;
+    const bool active = kGroup == 32 || j < valid;  // a whole-warp position is always inside the tile
+    const float kl = kl_row<kGroup, kPerLane, kReverse>(sm_s + j * KS, sm_t + j * KS, K, k0, active, gtemp);
+    if (active && k0 == 0) {
       const int64_t pos = kRows ? row0 + j : n * HW + hw0 + j;
       loss[pos] = temp * temp * kl;
     }
@@ -183,17 +195,20 @@ __global__ void __launch_bounds__(kThreads) kl_fused_kernel(
 }
 
 // Calls launch(kernel) with the kl_fused_kernel instantiation for these arguments (host code; the
-// CUDA launcher and the emulator share it).
+// CUDA launcher and the emulator share it). Lanes per position as kl_group; logits per lane kept
+// in registers: 1 for K <= 16 (a lane per class), 8 for K <= 256, else 0 (the shared-memory loop).
+template <typename scalar_t, bool kReverse, bool kRows, typename Launch>
+void kl_dispatch_k(int K, Launch&& launch) {
+  if (K <= 4) launch(kl_fused_kernel<scalar_t, kReverse, kRows, 4, 1>);
+  else if (K <= 16) launch(kl_fused_kernel<scalar_t, kReverse, kRows, 16, 1>);
+  else if (K <= 256) launch(kl_fused_kernel<scalar_t, kReverse, kRows, 32, 8>);
+  else launch(kl_fused_kernel<scalar_t, kReverse, kRows, 32, 0>);
+}
+
 template <typename scalar_t, typename Launch>
 void kl_dispatch(bool reverse, int64_t HW, int K, Launch&& launch) {
-  const bool rows = HW == 1, registers = kl_per_lane(K) > 0;
-  if (reverse) {
-    if (rows) registers ? launch(kl_fused_kernel<scalar_t, true, true, 8>) : launch(kl_fused_kernel<scalar_t, true, true, 0>);
-    else registers ? launch(kl_fused_kernel<scalar_t, true, false, 8>) : launch(kl_fused_kernel<scalar_t, true, false, 0>);
-  } else {
-    if (rows) registers ? launch(kl_fused_kernel<scalar_t, false, true, 8>) : launch(kl_fused_kernel<scalar_t, false, true, 0>);
-    else registers ? launch(kl_fused_kernel<scalar_t, false, false, 8>) : launch(kl_fused_kernel<scalar_t, false, false, 0>);
-  }
+  if (reverse) HW == 1 ? kl_dispatch_k<scalar_t, true, true>(K, launch) : kl_dispatch_k<scalar_t, true, false>(K, launch);
+  else HW == 1 ? kl_dispatch_k<scalar_t, false, true>(K, launch) : kl_dispatch_k<scalar_t, false, false>(K, launch);
 }
 
 }  // namespace kdlab

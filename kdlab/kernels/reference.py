@@ -10,6 +10,7 @@ KL distillation over per-class logits ``[N, K, *spatial]`` (class axis 1), with
 
     forward:  loss = T^2 sum_k p_k (log p_k - log q_k)      d loss / d s_k = T (q_k - p_k)
     reverse:  loss = T^2 sum_k q_k (log q_k - log p_k)      d loss / d s_k = T q_k (log q_k - log p_k - KL)
+              (0 where q_k = 0, i.e. at a -inf student logit, rather than 0 * inf)
 
 Attention transfer (Zagoruyko and Komodakis, arXiv 1612.03928) for features ``[N, C, H, W]``:
 ``a = mean_c |F|^p`` ``[N, H W]``, ``u = a_S / ||a_S||``, ``v = a_T / ||a_T||``, ``d = u - v``:
@@ -43,7 +44,7 @@ def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, r
     q, p = log_q.exp(), log_p.exp()
     if reverse:
         kl = torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q)).sum(1, keepdim=True)  # (N, 1, *spatial)
-        grad = temperature * q * (log_q - log_p - kl)
+        grad = torch.where(q > 0, temperature * q * (log_q - log_p - kl), torch.zeros_like(q))  # q = 0: a -inf logit
     else:
         kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(1, keepdim=True)
         grad = temperature * (q - p)

@@ -20,15 +20,17 @@ struct Arg {
   float* ptr() { return reinterpret_cast<float*>(buffer.data); }
 };
 
-int finish(const std::string& launch_error, Arg& loss, Arg& grad, float* loss_out, float* grad_out, size_t n_loss,
-           size_t n_grad, char* error, int error_size) {
+int report(const std::string& message, char* error, int error_size) {
+  std::snprintf(error, static_cast<size_t>(error_size), "%s", message.c_str());
+  return 1;
+}
+
+int finish(const std::string& launch_error, Arg& s, Arg& t, Arg& loss, Arg& grad, float* loss_out, float* grad_out,
+           size_t n_loss, size_t n_grad, char* error, int error_size) {
   std::string message = launch_error;
-  if (message.empty() && !loss.buffer.canaries_intact()) message = "a write outside the loss buffer";
-  if (message.empty() && !grad.buffer.canaries_intact()) message = "a write outside the gradient buffer";
-  if (!message.empty()) {
-    std::snprintf(error, static_cast<size_t>(error_size), "%s", message.c_str());
-    return 1;
-  }
+  for (const Arg* arg : {&s, &t, &loss, &grad})
+    if (message.empty() && !arg->buffer.canaries_intact()) message = "a write outside " + arg->buffer.name;
+  if (!message.empty()) return report(message, error, error_size);
   std::memcpy(loss_out, loss.ptr(), n_loss * sizeof(float));
   std::memcpy(grad_out, grad.ptr(), n_grad * sizeof(float));
   return 0;
@@ -39,14 +41,17 @@ int finish(const std::string& launch_error, Arg& loss, Arg& grad, float* loss_ou
 extern "C" {
 
 // student, teacher: [N, K, HW] float32; loss_out: [N HW] (per position); grad_out: [N, K, HW], the
-// gradient of the loss reduced with `reduction` (0 none, 1 mean, 2 sum). Returns 0, or 1 with a message.
+// gradient of the loss reduced with `reduction` (0 none, 1 mean, 2 sum); tile: positions per block
+// as KDLAB_KL_TILE sets them (0: the default); guard: 0 buffers end at a guard page, 1 start after one.
+// Returns 0, or 1 with a message.
 int kdlab_emulate_kl(const float* student, const float* teacher, float* loss_out, float* grad_out, int64_t N, int K,
-                     int64_t HW, float temperature, int reverse, int reduction, int order, uint64_t seed, char* error,
-                     int error_size) {
+                     int64_t HW, float temperature, int reverse, int reduction, int tile, int order, uint64_t seed,
+                     int guard, char* error, int error_size) try {
+  simt::set_guard(static_cast<simt::Guard>(guard));
   const size_t n = static_cast<size_t>(N * K * HW), positions = static_cast<size_t>(N * HW);
   Arg s(student, n, "student logits"), t(teacher, n, "teacher logits"), loss(nullptr, positions, "loss"),
       grad(nullptr, n, "gradient");
-  const kdlab::KlLaunch cfg = kdlab::kl_launch_config(N, K, HW);
+  const kdlab::KlLaunch cfg = kdlab::kl_launch_config(N, K, HW, tile);
   const float inv_temp = 1.f / temperature, gtemp = kdlab::kl_grad_scale(temperature, reduction, N * HW);
   const float* ps = s.ptr();
   const float* pt = t.ptr();
@@ -57,13 +62,16 @@ int kdlab_emulate_kl(const float* student, const float* teacher, float* loss_out
     message = simt::launch(static_cast<unsigned>(cfg.blocks), kdlab::kThreads, cfg.shared, static_cast<simt::Order>(order),
                            seed, [&] { kernel(ps, pt, pl, pg, N, K, HW, cfg.tile, inv_temp, temperature, gtemp); });
   });
-  return finish(message, loss, grad, loss_out, grad_out, positions, n, error, error_size);
+  return finish(message, s, t, loss, grad, loss_out, grad_out, positions, n, error, error_size);
+} catch (const std::exception& e) {
+  return report(std::string("emulator: ") + e.what(), error, error_size);
 }
 
 // fs: [N, Cs, HW], ft: [N, Ct, HW] float32; loss_out: [N]; grad_out: [N, Cs, HW] (of the reduced loss).
 int kdlab_emulate_attention(const float* fs, const float* ft, float* loss_out, float* grad_out, int64_t N, int Cs,
-                            int Ct, int HW, float p, int reduction, int order, uint64_t seed, char* error,
-                            int error_size) {
+                            int Ct, int HW, float p, int reduction, int order, uint64_t seed, int guard,
+                            char* error, int error_size) try {
+  simt::set_guard(static_cast<simt::Guard>(guard));
   const size_t ns = static_cast<size_t>(N * Cs * HW), nt = static_cast<size_t>(N * Ct * HW);
   Arg s(fs, ns, "student features"), t(ft, nt, "teacher features"), loss(nullptr, static_cast<size_t>(N), "loss"),
       grad(nullptr, ns, "gradient");
@@ -76,7 +84,16 @@ int kdlab_emulate_attention(const float* fs, const float* ft, float* loss_out, f
   const std::string message = simt::launch(
       static_cast<unsigned>(N), static_cast<unsigned>(cfg.threads), cfg.shared, static_cast<simt::Order>(order), seed,
       [&] { kdlab::attention_fused_kernel<float>(ps, pt, pl, pg, Cs, Ct, HW, p, gscale); });
-  return finish(message, loss, grad, loss_out, grad_out, static_cast<size_t>(N), ns, error, error_size);
+  return finish(message, s, t, loss, grad, loss_out, grad_out, static_cast<size_t>(N), ns, error, error_size);
+} catch (const std::exception& e) {
+  return report(std::string("emulator: ") + e.what(), error, error_size);
+}
+
+// The kernels' shape limits for `max_shared` bytes of shared memory per block, as the CUDA launchers
+// compute them: the largest K of kl_fused and the largest H W of attention_fused.
+void kdlab_kernel_limits(int max_shared, int64_t* max_classes, int* max_positions) {
+  *max_classes = kdlab::kl_max_classes(max_shared);
+  *max_positions = kdlab::attention_max_positions(max_shared);
 }
 
 }  // extern "C"

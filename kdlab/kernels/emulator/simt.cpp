@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <new>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -20,7 +21,7 @@ namespace {
 
 constexpr size_t kStackBytes = 64 * 1024;
 constexpr size_t kMaxSharedBytes = 227 * 1024;  // per block on sm_80 / sm_90, opted in
-constexpr uint32_t kPoison = 0x7fc0dead;  // a quiet NaN: memory nobody wrote
+constexpr uint32_t kPoison = 0x7fc0dead;        // a quiet NaN: memory nobody wrote
 
 enum class State { Ready, AtBlock, AtWarp, Done };
 
@@ -30,8 +31,8 @@ struct Thread {
   State state = State::Ready;
   const char* file = "";  // call site of the barrier the thread waits at
   int line = 0;
-  unsigned mask = 0;     // warp barrier: lanes named
-  bool shuffle = false;  // warp barrier: a shuffle (true) or __syncwarp
+  unsigned mask = 0;      // warp barrier: lanes named
+  bool shuffle = false;   // warp barrier: a shuffle (true) or __syncwarp
   float value = 0.f, result = 0.f;
   int lane_mask = 0;
 };
@@ -49,6 +50,7 @@ struct Grid {
 
 Grid* g_grid = nullptr;          // the launch in progress (the emulator is single-threaded)
 std::vector<Buffer*> g_buffers;  // guarded allocations, for fault messages
+Guard g_guard = Guard::End;
 sigjmp_buf g_fault_jump;
 char g_fault_message[512];
 struct sigaction g_previous_segv, g_previous_bus;
@@ -78,6 +80,8 @@ std::string site(const Thread& t) {
   return std::string(slash ? slash + 1 : t.file) + ":" + std::to_string(t.line);
 }
 
+bool same_site(const Thread& a, const Thread& b) { return a.line == b.line && strcmp(a.file, b.file) == 0; }
+
 std::string where(const Thread& t) {
   return "block " + std::to_string(g_grid->bidx.x) + ", thread " + std::to_string(t.idx.x);
 }
@@ -85,9 +89,8 @@ std::string where(const Thread& t) {
 void on_fault(int sig, siginfo_t* info, void*) {
   const char* addr = static_cast<const char*>(info->si_addr);
   for (const Buffer* b : g_buffers) {
-    const char* lo = b->data - page_size() - b->slack;
-    const char* hi = b->data + b->bytes + page_size();
-    if (addr < lo || addr >= hi) continue;
+    const char* lo = static_cast<const char*>(b->mapped);
+    if (addr < lo || addr >= lo + b->mapped_bytes) continue;
     const long off = static_cast<long>(addr - b->data);
     const Grid* grid = g_grid;
     snprintf(g_fault_message, sizeof g_fault_message,
@@ -106,58 +109,69 @@ void fill_poison(char* p, size_t bytes) {
   for (size_t i = 0; i + 4 <= bytes; i += 4) memcpy(p + i, &kPoison, 4);
 }
 
-// Checks and releases the barriers every thread now waits at; false when none could be released.
-bool release(Grid& g) {
-  const int n = static_cast<int>(g.threads.size());
-  bool released = false;
-  for (int w0 = 0; w0 < n; w0 += 32) {
-    const int lanes = std::min(32, n - w0);
-    for (int l = 0; l < lanes; ++l) {
-      Thread& t = g.threads[w0 + l];
-      if (t.state != State::AtWarp) continue;
-      const char* what = t.shuffle ? "__shfl_xor_sync" : "__syncwarp";
-      if (lanes < 32 && (t.mask >> lanes) != 0) {
-        g.error = std::string(what) + " at " + site(t) + " names lanes beyond the last thread of a partial warp (" + where(t) + ")";
+bool poisoned(const char* p, size_t bytes, size_t phase) {  // phase: offset of p from a 4-byte boundary
+  const char* pattern = reinterpret_cast<const char*>(&kPoison);
+  for (size_t i = 0; i < bytes; ++i)
+    if (p[i] != pattern[(phase + i) % 4]) return false;
+  return true;
+}
+
+// Checks the warp barriers the lanes of warp w0 / 32 wait at; releases them when complete. Returns
+// whether any lane was released (false also on an error, which is then set).
+bool release_warp(Grid& g, int w0) {
+  const int lanes = std::min(32, static_cast<int>(g.threads.size()) - w0);
+  bool waiting = false;
+  for (int l = 0; l < lanes; ++l) {
+    Thread& t = g.threads[w0 + l];
+    if (t.state != State::AtWarp) continue;
+    waiting = true;
+    const char* what = t.shuffle ? "__shfl_xor_sync" : "__syncwarp";
+    if (lanes < 32 && (t.mask >> lanes) != 0) {
+      g.error = std::string(what) + " at " + site(t) + " names lanes beyond the last thread of a partial warp (" +
+                where(t) + ")";
+      return false;
+    }
+    for (int m = 0; m < lanes; ++m) {
+      if (!((t.mask >> m) & 1u)) continue;
+      const Thread& o = g.threads[w0 + m];
+      std::string problem;
+      if (o.state == State::Done) problem = "has exited";
+      else if (o.state == State::AtBlock) problem = "waits at __syncthreads (" + site(o) + ")";
+      else if (o.shuffle != t.shuffle || !same_site(o, t) || o.mask != t.mask)
+        problem = "waits at another warp barrier (" + site(o) + ")";
+      if (!problem.empty()) {
+        g.error = std::string(what) + " at " + site(t) + " (" + where(t) + ") never completes: lane " +
+                  std::to_string(m) + " of its mask " + problem;
         return false;
       }
-      for (int m = 0; m < lanes; ++m) {
-        if (!((t.mask >> m) & 1u)) continue;
-        const Thread& o = g.threads[w0 + m];
-        std::string problem;
-        if (o.state == State::Done) problem = "has exited";
-        else if (o.state == State::AtBlock) problem = "waits at __syncthreads (" + site(o) + ")";
-        else if (o.shuffle != t.shuffle || o.line != t.line || o.file != t.file || o.mask != t.mask)
-          problem = "waits at another warp barrier (" + site(o) + ")";
-        if (!problem.empty()) {
-          g.error = std::string(what) + " at " + site(t) + " (" + where(t) + ") never completes: lane " +
-                    std::to_string(m) + " of its mask " + problem;
-          return false;
-        }
-      }
-    }
-    // every waiting lane's group is complete: exchange values, then release
-    for (int l = 0; l < lanes; ++l) {
-      Thread& t = g.threads[w0 + l];
-      if (t.state != State::AtWarp || !t.shuffle) continue;
-      const int src = l ^ t.lane_mask;
-      if (src >= lanes || !((t.mask >> src) & 1u)) {
-        g.error = "__shfl_xor_sync at " + site(t) + " reads lane " + std::to_string(src) + " outside its mask (" + where(t) + ")";
-        return false;
-      }
-      t.result = g.threads[w0 + src].value;
-    }
-    for (int l = 0; l < lanes; ++l) {
-      Thread& t = g.threads[w0 + l];
-      if (t.state == State::AtWarp) { t.state = State::Ready; released = true; }
     }
   }
-  if (released) return true;
-  // no warp barrier pending: every live thread must wait at the same __syncthreads
+  if (!waiting) return false;
+  // every waiting lane's group is complete: exchange values, then release
+  for (int l = 0; l < lanes; ++l) {
+    Thread& t = g.threads[w0 + l];
+    if (t.state != State::AtWarp || !t.shuffle) continue;
+    const int src = l ^ t.lane_mask;
+    if (src >= lanes || !((t.mask >> src) & 1u)) {
+      g.error = "__shfl_xor_sync at " + site(t) + " reads lane " + std::to_string(src) + " outside its mask (" +
+                where(t) + ")";
+      return false;
+    }
+    t.result = g.threads[w0 + src].value;
+  }
+  for (int l = 0; l < lanes; ++l)
+    if (g.threads[w0 + l].state == State::AtWarp) g.threads[w0 + l].state = State::Ready;
+  return true;
+}
+
+// Every thread has exited or waits at __syncthreads: checks that all wait at the same one and
+// releases them. Returns false when all have exited or on an error (then set).
+bool release_block(Grid& g) {
   const Thread* first = nullptr;
   for (const Thread& t : g.threads) {
     if (t.state != State::AtBlock) continue;
     if (!first) first = &t;
-    else if (t.line != first->line || t.file != first->file) {
+    else if (!same_site(t, *first)) {
       g.error = "threads wait at different __syncthreads: " + site(*first) + " (" + where(*first) + ") and " +
                 site(t) + " (" + where(t) + ")";
       return false;
@@ -172,6 +186,59 @@ bool release(Grid& g) {
   }
   for (Thread& t : g.threads) t.state = State::Ready;
   return true;
+}
+
+// A fresh fiber for thread i that runs the kernel body, then returns to the scheduler.
+__attribute__((noinline)) void start_thread(Grid& grid, unsigned i) {
+  Thread& t = grid.threads[i];
+  t = Thread{};
+  t.idx.x = i;
+  getcontext(&t.ctx);  // only to initialise the context: it does not return twice here
+  t.ctx.uc_stack.ss_sp = grid.stacks.data() + i * kStackBytes;
+  t.ctx.uc_stack.ss_size = kStackBytes;
+  t.ctx.uc_link = &grid.main;
+  makecontext(&t.ctx, trampoline, 0);
+}
+
+// Runs every block of the launch in turn; returns "" or the first error. Within a block, one warp
+// at a time runs (its lanes in `order`, its shuffles resolved as they come) until every lane waits
+// at __syncthreads or has exited, then the next warp: warps in `order` too, so an access racing with
+// another warp's between two __syncthreads lands on different sides of it in different orders.
+std::string run_blocks(Grid& grid, Buffer& shared, size_t shared_bytes, Order order, uint64_t seed) {
+  const unsigned threads = grid.block.x;
+  std::mt19937_64 rng(seed);
+  std::vector<int> sequence(threads), warps;
+  std::iota(sequence.begin(), sequence.end(), 0);
+  if (order == Order::Descending) std::reverse(sequence.begin(), sequence.end());
+  for (unsigned i = 0; i < grid.grid.x && grid.error.empty(); ++i) {
+    const unsigned b = order == Order::Descending ? grid.grid.x - 1 - i : i;
+    grid.bidx.x = b;
+    shared.poison();  // shared memory starts undefined in every block
+    for (unsigned t = 0; t < threads; ++t) start_thread(grid, t);
+    while (grid.error.empty()) {
+      if (order == Order::Shuffled) std::shuffle(sequence.begin(), sequence.end(), rng);
+      warps.clear();
+      for (int t : sequence)
+        if (std::find(warps.begin(), warps.end(), t / 32 * 32) == warps.end()) warps.push_back(t / 32 * 32);
+      for (int w0 : warps) {
+        do {
+          for (int t : sequence) {
+            if (t / 32 * 32 != w0 || grid.threads[t].state != State::Ready) continue;
+            grid.current = t;
+            swapcontext(&grid.main, &grid.threads[t].ctx);
+            if (!grid.error.empty()) break;
+          }
+        } while (grid.error.empty() && release_warp(grid, w0));
+        if (!grid.error.empty()) break;
+      }
+      if (!grid.error.empty() || !release_block(grid)) break;
+    }
+    grid.current = -1;
+    if (grid.error.empty() && !shared.canaries_intact())
+      grid.error = "a write outside dynamic shared memory (" + std::to_string(shared_bytes) + " bytes) in block " +
+                   std::to_string(b);
+  }
+  return grid.error;
 }
 
 }  // namespace
@@ -202,7 +269,6 @@ float shfl_xor(unsigned mask, float value, int lane_mask, int width, const char*
   t.file = file;
   t.line = line;
   if (width != 32) fail("__shfl_xor_sync with width != 32 is not emulated (" + site(t) + ")");
-  t.line = line;
   t.mask = mask;
   t.shuffle = true;
   t.value = value;
@@ -211,83 +277,36 @@ float shfl_xor(unsigned mask, float value, int lane_mask, int width, const char*
   return me().result;
 }
 
+void set_guard(Guard guard) { g_guard = guard; }
+
 Buffer::Buffer(size_t n, const std::string& label) : bytes(n), name(label) {
   const size_t page = page_size();
-  const size_t body = ((n + 15) / 16) * 16;                     // 16-byte aligned start
-  const size_t inner = ((body + page - 1) / page) * page;
-  mapped = mmap(nullptr, inner + 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  const size_t inner = std::max<size_t>(page, ((n + page - 1) / page) * page);
+  mapped_bytes = inner + 2 * page;
+  mapped = mmap(nullptr, mapped_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mapped == MAP_FAILED) throw std::bad_alloc();
   char* base = static_cast<char*>(mapped);
-  mprotect(base, page, PROT_NONE);                // guard before
+  mprotect(base, page, PROT_NONE);                 // guard before
   mprotect(base + page + inner, page, PROT_NONE);  // guard after
-  data = base + page + inner - body;  // the data end within 15 bytes of the guard after it
-  slack = static_cast<size_t>(data - (base + page));
+  // End: the data's last byte touches the guard after it; Start: its first byte follows the guard before
+  data = g_guard == Guard::End ? base + page + inner - n : base + page;
   fill_poison(base + page, inner);
   g_buffers.push_back(this);
 }
 
 Buffer::~Buffer() {
   g_buffers.erase(std::remove(g_buffers.begin(), g_buffers.end(), this), g_buffers.end());
-  const size_t page = page_size();
-  const size_t inner = ((((bytes + 15) / 16) * 16 + page - 1) / page) * page;
-  munmap(mapped, inner + 2 * page);
+  munmap(mapped, mapped_bytes);
 }
 
 bool Buffer::canaries_intact() const {
-  const char* start = data - slack;
-  const size_t tail = ((bytes + 15) / 16) * 16 - bytes;
-  for (size_t i = 0; i + 4 <= slack; i += 4)
-    if (memcmp(start + i, &kPoison, 4) != 0) return false;
-  for (size_t i = 0; i < tail; ++i)
-    if (data[bytes + i] != reinterpret_cast<const char*>(&kPoison)[(bytes + i) % 4]) return false;
-  return true;
+  const char* inner = static_cast<const char*>(mapped) + page_size();
+  const char* end = static_cast<const char*>(mapped) + mapped_bytes - page_size();
+  return poisoned(inner, static_cast<size_t>(data - inner), 0) &&
+         poisoned(data + bytes, static_cast<size_t>(end - data - bytes), static_cast<size_t>(data + bytes - inner));
 }
 
 void Buffer::poison() { fill_poison(data, bytes); }
-
-namespace {
-
-// A fresh fiber for thread i that runs the kernel body, then returns to the scheduler.
-__attribute__((noinline)) void start_thread(Grid& grid, unsigned i) {
-  Thread& t = grid.threads[i];
-  t = Thread{};
-  t.idx.x = i;
-  getcontext(&t.ctx);  // only to initialise the context: it does not return twice here
-  t.ctx.uc_stack.ss_sp = grid.stacks.data() + i * kStackBytes;
-  t.ctx.uc_stack.ss_size = kStackBytes;
-  t.ctx.uc_link = &grid.main;
-  makecontext(&t.ctx, trampoline, 0);
-}
-
-// Runs every block of the launch in turn; returns "" or the first error.
-std::string run_blocks(Grid& grid, Buffer& shared, size_t shared_bytes, Order order, uint64_t seed) {
-  const unsigned threads = grid.block.x;
-  std::mt19937_64 rng(seed);
-  std::vector<int> sequence(threads);
-  std::iota(sequence.begin(), sequence.end(), 0);
-  if (order == Order::Descending) std::reverse(sequence.begin(), sequence.end());
-  for (unsigned b = 0; b < grid.grid.x && grid.error.empty(); ++b) {
-    grid.bidx.x = b;
-    shared.poison();  // shared memory starts undefined in every block
-    for (unsigned i = 0; i < threads; ++i) start_thread(grid, i);
-    while (grid.error.empty()) {
-      if (order == Order::Shuffled) std::shuffle(sequence.begin(), sequence.end(), rng);
-      for (int i : sequence) {
-        if (grid.threads[i].state != State::Ready) continue;
-        grid.current = i;
-        swapcontext(&grid.main, &grid.threads[i].ctx);
-        if (!grid.error.empty()) break;
-      }
-      if (!grid.error.empty() || !release(grid)) break;
-    }
-    grid.current = -1;
-    if (grid.error.empty() && !shared.canaries_intact())
-      grid.error = "a write past the end of dynamic shared memory (" + std::to_string(shared_bytes) + " bytes) in block " + std::to_string(b);
-  }
-  return grid.error;
-}
-
-}  // namespace
 
 std::string launch(unsigned blocks, unsigned threads, size_t shared_bytes, Order order, uint64_t seed,
                    const std::function<void()>& body) {
