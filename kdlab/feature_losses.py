@@ -51,7 +51,8 @@ def attention_transfer(student_feats: torch.Tensor, teacher_feats: torch.Tensor,
     _check_maps(student_feats, teacher_feats, "attention_transfer")
     from . import kernels
 
-    if (kernels.use_fused(student_feats, teacher_feats)
+    if (student_feats.requires_grad and torch.is_grad_enabled()  # without a backward the gradient is wasted work
+            and kernels.use_fused(student_feats, teacher_feats)
             and student_feats.shape[2] * student_feats.shape[3] <= kernels.device_limits(student_feats.device)[1]):
         return kernels.attention_transfer(student_feats, teacher_feats, p)  # fused CUDA kernel
     diff = attention_map(student_feats, p) - attention_map(teacher_feats.detach(), p)  # (N, H*W)

@@ -62,7 +62,8 @@ def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     check_choice("reduction", reduction, REDUCTIONS)
     from . import kernels
 
-    if (kernels.use_fused(student_logits, teacher_logits)
+    if (student_logits.requires_grad and torch.is_grad_enabled()  # without a backward the gradient is wasted work
+            and kernels.use_fused(student_logits, teacher_logits)
             and student_logits.shape[1] <= kernels.device_limits(student_logits.device)[0]):
         return kernels.kl_distillation(student_logits, teacher_logits, temperature, direction, reduction)
     dtype = torch.promote_types(student_logits.dtype, torch.float32)  # float32 (float64 stays float64)

@@ -223,3 +223,24 @@ def test_mixed_dtypes_and_empty_batches_use_the_reference_path():
     assert not kernels.use_fused(torch.randn(2, 3), torch.randn(2, 3).double())
     loss, grad = torch.ops.kdlab.kl_fused(torch.randn(0, 4, 2, 2), torch.randn(0, 4, 2, 2), 1.0, False)
     assert loss.shape == (0, 2, 2) and grad.shape == (0, 4, 2, 2)
+
+
+def test_public_losses_take_the_fused_path_only_for_a_backward_within_the_device_limits(monkeypatch):
+    """The routing of kd.losses.kl_distillation / attention_transfer, with the CUDA checks faked."""
+    calls = []
+    monkeypatch.setattr(kernels, "use_fused", lambda x, other=None: True)
+    monkeypatch.setattr(kernels, "device_limits", lambda device: (8, 16))  # at most K = 8, H W = 16
+    monkeypatch.setattr(kernels, "kl_distillation", lambda *a: calls.append("kl") or a[0].sum())
+    monkeypatch.setattr(kernels, "attention_transfer", lambda *a: calls.append("at") or a[0].sum())
+    s, t = torch.randn(2, 8, 3, requires_grad=True), torch.randn(2, 8, 3)
+    fs, ft = torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 5, 4, 4)
+    kd.losses.kl_distillation(s, t)
+    kd.feature_losses.attention_transfer(fs, ft)
+    assert calls == ["kl", "at"]
+    with torch.no_grad():  # evaluation: no gradient to write
+        kd.losses.kl_distillation(s, t)
+        kd.feature_losses.attention_transfer(fs, ft)
+    kd.losses.kl_distillation(s.detach(), t)
+    kd.losses.kl_distillation(torch.randn(2, 9, 3, requires_grad=True), torch.randn(2, 9, 3))  # K above the limit
+    kd.feature_losses.attention_transfer(torch.randn(2, 3, 5, 4, requires_grad=True), torch.randn(2, 5, 5, 4))
+    assert calls == ["kl", "at"]
