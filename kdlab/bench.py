@@ -87,13 +87,14 @@ def _row(kernel, shape, dtype, traffic_bytes, impls, x, *args) -> dict:
 
 
 def _tune(dtype, rows: list) -> None:
-    """Fused KL forward + backward at tiles of 1 .. 32 positions per block (``KDLAB_KL_TILE``)."""
+    """Fused KL forward + backward at tiles of 1 .. 256 positions per block (``KDLAB_KL_TILE``; tiles
+    whose two float rows per position exceed 96 KiB are halved by the launcher)."""
     for shape, temperature in KL_SHAPES:
         s = torch.randn(shape, device="cuda").to(dtype).requires_grad_(True)
         t = torch.randn(shape, device="cuda").to(dtype)
         row = {"kernel": "kl_tile", "shape": list(shape), "dtype": str(dtype).replace("torch.", "")}
         try:
-            for tile in (1, 2, 4, 8, 16, 32):
+            for tile in (1, 2, 4, 8, 16, 32, 64, 128, 256):
                 os.environ["KDLAB_KL_TILE"] = str(tile)
                 row[f"tile{tile}_ms"] = _time(_kl_fused, s, t, temperature)[0]
         finally:

@@ -71,7 +71,8 @@ def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     log_p = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=1)  # teacher
     a, b = (log_p, log_q) if direction == "forward" else (log_q, log_p)  # KL(A || B) = sum_k A_k (log A_k - log B_k)
     pa = a.exp()
-    kl = torch.where(pa > 0, pa * (a - b), torch.zeros_like(pa)).sum(1)  # (N, *spatial); 0 log 0 = 0
+    # (N, *spatial); 0 log 0 = 0, with the zero inside the product so no 0 * inf reaches the gradient either
+    kl = (pa * torch.where(pa > 0, a - b, torch.zeros_like(pa))).sum(1)
     kl = kl * temperature ** 2
     if reduction == "mean":
         return kl.mean()

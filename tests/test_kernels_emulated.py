@@ -4,11 +4,13 @@ reductions, launch configurations with partial tiles and every tile size, extrem
 bitwise-identical results under three thread schedules (a race would make them differ). The
 emulator's own checks are tested on planted bugs (tests/fixtures/simt_bugs.cpp) so they can fail."""
 import ctypes
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
+import kdlab as kd
 from kdlab import kernels
 from kdlab.kernels import emulate, reference
 from refs64 import at64, kl64, value_and_grad64
@@ -56,13 +58,16 @@ def test_emulated_kl_kernel_keeps_precision_for_large_logits(shape):
         assert close(loss, ref, rtol=1e-4, atol=1e-5) and close(grad, ref_grad, rtol=1e-4, atol=1e-5)
 
 
-def test_emulated_reverse_kl_gives_zero_gradient_at_masked_classes():
+@pytest.mark.parametrize("k", [4, 20, 300])  # a lane group, the register path, the shared-memory loop
+def test_emulated_reverse_kl_gives_zero_gradient_at_masked_classes(k):
     """A -inf student logit has q = 0: its gradient is 0 (not 0 * inf), the rest is the KL of the
-    other classes (q renormalised over them, p over all classes)."""
-    s = torch.tensor([[0.5, float("-inf"), 1.0, -0.3], [2.0, 0.0, float("-inf"), float("-inf")]])
-    t = torch.tensor([[0.1, 0.2, 0.3, 0.4], [1.0, 1.0, 1.0, 1.0]])
+    other classes (q renormalised over them, p over all classes). The public loss agrees."""
+    g = torch.Generator().manual_seed(k)
+    s, t = torch.randn(2, k, generator=g), torch.randn(2, k, generator=g)
+    s[0, 1] = s[1, 2] = s[1, 3] = float("-inf")
     loss, grad = emulate.kl_fused(s, t, 1.0, True)
-    for row, keep in ((0, [0, 2, 3]), (1, [0, 1])):
+    for row in (0, 1):
+        keep = torch.isfinite(s[row]).nonzero().flatten()
         x = s[row, keep].double().requires_grad_(True)
         log_q, log_p = torch.log_softmax(x, 0), torch.log_softmax(t[row].double(), 0)[keep]
         kl = (log_q.exp() * (log_q - log_p)).sum()
@@ -72,6 +77,9 @@ def test_emulated_reverse_kl_gives_zero_gradient_at_masked_classes():
     assert torch.equal(grad[~torch.isfinite(s)], torch.zeros(3))
     ref_loss, ref_grad = reference.kl_fused(s, t, 1.0, True)  # the reference agrees
     assert torch.allclose(ref_loss, loss, rtol=1e-5) and torch.allclose(ref_grad, grad, atol=1e-6)
+    x = s.clone().requires_grad_(True)  # and so does the public loss's plain autograd (CPU) path
+    kd.losses.kl_distillation(x, t, 1.0, "reverse", "sum").backward()
+    assert torch.allclose(x.grad, grad, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(300, 3), (2, 10, 9, 17), (50, 40)])
@@ -80,9 +88,13 @@ def test_emulated_kl_kernel_at_every_tile_size(shape):
     g = torch.Generator().manual_seed(8)
     s, t = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
     ref, ref_grad = value_and_grad64(kl64, s, t, 1.5, True)
+    n, k, hw = shape[0], shape[1], math.prod(shape[2:])
     for tile in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+        assert emulate.kl_launch_config(n, k, hw, tile) == (tile, 2 * tile * (k | 1) * 4)  # the tile asked for
         loss, grad = emulate.kl_fused(s, t, 1.5, True, tile=tile)
         assert close(loss, ref) and close(grad, ref_grad), tile
+    # defaults: 128 positions for 4-lane groups (K <= 4), 32 otherwise; halved until two rows fit 96 KiB
+    assert [emulate.kl_launch_config(64, k, 1)[0] for k in (3, 10, 256, 1024, 5000, 12287)] == [128, 32, 32, 8, 2, 1]
 
 
 @pytest.mark.parametrize("reduction", [1, 2])
@@ -247,3 +259,11 @@ def test_emulator_guard_at_the_start_catches_reads_before_a_buffer(planted):
     assert "out-of-bounds access to dynamic shared memory (256 bytes): byte offset -4, by block 0, thread 0" in error
     out, error = planted(8, guard="end")  # the slack before the buffer is poisoned, not guarded
     assert error == "" and out[0].isnan() and torch.equal(out[1:], torch.ones(63))
+
+
+def test_emulator_canaries_catch_writes_into_the_unguarded_slack(planted):
+    """Each buffer touches a guard page on one side; a write just beyond the other side lands in the
+    poisoned slack and is reported after the block."""
+    assert "a write outside dynamic shared memory" in planted(9, guard="end")[1]  # before the start
+    assert "a write outside dynamic shared memory" in planted(10, guard="start")[1]  # past the end
+    assert "out-of-bounds access to dynamic shared memory" in planted(9, guard="start")[1]

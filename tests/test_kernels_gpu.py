@@ -150,6 +150,10 @@ def test_reduced_backward_below_and_above_the_upstream_check_size(shape):
         (loss * weight).backward() if weight != 1.0 else loss.backward()
         _, ref_grad = reference.kl_fused(s.detach(), t, 2.0, False, 1)
         assert torch.allclose(s.grad, weight * ref_grad, rtol=1e-4, atol=1e-12)
+    loss, grad = torch.ops.kdlab.kl_fused(s, t, 2.0, False, 1)
+    (returned,) = torch.autograd.grad(loss, s)
+    # above the threshold the saved gradient itself comes back; below it, a multiplied copy
+    assert (returned.data_ptr() == grad.data_ptr()) == (shape[0] == 64)
 
 
 def test_large_shapes_at_the_shared_memory_limits():

@@ -22,6 +22,7 @@ import hashlib
 import math
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -38,6 +39,7 @@ GUARDS = {"end": 0, "start": 1}  # which side of each buffer touches an inaccess
 FLAGS = ["-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas"]
 
 _lib = None
+_private = None  # a per-process build folder when the shared one cannot be trusted
 _lock = threading.Lock()  # the emulator is single-threaded (global scheduler state)
 
 
@@ -62,9 +64,7 @@ def build(extra_sources: list[Path] = (), name: str = "kdlab_simt") -> ctypes.CD
     sources = [*SOURCES, *map(Path, extra_sources)]
     cmd = [cxx, *FLAGS, f"-I{HERE}", *map(str, sources)]
     key = "\0".join(cmd).encode() + b"".join(p.read_bytes() for p in sources + HEADERS)
-    folder = Path(tempfile.gettempdir()) / f"kdlab-simt-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    out = folder / f"{name}-{hashlib.sha256(key).hexdigest()[:16]}.so"
+    out = _cache_folder() / f"{name}-{hashlib.sha256(key).hexdigest()[:16]}.so"
     if not out.exists():
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
         result = subprocess.run([*cmd, "-o", str(tmp)], capture_output=True, text=True)
@@ -72,6 +72,23 @@ def build(extra_sources: list[Path] = (), name: str = "kdlab_simt") -> ctypes.CD
             raise EmulatorError(f"building the SIMT emulator failed:\n{result.stderr[-3000:]}")
         os.replace(tmp, out)  # atomic: concurrent builders never load a half-written library
     return ctypes.CDLL(str(out))
+
+
+def _cache_folder() -> Path:
+    """A folder for built libraries that only this user can write: the shared temporary folder's
+    ``kdlab-simt-<uid>`` if it is ours and private, else a fresh private one for this process."""
+    global _private
+    folder = Path(tempfile.gettempdir()) / f"kdlab-simt-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(folder)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077 == 0:
+            return folder
+    except OSError:
+        pass
+    if _private is None:
+        _private = Path(tempfile.mkdtemp(prefix="kdlab-simt-"))
+    return _private
 
 
 def _library() -> ctypes.CDLL:
@@ -85,6 +102,8 @@ def _library() -> ctypes.CDLL:
                                                 ctypes.c_uint64, i32, ctypes.c_char_p, i32]
         lib.kdlab_kernel_limits.argtypes = [i32, ctypes.POINTER(i64), ctypes.POINTER(i32)]
         lib.kdlab_kernel_limits.restype = None
+        lib.kdlab_kl_launch_config.argtypes = [i64, i32, i64, i32, ctypes.POINTER(i32), ctypes.POINTER(i64)]
+        lib.kdlab_kl_launch_config.restype = None
         _lib = lib
     return _lib
 
@@ -101,6 +120,14 @@ def _call(fn, *args) -> None:
         code = fn(*args, error, len(error))
     if code != 0:
         raise EmulatorError(error.value.decode())
+
+
+def kl_launch_config(n: int, k: int, hw: int, tile: int = 0) -> tuple[int, int]:
+    """``(positions per block, shared memory bytes)`` the KL launcher picks for logits ``[n, k, hw]``
+    (``tile``: ``KDLAB_KL_TILE``, 0 for the default), with 96 KiB of shared memory per block."""
+    tile_out, shared = ctypes.c_int32(), ctypes.c_int64()
+    _library().kdlab_kl_launch_config(n, k, hw, tile, ctypes.byref(tile_out), ctypes.byref(shared))
+    return tile_out.value, shared.value
 
 
 def kernel_limits(max_shared_bytes: int = 96 * 1024) -> tuple[int, int]:

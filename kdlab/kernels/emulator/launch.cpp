@@ -89,6 +89,14 @@ int kdlab_emulate_attention(const float* fs, const float* ft, float* loss_out, f
   return report(std::string("emulator: ") + e.what(), error, error_size);
 }
 
+// kl_launch_config as the CUDA launcher calls it (tile: KDLAB_KL_TILE, 0 for the default): the tile in
+// positions per block and the dynamic shared memory in bytes.
+void kdlab_kl_launch_config(int64_t N, int K, int64_t HW, int tile, int* tile_out, int64_t* shared_out) {
+  const kdlab::KlLaunch cfg = kdlab::kl_launch_config(N, K, HW, tile);
+  *tile_out = cfg.tile;
+  *shared_out = static_cast<int64_t>(cfg.shared);
+}
+
 // The kernels' shape limits for `max_shared` bytes of shared memory per block, as the CUDA launchers
 // compute them: the largest K of kl_fused and the largest H W of attention_fused.
 void kdlab_kernel_limits(int max_shared, int64_t* max_classes, int* max_positions) {

@@ -320,7 +320,7 @@ std::string launch(unsigned blocks, unsigned threads, size_t shared_bytes, Order
   grid.body = &body;
   grid.threads.resize(threads);
   grid.stacks.resize(threads * kStackBytes);
-  Buffer shared(shared_bytes == 0 ? 16 : shared_bytes, "dynamic shared memory");
+  Buffer shared(shared_bytes, "dynamic shared memory");
   grid.shared = shared.data;
   struct sigaction action {};
   action.sa_sigaction = on_fault;
@@ -329,8 +329,9 @@ std::string launch(unsigned blocks, unsigned threads, size_t shared_bytes, Order
   g_grid = &grid;
   sigaction(SIGSEGV, &action, &g_previous_segv);
   sigaction(SIGBUS, &action, &g_previous_bus);
-  std::string error = sigsetjmp(g_fault_jump, 1) == 0 ? run_blocks(grid, shared, shared_bytes, order, seed)
-                                                      : std::string(g_fault_message);
+  std::string error;
+  if (sigsetjmp(g_fault_jump, 1) == 0) error = run_blocks(grid, shared, shared_bytes, order, seed);
+  else error = g_fault_message;  // an out-of-bounds access jumped back here
   sigaction(SIGSEGV, &g_previous_segv, nullptr);
   sigaction(SIGBUS, &g_previous_bus, nullptr);
   g_grid = nullptr;
