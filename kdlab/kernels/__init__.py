@@ -11,7 +11,8 @@ and under ``torch.compile``:
   transfer per sample ``[N]`` (or its mean / sum) for features ``[N, C_S, H, W]`` / ``[N, C_T, H, W]``
   and its gradient.
 
-Implementations: CUDA kernels (``kl.cu``, ``attention.cu``, registered by ``ops.cpp``) built on first
+Implementations: CUDA kernels (``kl_kernel.cuh``, ``attention_kernel.cuh``, launched from ``kl.cu`` and
+``attention.cu``, registered by ``ops.cpp``) built on first
 use when possible (:mod:`kdlab.kernels.build`), and the reference (:mod:`kdlab.kernels.reference`)
 for every other device and as the fallback. The forward saves only the gradient (one tensor the
 size of the student input) for the backward. With a mean or sum reduction inside the op the saved gradient is already the
