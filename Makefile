@@ -27,7 +27,7 @@ tutorial: $(STAMP)
 	  name=$$(basename $$nb .ipynb); \
 	  echo "== $$name"; \
 	  start=$$(date +%s); \
-	  KDLAB_PROGRESS=text $(BIN)/papermill $$nb runs/$(RUN)/$$name.ipynb --cwd notebooks -k python3 \
+	  KDLAB_PROGRESS=text KDLAB_WIDGETS=$${KDLAB_WIDGETS:-0} $(BIN)/papermill $$nb runs/$(RUN)/$$name.ipynb --cwd notebooks -k python3 \
 	    -p out_dir $(CURDIR)/runs/$(RUN)/$$name $(P) || exit 1; \
 	  echo "   $$name took $$(( $$(date +%s) - start )) s"; \
 	done
@@ -49,6 +49,6 @@ clean-notebooks: $(STAMP)
 ## Re-execute the notebooks in smoke mode to refresh the NBVAL_CHECK_OUTPUT references, then clean.
 refresh-references: $(STAMP)
 	@for nb in notebooks/[0-9][0-9]_*.ipynb; do \
-	  KDLAB_SMOKE=1 KDLAB_PROGRESS=text KDLAB_RUNS=$$(mktemp -d) $(BIN)/papermill $$nb $$nb --cwd notebooks -k python3 || exit 1; \
+	  KDLAB_SMOKE=1 KDLAB_PROGRESS=text KDLAB_WIDGETS=0 KDLAB_RUNS=$$(mktemp -d) $(BIN)/papermill $$nb $$nb --cwd notebooks -k python3 || exit 1; \
 	done
 	$(MAKE) clean-notebooks

@@ -99,6 +99,7 @@ def run_one(notebook: Path, params: dict[str, Any], folder: Path, threads: int |
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "parameters.json").write_text(json.dumps({**params, "out_dir": str(folder)}))
     env = dict(os.environ, KDLAB_PROGRESS="text")
+    env.setdefault("KDLAB_WIDGETS", "0")  # headless: no interactive widgets (they can stall nbclient)
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     executed = folder / notebook.name

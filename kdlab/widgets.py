@@ -1,10 +1,12 @@
 """Interactive explorers for Jupyter (ipywidgets). Exploration only: every notebook follows a
 widget with a static figure made by the same plotting function, so headless runs show it too.
-Without ipywidgets installed (plain Python, a bare GPU machine) the explorers print a note and return
-``None``; the static figure that follows each one carries the notebook."""
+Without ipywidgets installed (plain Python, a bare GPU machine), or with ``KDLAB_WIDGETS=0`` (headless
+runs), the explorers print a note and return ``None``; the static figure that follows each one
+carries the notebook."""
 from __future__ import annotations
 
 import importlib
+import os
 
 import matplotlib.pyplot as plt
 import torch
@@ -12,8 +14,20 @@ import torch
 from . import viz
 
 
+def enabled() -> bool:
+    """Whether explorers are built: not when ``KDLAB_WIDGETS`` is ``0`` / ``off`` / ``false``, which
+    headless runs set (``make tutorial``, ``kdlab run`` / ``sweep``, the tests): nobody can use a
+    widget there, and a cell that displays an interactive widget sometimes never completes under
+    papermill / nbclient (jupyter/nbclient#312, papermill#723)."""
+    return os.environ.get("KDLAB_WIDGETS", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
 def _ipywidgets(caller: str):
-    """The ipywidgets module, or ``None`` after a one-line note when it is not installed."""
+    """The ipywidgets module, or ``None`` after a one-line note when widgets are off or missing."""
+    if not enabled():
+        print(f"{caller}: interactive explorers are off (KDLAB_WIDGETS=0, a headless run); the static "
+              "figure below shows the same plot.")
+        return None
     try:
         return importlib.import_module("ipywidgets")
     except ImportError:

@@ -250,7 +250,7 @@ def test_exercise_notebook_runs_with_a_solution_and_stops_on_a_wrong_one(name, t
     path = EXERCISES / name
     ok = _with_solution(path, SOLUTIONS[name], tmp_path / f"ok_{name}")
     pm.execute_notebook(str(ok), str(tmp_path / f"ok_out_{name}"), kernel_name="python3", cwd=str(EXERCISES),
-                        progress_bar=False)
+                        progress_bar=False, execution_timeout=300)
     executed = json.loads((tmp_path / f"ok_out_{name}").read_text())
     text = json.dumps(executed["cells"])
     assert "all " in text and "checks pass" in text
@@ -258,7 +258,7 @@ def test_exercise_notebook_runs_with_a_solution_and_stops_on_a_wrong_one(name, t
     bad = _with_solution(path, wrong_src, tmp_path / f"bad_{name}")
     with pytest.raises(pm.PapermillExecutionError) as err:
         pm.execute_notebook(str(bad), str(tmp_path / f"bad_out_{name}"), kernel_name="python3", cwd=str(EXERCISES),
-                            progress_bar=False)
+                            progress_bar=False, execution_timeout=300)
     assert err.value.ename == "ExerciseError" and hint in err.value.evalue
 
 

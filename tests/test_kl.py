@@ -47,7 +47,8 @@ def test_all_images_enumerates_every_image_once():
         kd.kl.all_images(16, 3)
 
 
-def test_pixel_distribution_plot_and_temperature_widget():
+def test_pixel_distribution_plot_and_temperature_widget(monkeypatch):
+    monkeypatch.setenv("KDLAB_WIDGETS", "1")
     t, s = torch.randn(16), torch.randn(16)
     fig = kd.viz.plot_pixel_distributions(t, {"student": s}, temperature=2.0)
     heights = [p.get_height() for p in fig.axes[0].patches]

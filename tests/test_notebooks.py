@@ -12,6 +12,9 @@ import kdlab as kd
 from kdlab import nbclean
 
 os.environ["KDLAB_PROGRESS"] = "text"  # kernels started by papermill/nbval inherit it
+# seconds per cell in smoke mode (the slowest take ~10 s): a cell that never reports back (a kernel
+# message lost, a hang) fails the test instead of stalling the whole run
+CELL_TIMEOUT = 300
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
@@ -58,7 +61,8 @@ def _papermill(notebook: Path, out_dir: Path, **params) -> dict:
     import papermill as pm
 
     pm.execute_notebook(str(notebook), str(out_dir / notebook.name), parameters={"smoke": True, "out_dir": str(out_dir), **params},
-                        kernel_name="python3", cwd=str(notebook.parent), progress_bar=False)
+                        kernel_name="python3", cwd=str(notebook.parent), progress_bar=False,
+                        execution_timeout=CELL_TIMEOUT)
     return json.loads((out_dir / "metrics.json").read_text())
 
 
@@ -87,8 +91,9 @@ def test_nbval_checked_outputs(tmp_path):
     NBVAL_CHECK_OUTPUT with the outputs committed in the notebook."""
     env = dict(os.environ, KDLAB_SMOKE="1", KDLAB_RUNS=str(tmp_path))
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                        f"--nbval-cell-timeout={CELL_TIMEOUT}",
                         "--nbval-sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg"), *map(str, TUTORIALS)],
-                       cwd=ROOT, env=env, capture_output=True, text=True)
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
 

@@ -76,9 +76,10 @@ def test_shipped_texture_teacher_keeps_the_data_band_balance():
     assert got.sum() > 0.9  # almost all energy inside the three texture bands, as in the data
 
 
-def test_spectrum_figures_and_explorer():
+def test_spectrum_figures_and_explorer(monkeypatch):
     import matplotlib.pyplot as plt
 
+    monkeypatch.setenv("KDLAB_WIDGETS", "1")
     teacher, student = kd.models.Generator(width=2).eval(), kd.models.Generator(width=1).eval()
     fig = kd.viz.teacher_student_figure(teacher, student, seed=0, n=4, bands=dict(kd.textures.BANDS))
     assert len(fig.axes) == 3 and len(fig.axes[2].lines) == 2 and fig.axes[2].get_yscale() == "log"
@@ -93,9 +94,15 @@ def test_spectrum_figures_and_explorer():
 def test_explorers_without_ipywidgets_print_a_note_and_return_none(monkeypatch, capsys):
     import sys
 
+    monkeypatch.setenv("KDLAB_WIDGETS", "1")
     monkeypatch.setitem(sys.modules, "ipywidgets", None)  # makes `import ipywidgets` raise ImportError
     teacher = kd.models.Generator(width=1).eval()
     assert kd.widgets.student_explorer(teacher, {"tiny": teacher}) is None
     assert kd.widgets.temperature_explorer(torch.randn(4), {"s": torch.randn(4)}) is None
     out = capsys.readouterr().out
     assert out.count("ipywidgets is not installed") == 2 and "static figure below" in out
+    monkeypatch.delitem(sys.modules, "ipywidgets")
+    for off in ("0", "off"):  # headless runs switch them off even with ipywidgets installed
+        monkeypatch.setenv("KDLAB_WIDGETS", off)
+        assert kd.widgets.student_explorer(teacher, {"tiny": teacher}) is None
+    assert capsys.readouterr().out.count("explorers are off (KDLAB_WIDGETS=0") == 2
