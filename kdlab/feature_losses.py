@@ -51,9 +51,7 @@ def attention_transfer(student_feats: torch.Tensor, teacher_feats: torch.Tensor,
     _check_maps(student_feats, teacher_feats, "attention_transfer")
     from . import kernels
 
-    if (student_feats.requires_grad and torch.is_grad_enabled()  # without a backward the gradient is wasted work
-            and kernels.use_fused(student_feats, teacher_feats)
-            and student_feats.shape[2] * student_feats.shape[3] <= kernels.device_limits(student_feats.device)[1]):
+    if kernels.fused_path(student_feats, teacher_feats, positions=student_feats.shape[2] * student_feats.shape[3]):
         return kernels.attention_transfer(student_feats, teacher_feats, p)  # fused CUDA kernel
     diff = attention_map(student_feats, p) - attention_map(teacher_feats.detach(), p)  # (N, H*W)
     return diff.pow(2).sum(1).mean()

@@ -62,9 +62,7 @@ def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     check_choice("reduction", reduction, REDUCTIONS)
     from . import kernels
 
-    if (student_logits.requires_grad and torch.is_grad_enabled()  # without a backward the gradient is wasted work
-            and kernels.use_fused(student_logits, teacher_logits)
-            and student_logits.shape[1] <= kernels.device_limits(student_logits.device)[0]):
+    if kernels.fused_path(student_logits, teacher_logits, classes=student_logits.shape[1]):
         return kernels.kl_distillation(student_logits, teacher_logits, temperature, direction, reduction)
     dtype = torch.promote_types(student_logits.dtype, torch.float32)  # float32 (float64 stays float64)
     log_q = F.log_softmax(student_logits.to(dtype) / temperature, dim=1)  # student, log-sum-exp stable

@@ -147,6 +147,8 @@ def reason() -> str:
 def _device_limits(index: int) -> tuple[int, int]:
     props = torch.cuda.get_device_properties(index)
     shared = min(getattr(props, "shared_memory_per_block_optin", 48 * 1024), MAX_SHARED_BYTES)
+    # kl_max_classes, attention_max_positions: two float rows of K | 1; two float maps of H W and one
+    # float per warp of the 1,024-thread block
     return shared // 8 - 1, min(MAX_POSITIONS, (shared // 4 - 1024 // 32) // 2)
 
 
@@ -170,6 +172,17 @@ def use_fused(x: torch.Tensor, other: torch.Tensor | None = None) -> bool:
         return True
     _announce(reason())
     return False
+
+
+def fused_path(student: torch.Tensor, teacher: torch.Tensor, *, classes: int | None = None,
+               positions: int | None = None) -> bool:
+    """Whether a public loss should call the fused op: a backward will follow (the student needs a
+    gradient and grad mode is on; the kernels always write one), :func:`use_fused` holds, and ``classes``
+    (K) / ``positions`` (H W) fit the device's :func:`device_limits`."""
+    if not (student.requires_grad and torch.is_grad_enabled()) or not use_fused(student, teacher):
+        return False
+    max_classes, max_positions = device_limits(student.device)
+    return (classes is None or classes <= max_classes) and (positions is None or positions <= max_positions)
 
 
 def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,

@@ -30,10 +30,11 @@ from pathlib import Path
 
 import torch
 
+from . import build
+
 HERE = Path(__file__).parent
 SOURCES = [HERE / "emulator" / "simt.cpp", HERE / "emulator" / "launch.cpp"]
-HEADERS = [HERE / "emulator" / "simt.hpp", HERE / "emulator" / "launch.hpp", HERE / "common.cuh",
-           HERE / "kl_kernel.cuh", HERE / "attention_kernel.cuh"]
+HEADERS = [HERE / "emulator" / "simt.hpp", HERE / "emulator" / "launch.hpp", *build.HEADERS]  # + the kernels
 ORDERS = {"ascending": 0, "descending": 1, "shuffled": 2}
 GUARDS = {"end": 0, "start": 1}  # which side of each buffer touches an inaccessible page
 FLAGS = ["-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas"]
@@ -154,8 +155,9 @@ def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, r
     if s.shape != t.shape or s.dim() < 2 or s.shape[1] < 2:
         raise ValueError(f"expected logits [N, K >= 2, *spatial] of one shape, got {tuple(s.shape)} and {tuple(t.shape)}")
     n, k, hw = s.shape[0], s.shape[1], math.prod(s.shape[2:])
-    if k > kernel_limits()[0]:
-        raise ValueError(f"K = {k} exceeds the kernel's limit of {kernel_limits()[0]} classes")
+    max_classes = kernel_limits()[0]
+    if k > max_classes:
+        raise ValueError(f"K = {k} exceeds the kernel's limit of {max_classes} classes")
     loss = torch.empty((n, *s.shape[2:]), dtype=torch.float32)
     grad = torch.empty_like(s)
     if s.numel():
@@ -173,8 +175,9 @@ def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0
     if s.dim() != 4 or t.dim() != 4 or s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
         raise ValueError(f"expected features [N, C, H, W] with equal N, H, W, got {tuple(s.shape)} and {tuple(t.shape)}")
     n, cs, ct, hw = s.shape[0], s.shape[1], t.shape[1], s.shape[2] * s.shape[3]
-    if hw > kernel_limits()[1]:
-        raise ValueError(f"H W = {hw} exceeds the kernel's limit of {kernel_limits()[1]} positions")
+    max_positions = kernel_limits()[1]
+    if hw > max_positions:
+        raise ValueError(f"H W = {hw} exceeds the kernel's limit of {max_positions} positions")
     loss = torch.empty(n, dtype=torch.float32)
     grad = torch.empty_like(s)
     if s.numel():
