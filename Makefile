@@ -9,7 +9,7 @@ RUN    := $(shell echo "$$(date +%Y%m%d-%H%M%S)-$$$$")
 P      ?=
 PYTEST_ARGS ?=
 
-.PHONY: tutorial test lab clean-notebooks refresh-references
+.PHONY: tutorial test test-fast lint lab figures clean-notebooks refresh-references
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,17 +34,29 @@ tutorial: $(STAMP)
 	@ln -sfn $(RUN) runs/latest
 	@echo "Executed notebooks and their metrics.json: runs/$(RUN)/ (runs/latest points there)"
 
-## Run the whole test suite (unit tests and notebook tests).
+## Run the whole test suite (unit tests, lint, and each notebook once in smoke mode).
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The unit tests and lint only: no notebook is executed (about a minute).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not notebook" $(PYTEST_ARGS)
+
+## Lint the package, tools, tests and notebooks (ruff reads .ipynb).
+lint: $(STAMP)
+	$(BIN)/ruff check kdlab tools data tests notebooks
 
 ## Open JupyterLab on the notebooks.
 lab: $(LAB)
 	$(BIN)/jupyter lab notebooks/
 
+## Copy the default run's figures (runs/latest, from `make tutorial`) into notebooks/figures/.
+figures: $(STAMP)
+	$(BIN)/python tools/collect_figures.py runs/latest
+
 ## Strip outputs and volatile metadata from the notebooks (keeps NBVAL_CHECK_OUTPUT cells).
 clean-notebooks: $(STAMP)
-	$(BIN)/python -m kdlab.nbclean notebooks/*.ipynb $(wildcard notebooks/*/*.ipynb)
+	$(BIN)/python tools/nbclean.py notebooks/*.ipynb $(wildcard notebooks/*/*.ipynb)
 
 ## Re-execute the notebooks in smoke mode to refresh the NBVAL_CHECK_OUTPUT references, then clean.
 refresh-references: $(STAMP)

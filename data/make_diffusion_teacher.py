@@ -5,8 +5,8 @@ Usage (from the repository root; the time is printed and recorded in the checkpo
 
     python data/make_diffusion_teacher.py [--steps 10000] [--seed 0]
 
-A :class:`kdlab.unet.UNet` (widths 16/32/64) trained with the v-parameterisation on the 4,500
-``mnist5k`` training digits (:func:`kdlab.diffusion.train_diffusion`: cosine schedule, Adam 1e-3 with
+A :class:`kdlab.models.UNet` (widths 16/32/64) trained with the v-parameterisation on the 4,500
+``mnist5k`` training digits (:func:`kdlab.methods.diffusion.train_diffusion`: cosine schedule, Adam 1e-3 with
 warm-up and cosine decay, batch 64, EMA 0.999); the EMA weights are saved. The metadata records
 the settings, the training time and the FID (kdlab's protocol, 500 samples) of 64-step DDIM samples.
 """
@@ -27,18 +27,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--widths", default="16,32,64")
     parser.add_argument("--out", default=str(ROOT / "data" / "checkpoints" / "diffusion_teacher.safetensors"))
-    parser.add_argument("--state", default=str(ROOT / "runs" / "diffusion_teacher_state.safetensors"),
+    parser.add_argument("--state", default=str(kd.paths.runs_root() / "diffusion_teacher_state.safetensors"),
                         help="training state, for resuming an interrupted run")
     args = parser.parse_args()
     kd.seed_everything(args.seed)
     real = kd.data.as_tensors(kd.data.load("mnist5k", "train"))[0]  # (4500, 1, 28, 28)
-    model = kd.unet.UNet(widths=[int(w) for w in args.widths.split(",")])
+    model = kd.models.UNet(widths=[int(w) for w in args.widths.split(",")])
     t0 = time.perf_counter()
-    ema, history = kd.diffusion.train_diffusion(model, real, steps=args.steps, seed=args.seed, device="cpu",
-                                                state_path=args.state)
+    config = kd.TrainConfig(steps=args.steps, batch_size=64, lr=1e-3, seed=args.seed, device="cpu",
+                            state_path=args.state)
+    ema, history = kd.methods.diffusion.train_diffusion(model, real, config)
     seconds = time.perf_counter() - t0
     noise = torch.randn(500, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    fid = kd.fid.FID.load(device="cpu")(kd.diffusion.sample(ema, noise, 64))
+    fid = kd.evaluation.FID.load(device="cpu")(kd.methods.diffusion.sample(ema, noise, 64))
     loss = history["loss"][-200:]
     meta = {"dataset": "mnist5k", "steps": args.steps, "seed": args.seed, "batch_size": 64, "lr": 1e-3,
             "ema_decay": 0.999, "parameterisation": "v", "schedule": "cosine", "train_seconds": round(seconds, 1),

@@ -22,7 +22,7 @@ import kdlab as kd
 
 def band_shares(images: torch.Tensor) -> list[float]:
     """Share of spectral energy in each ``kdlab.textures.BANDS`` band, ``[3]``."""
-    return kd.metrics.band_shares(images, tuple(kd.textures.BANDS.values())).tolist()
+    return kd.evaluation.metrics.band_shares(images, tuple(kd.textures.BANDS.values())).tolist()
 
 
 def main() -> None:
@@ -30,15 +30,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(Path(__file__).parent / "checkpoints" / "texture_teacher.safetensors"))
-    parser.add_argument("--state", default=str(Path(__file__).parent.parent / "runs" / "texture_teacher_state.safetensors"),
+    parser.add_argument("--state", default=str(kd.paths.runs_root() / "texture_teacher_state.safetensors"),
                         help="training state, for resuming an interrupted run")
     args = parser.parse_args()
     kd.seed_everything(args.seed)
     real = kd.data.as_tensors(kd.data.load("textures", "train"))[0]  # (N, 1, 28, 28)
     gen, disc = kd.models.Generator(width=32), kd.models.Discriminator(width=16)
     t0 = time.perf_counter()
-    history = kd.train.train_gan(gen, disc, real, steps=args.steps, seed=args.seed, device="cpu",
-                                 state_path=args.state)
+    config = kd.TrainConfig(steps=args.steps, batch_size=64, lr=2e-4, seed=args.seed, device="cpu",
+                            state_path=args.state)
+    history = kd.methods.gan.train_gan(gen, disc, real, config)
     seconds = time.perf_counter() - t0
     gen.eval()
     with torch.no_grad():

@@ -1,19 +1,26 @@
 """kdlab: knowledge distillation for image generation, taught in notebooks.
 
-Modules: ``data`` (datasets, offline first), ``textures`` (procedural frequency-controlled
-images), ``models`` (DCGAN generator/discriminator, PixelCNN, classifier), ``taps`` (named feature
-taps), ``train`` (teacher and distillation loops), ``losses`` (output and KL distillation losses),
-``feature_losses`` (hint, attention transfer, Gram), ``diversity`` (precision/recall, mode coverage), ``evaluate`` (one
-evaluation protocol for digit students), ``metrics``
-(spectra, Fréchet distance, cost), ``fid`` (FID on MNIST), ``checkpoints`` (safetensors + JSON),
-``viz`` (plots), ``widgets`` (ipywidgets explorers), ``kl`` (exact KL laboratories of notebook 03),
-``exercises`` (checks for the exercise notebooks), ``sweep`` and ``cli`` (``kdlab run``, ``kdlab sweep``),
-``unet`` and ``diffusion`` (v-prediction diffusion, DDIM, progressive distillation), ``kernels`` (fused
-CUDA distillation losses with a pure-PyTorch fallback),
-``nbclean`` (notebook hygiene), ``utils``.
-"""
-__version__ = "0.1.0"
+The layers, bottom up:
 
-from . import checkpoints, data, diffusion, diversity, evaluate, exercises, feature_losses, fid, kernels, kl, losses, metrics, models, taps, textures, train, unet, utils, viz, widgets  # noqa: E402
-from .models import count_parameters  # noqa: E402
-from .utils import get_device, run_dir, seed_everything, smoke_mode, write_metrics  # noqa: E402
+- data and models: ``data`` (datasets, offline first), ``textures`` (procedural images with known
+  frequency bands), ``models`` (DCGAN, PixelCNN, U-Net, the FID classifier, a registry), ``taps``
+  (named intermediate features), ``checkpoints`` (safetensors + JSON, no pickles);
+- losses: ``losses`` (output, KL and adversarial), ``feature_losses`` (hint, attention, Gram),
+  ``kernels`` (the same losses as fused CUDA kernels, with the formulas as fallback);
+- ``engine``: the training loop every method shares (:class:`TrainConfig`, ``Trainer``);
+- ``methods``: one module per kind of teacher (``gan``, ``pixelcnn``, ``diffusion``), each a short
+  step function and the loop around it;
+- ``evaluation``: metrics, diversity, FID and the one ``Evaluator``; it never imports training;
+- ``viz``, ``widgets``, ``kl`` (the exact laboratories of notebook 03), ``exercises``, ``sweep`` and
+  ``cli`` (``kdlab run`` / ``kdlab sweep``), ``bench`` (kernel benchmark); ``utils`` and ``paths``.
+"""
+from . import (checkpoints, data, engine, evaluation, exercises, feature_losses, kernels, kl, losses, methods, models,
+               paths, taps, textures, utils, viz, widgets)
+from .engine import TrainConfig
+from .models import count_parameters
+from .utils import check_parameters, get_device, run_dir, seed_everything, smoke_mode, write_metrics
+from .version import __version__
+
+__all__ = ["checkpoints", "data", "engine", "evaluation", "exercises", "feature_losses", "kernels", "kl", "losses",
+           "methods", "models", "paths", "taps", "textures", "utils", "viz", "widgets", "TrainConfig", "count_parameters",
+           "check_parameters", "get_device", "run_dir", "seed_everything", "smoke_mode", "write_metrics", "__version__"]

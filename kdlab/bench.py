@@ -100,7 +100,8 @@ def _tune(dtype, rows: list) -> None:
         finally:
             os.environ.pop("KDLAB_KL_TILE", None)
         rows.append(row)
-        print(f"tiles {shape} {row['dtype']}: " + ", ".join(f"{k[4:-3]}: {v:.3f} ms" for k, v in row.items() if k.endswith("_ms")))
+        times = ", ".join(f"{k[4:-3]}: {v:.3f} ms" for k, v in row.items() if k.endswith("_ms"))
+        print(f"tiles {shape} {row['dtype']}: {times}")
 
 
 def main(argv=None) -> int:

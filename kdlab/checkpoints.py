@@ -20,7 +20,9 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from . import models
-from .utils import _jsonable, atomic_write_bytes
+from .paths import data_root
+from .utils import atomic_write_bytes, get_device, jsonable
+from .version import __version__
 
 FORMAT = "kdlab-checkpoint"
 
@@ -49,10 +51,8 @@ def tensor_checksum(tensors: dict[str, torch.Tensor], metadata: dict | None = No
 
 def save_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict) -> Path:
     """Low level: write ``tensors`` and JSON ``metadata`` (plus format, version and checksum) atomically."""
-    from . import __version__
-
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = dict(_jsonable(metadata), format=FORMAT, kdlab_version=__version__)
+    meta = dict(jsonable(metadata), format=FORMAT, kdlab_version=__version__)
     meta = json.loads(json.dumps(meta, allow_nan=True))  # exactly what a reader will parse
     meta["checksum"] = {"algorithm": "sha256", "value": tensor_checksum(tensors, meta)}
     return atomic_write_bytes(path, st_save(tensors, metadata={"kdlab": json.dumps(meta, allow_nan=True)}))
@@ -114,7 +114,8 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], path="<memory>"
 
 
 def load(path, model: nn.Module | None = None, device="cpu") -> nn.Module:
-    """Rebuild the model saved at ``path`` (or fill ``model``), on ``device``, in eval mode.
+    """Rebuild the model saved at ``path`` (or fill ``model``), on ``device`` (any device spec of
+    :func:`kdlab.utils.get_device`; the CPU unless asked), in eval mode.
 
     The metadata is attached as ``model.checkpoint_metadata``.
     """
@@ -126,14 +127,12 @@ def load(path, model: nn.Module | None = None, device="cpu") -> nn.Module:
             raise CheckpointError(path, f"cannot rebuild the model from its metadata: {e}") from None
     load_state(model, tensors, path)
     model.checkpoint_metadata = meta
-    return model.to(device).eval()
+    return model.to(get_device(device)).eval()
 
 
 def shipped(name: str, required: bool = True) -> Path | None:
     """Path of a checkpoint shipped in ``data/checkpoints/`` (``name`` without extension); when it
     is missing, ``FileNotFoundError`` listing what exists, or ``None`` with ``required=False``."""
-    from .utils import data_root
-
     folder = data_root() / "checkpoints"
     path = folder / f"{name}.safetensors"
     if not path.exists():

@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from . import textures
-from .utils import check_choice, data_root
+from .paths import data_root
+from .utils import check_choice
 
 NAMES = ("mnist5k", "textures", "mnist", "fashion-mnist", "cifar10")
 SPLITS = ("train", "test")
@@ -109,7 +110,7 @@ def load(name: str = "mnist5k", split: str = "train", root: str | os.PathLike | 
          download: bool = False) -> Dataset:
     """Dataset ``name``/``split`` as ``(image [C, H, W] float32 in [-1, 1], label int)`` pairs.
 
-    ``root`` defaults to the repository's ``data/`` folder (or ``$KDLAB_DATA``). The torchvision
+    ``root`` defaults to :func:`kdlab.paths.data_root` (``$KDLAB_DATA`` or the repository's ``data/``). The torchvision
     datasets are read from ``<root>/torchvision/<name>``; with ``download=False`` (the default) a
     missing dataset raises :class:`DatasetUnavailable` that says how to download it.
     """

@@ -16,7 +16,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import feature_losses, losses, metrics
+from . import feature_losses, losses
+from .evaluation import metrics
+from .methods import diffusion
+from .models import Generator
 
 
 class ExerciseError(AssertionError):
@@ -65,8 +68,6 @@ def check_bits_per_dim(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> bool:
 def check_distill_step(fn: Callable[[nn.Module, nn.Module, torch.Tensor, torch.optim.Optimizer], float]) -> bool:
     """``fn(student, teacher, z, optimizer)``: one same-noise MSE step; returns the loss (a float)
     computed before the update."""
-    from .models import Generator
-
     torch.manual_seed(0)
     teacher = Generator(width=4).eval()
     torch.manual_seed(1)
@@ -232,9 +233,7 @@ def check_radial_spectrum(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> bo
 def check_distillation_target(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
     """``fn(z_t, z_t2, t, t2)``: the progressive-distillation target ``x_tilde`` ``[N, C, H, W]`` such
     that one DDIM step from ``z_t`` at time ``t`` to ``t2 < t`` with prediction ``x_tilde`` lands on the
-    teacher's ``z_t2`` (times ``[N]``, cosine schedule of :mod:`kdlab.diffusion`)."""
-    from . import diffusion
-
+    teacher's ``z_t2`` (times ``[N]``, cosine schedule of :mod:`kdlab.methods.diffusion`)."""
     g = torch.Generator().manual_seed(0)
     z, z2 = torch.randn(4, 1, 5, 5, generator=g, dtype=torch.float64), torch.randn(4, 1, 5, 5, generator=g, dtype=torch.float64)
     t = torch.tensor([1.0, 0.8, 0.5, 0.3], dtype=torch.float64)

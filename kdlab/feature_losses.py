@@ -17,7 +17,7 @@ The teacher side is always detached (teachers are frozen).
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,8 @@ from .utils import at_least_float32, check_choice
 FEATURE_LOSSES = ("hint", "attention", "gram")
 
 
-def _check_maps(student: torch.Tensor, teacher: torch.Tensor, what: str) -> None:
+def check_maps(student: torch.Tensor, teacher: torch.Tensor, what: str) -> None:
+    """Raise ``ValueError`` unless both are ``[N, C, H, W]`` with the same N, H and W."""
     if student.dim() != 4 or teacher.dim() != 4:
         raise ValueError(f"{what}: expected feature maps [N, C, H, W], got student {list(student.shape)}, "
                          f"teacher {list(teacher.shape)}")
@@ -48,11 +49,7 @@ def attention_map(feats: torch.Tensor, p: float = 2.0) -> torch.Tensor:
 def attention_transfer(student_feats: torch.Tensor, teacher_feats: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """``mean_n || a_S/||a_S|| - a_T/||a_T|| ||_2^2`` for features ``[N, Cs, H, W]`` and ``[N, Ct, H, W]``;
     between 0 and 2 (unit vectors with non-negative entries)."""
-    _check_maps(student_feats, teacher_feats, "attention_transfer")
-    from . import kernels
-
-    if kernels.fused_path(student_feats, teacher_feats, positions=student_feats.shape[2] * student_feats.shape[3]):
-        return kernels.attention_transfer(student_feats, teacher_feats, p)  # fused CUDA kernel
+    check_maps(student_feats, teacher_feats, "attention_transfer")
     diff = attention_map(student_feats, p) - attention_map(teacher_feats.detach(), p)  # (N, H*W)
     return diff.pow(2).sum(1).mean()
 
@@ -94,27 +91,36 @@ def layer_channels(student: nn.Module, teacher: nn.Module, layers: Iterable[str]
     finally:
         student.train(modes[0]), teacher.train(modes[1])
     for name in layers:
-        _check_maps(fs[name], ft[name], f"layer {name!r}")
+        check_maps(fs[name], ft[name], f"layer {name!r}")
     return {name: (fs[name].shape[1], ft[name].shape[1]) for name in layers}
 
 
+def hint_loss(adapted_student: torch.Tensor, teacher_feats: torch.Tensor) -> torch.Tensor:
+    """FitNets: ``mean (r(F_S) - F_T)^2`` for adapted student features and teacher features ``[N, Ct, H, W]``."""
+    return F.mse_loss(at_least_float32(adapted_student), at_least_float32(teacher_feats.detach()))
+
+
+def gram_loss(adapted_student: torch.Tensor, teacher_feats: torch.Tensor) -> torch.Tensor:
+    """Style: ``mean (G(r(F_S)) - G(F_T))^2`` with :func:`gram_matrix` ``[N, Ct, Ct]``."""
+    return F.mse_loss(gram_matrix(adapted_student), gram_matrix(teacher_feats.detach()))
+
+
 def feature_distillation(kind: str, student_feats: dict[str, torch.Tensor], teacher_feats: dict[str, torch.Tensor],
-                         adapters: FeatureAdapters | None = None, p: float = 2.0) -> torch.Tensor:
-    """Mean over the layers of ``student_feats`` of the ``kind`` loss (``"hint"``, ``"attention"`` or
-    ``"gram"``; hint and Gram need ``adapters``). A scalar, float32 (float64 for float64 features)."""
+                         adapters: FeatureAdapters | None = None, p: float = 2.0,
+                         attention_loss: Callable = attention_transfer) -> torch.Tensor:
+    """Mean over the layers of ``student_feats`` of the ``kind`` loss: :func:`hint_loss`,
+    :func:`attention_transfer` or :func:`gram_loss` (hint and Gram on ``adapters(name, F_S)``).
+    A scalar, float32 (float64 for float64 features). ``attention_loss`` lets a training step pass
+    :func:`kdlab.kernels.attention_transfer`, the same loss on the fused CUDA kernel."""
     check_choice("kind", kind, FEATURE_LOSSES)
     if kind != "attention" and adapters is None:
         raise ValueError(f"feature loss {kind!r} needs FeatureAdapters (student channels -> teacher channels)")
     terms = []
     for name, fs in student_feats.items():
         ft = teacher_feats[name].detach()
-        _check_maps(fs, ft, f"layer {name!r}")
+        check_maps(fs, ft, f"layer {name!r}")
         if kind == "attention":
-            terms.append(attention_transfer(fs, ft, p))
-            continue
-        adapted = adapters(name, fs)  # (N, Ct, H, W)
-        if kind == "hint":
-            terms.append(F.mse_loss(at_least_float32(adapted), at_least_float32(ft)))
+            terms.append(attention_loss(fs, ft, p))
         else:
-            terms.append(F.mse_loss(gram_matrix(adapted), gram_matrix(ft)))
+            terms.append((hint_loss if kind == "hint" else gram_loss)(adapters(name, fs), ft))
     return torch.stack(terms).mean()

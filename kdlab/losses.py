@@ -12,8 +12,9 @@ class axis at dim 1, softened by a temperature ``T`` (Hinton et al. 2015, arXiv 
     reverse:  KL(q || p) = sum_k q_k (log q_k - log p_k)      (mode seeking)
     loss = T^2 * KL,   since d KL(p || q) / d z_S = (q - p) / T  shrinks as 1 / T.
 
-:func:`kl_distillation` here is the pure-PyTorch reference; for CUDA tensors it dispatches to the
-fused kernel of :mod:`kdlab.kernels` when that is available (which gives no teacher gradient).
+:func:`kl_distillation` here is the formula in plain PyTorch (autograd does the backward);
+:func:`kdlab.kernels.kl_distillation` computes the same loss with a fused CUDA kernel where one is
+built and falls back to this function everywhere else. Training steps call that one.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from .utils import check_choice  # noqa: F401 (re-exported for callers)
+from .utils import check_choice
 
 DIRECTIONS = ("forward", "reverse")
 REDUCTIONS = ("mean", "sum", "none")
@@ -34,6 +35,21 @@ def _check_pair(student: torch.Tensor, teacher: torch.Tensor, what: str) -> None
     if student.shape != teacher.shape:
         raise ValueError(f"{what}: student and teacher shapes differ: student {list(student.shape)}, "
                          f"teacher {list(teacher.shape)}")
+
+
+def check_kl_arguments(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature, direction: str,
+                       reduction: str) -> float:
+    """The argument checks of :func:`kl_distillation` (``ValueError`` naming what is wrong); returns
+    the temperature as a float."""
+    _check_pair(student_logits, teacher_logits, "kl_distillation")
+    if student_logits.dim() < 2 or student_logits.shape[1] < 2:
+        raise ValueError(f"kl_distillation: expected logits [N, K, *spatial] with K >= 2 classes on dim 1, "
+                         f"got shape {list(student_logits.shape)}")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 < temperature < math.inf:
+        raise ValueError(f"kl_distillation: temperature={temperature!r} is not valid; expected a finite number > 0")
+    check_choice("direction", direction, DIRECTIONS)
+    check_choice("reduction", reduction, REDUCTIONS)
+    return float(temperature)
 
 
 def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
@@ -51,19 +67,7 @@ def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 
     Returns: a float32 (or float64) tensor, in nats times T^2.
     """
-    _check_pair(student_logits, teacher_logits, "kl_distillation")
-    if student_logits.dim() < 2 or student_logits.shape[1] < 2:
-        raise ValueError(f"kl_distillation: expected logits [N, K, *spatial] with K >= 2 classes on dim 1, "
-                         f"got shape {list(student_logits.shape)}")
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 < temperature < math.inf:
-        raise ValueError(f"kl_distillation: temperature={temperature!r} is not valid; expected a finite number > 0")
-    temperature = float(temperature)
-    check_choice("direction", direction, DIRECTIONS)
-    check_choice("reduction", reduction, REDUCTIONS)
-    from . import kernels
-
-    if kernels.fused_path(student_logits, teacher_logits, classes=student_logits.shape[1]):
-        return kernels.kl_distillation(student_logits, teacher_logits, temperature, direction, reduction)
+    temperature = check_kl_arguments(student_logits, teacher_logits, temperature, direction, reduction)
     dtype = torch.promote_types(student_logits.dtype, torch.float32)  # float32 (float64 stays float64)
     log_q = F.log_softmax(student_logits.to(dtype) / temperature, dim=1)  # student, log-sum-exp stable
     log_p = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=1)  # teacher

@@ -1,5 +1,5 @@
 """Small helpers shared by every notebook: device choice, seeding, smoke mode, run folders,
-parameter validation and the machine-readable metrics file."""
+parameter validation, progress bars and the machine-readable metrics file."""
 from __future__ import annotations
 
 import json
@@ -8,26 +8,21 @@ import random
 import socket
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
+from .paths import runs_root
 
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """``x`` in float32 for reductions, unless it is already wider (float64 stays float64)."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def data_root() -> Path:
-    """Folder holding bundled data and checkpoints: ``$KDLAB_DATA`` if set, else ``<repo>/data``."""
-    return Path(os.environ.get("KDLAB_DATA", REPO_ROOT / "data"))
-
-
 def get_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, else Apple MPS, else CPU; anything else is passed to ``torch.device``."""
+    """The one device convention of kdlab: every ``device`` argument takes ``"auto"`` (CUDA, else
+    Apple MPS, else CPU), a name such as ``"cpu"`` or ``"cuda:1"``, or a ``torch.device``."""
     if isinstance(device, torch.device):
         return device
     if device == "auto":
@@ -88,23 +83,54 @@ def check_int(name: str, value: Any, minimum: int = 1) -> int:
     return int(value)
 
 
-def check_ints(minimum: int = 1, **values: Any) -> None:
-    """:func:`check_int` for several keyword parameters at once: ``check_ints(steps=steps, seed=seed)``."""
-    for name, value in values.items():
-        check_int(name, value, minimum)
+def check_parameters(**rules: tuple[Any, Any]) -> None:
+    """Validate a notebook's parameters in one call: ``name=(value, rule)`` for each, where ``rule`` is
+
+    - an integer ``m``: the value is an integer ``>= m``;
+    - a list or tuple of allowed values: the value is one of them;
+    - a type or a tuple of types: the value is an instance;
+    - a function ``value -> bool`` (such as :func:`positive`): the value passes it (its docstring
+      says what was expected);
+    - ``None``: anything goes (documents the parameter).
+
+    A value that is a list is checked item by item (``widths=([16, 8], 1)``), so a list parameter
+    needs no loop. Raises ``ValueError`` naming the parameter, the value and what was expected.
+    """
+    for name, (value, rule) in rules.items():
+        items = [(f"{name}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list) else [(name, value)]
+        for label, item in items:
+            if rule is None:
+                continue
+            if isinstance(rule, bool) or not (isinstance(rule, (int, list, tuple, type)) or callable(rule)):
+                raise TypeError(f"check_parameters: rule for {name!r} must be an int, a list of choices, a type "
+                                "or a function")
+            if callable(rule) and not isinstance(rule, type):
+                if not rule(item):
+                    raise ValueError(f"{label}={item!r} is not valid; expected {(rule.__doc__ or rule.__name__).strip()}")
+            elif isinstance(rule, int):
+                check_int(label, item, rule)
+            elif isinstance(rule, type) or (isinstance(rule, tuple) and all(isinstance(r, type) for r in rule)):
+                if not isinstance(item, rule):
+                    raise ValueError(f"{label}={item!r} is not valid; expected {getattr(rule, '__name__', rule)}")
+            else:
+                check_choice(label, item, rule)
+
+
+def positive(value: Any) -> bool:
+    """a finite number > 0"""
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.number)) and 0 < value < float("inf")
 
 
 def run_dir(notebook: str, out_dir: str | os.PathLike = "") -> Path:
     """Create and return the output folder of one notebook run.
 
     ``out_dir=""`` gives ``<runs>/<timestamp>-<host>-<pid>/<notebook>``, unique per process so
-    concurrent runs never share a folder, where ``<runs>`` is ``$KDLAB_RUNS`` or ``<repo>/runs``; any
+    concurrent runs never share a folder, where ``<runs>`` is :func:`kdlab.paths.runs_root`; any
     other value is used as given.
     """
     if not out_dir:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        runs = Path(os.environ.get("KDLAB_RUNS", REPO_ROOT / "runs"))
-        out_dir = runs / f"{stamp}-{socket.gethostname()}-{os.getpid()}" / notebook
+        out_dir = runs_root() / f"{stamp}-{socket.gethostname()}-{os.getpid()}" / notebook
     path = Path(out_dir).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -128,13 +154,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, torch.Tensor):
-        return _jsonable(x.tolist())
+        return jsonable(x.tolist())
     if isinstance(x, np.generic):
         return x.item()
     if isinstance(x, Path):
@@ -144,9 +170,42 @@ def _jsonable(x: Any) -> Any:
 
 def to_json(obj: Any) -> str:
     """JSON text for nested dicts/lists of numbers, strings, tensors, NumPy scalars and paths."""
-    return json.dumps(_jsonable(obj), indent=2, sort_keys=True, allow_nan=True)
+    return json.dumps(jsonable(obj), indent=2, sort_keys=True, allow_nan=True)
 
 
 def write_metrics(out_dir: str | os.PathLike, metrics: dict, name: str = "metrics.json") -> Path:
     """Write a notebook's key numbers to ``<out_dir>/metrics.json`` (atomically) and return the path."""
     return atomic_write_bytes(Path(out_dir) / name, to_json(metrics).encode())
+
+
+def max_difference(a: Any, b: Any) -> float:
+    """Largest absolute difference between ``a`` and ``b``: tensors, numbers, modules (their state
+    dicts, compared by name) or lists / dicts of these; ``0.0`` means bit-for-bit identical. Raises
+    ``ValueError`` when the structures differ (other names, lengths or shapes)."""
+    if isinstance(a, torch.nn.Module) and isinstance(b, torch.nn.Module):
+        return max_difference(a.state_dict(), b.state_dict())
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            raise ValueError(f"max_difference: different names {sorted(set(a) ^ set(b))[:5]}")
+        return max((max_difference(a[k], b[k]) for k in a), default=0.0)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            raise ValueError(f"max_difference: lengths differ ({len(a)} vs {len(b)})")
+        return max((max_difference(x, y) for x, y in zip(a, b)), default=0.0)
+    ta, tb = torch.as_tensor(a).detach().cpu(), torch.as_tensor(b).detach().cpu()
+    if ta.shape != tb.shape:
+        raise ValueError(f"max_difference: shapes differ ({list(ta.shape)} vs {list(tb.shape)})")
+    if ta.numel() == 0:
+        return 0.0
+    if not ta.is_floating_point() and not tb.is_floating_point():
+        return float((ta.long() - tb.long()).abs().max())
+    return float((ta.double() - tb.double()).abs().max())
+
+
+def timed(fn: Callable, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """``(fn(*args, **kwargs), wall-clock seconds)``; CUDA work is waited for before the clock stops."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start

@@ -9,6 +9,9 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid
 
+from .evaluation.metrics import radial_spectrum
+from .losses import kl_distillation
+
 
 def grid_image(images: torch.Tensor, nrow: int = 8) -> np.ndarray:
     """Images ``[N, C, H, W]`` in [-1, 1] -> one ``[H', W', C]`` array in [0, 1] (2-pixel white gaps)."""
@@ -68,8 +71,6 @@ def plot_pixel_distributions(teacher_logits: torch.Tensor, student_logits: dict[
                              temperature: float = 1.0, ax=None, title: str = ""):
     """Bars of ``softmax(logits / T)`` over the K intensity levels at one pixel: the teacher's
     ``[K]`` and each student's ``{name: [K]}``, with ``T^2 KL(teacher || student)`` in the legend."""
-    from .losses import kl_distillation
-
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 3.2))
     else:
@@ -95,11 +96,9 @@ def plot_pixel_distributions(teacher_logits: torch.Tensor, student_logits: dict[
 
 def plot_spectra(images: dict[str, torch.Tensor], bands: dict[str, tuple[float, float]] | None = None, ax=None,
                  title: str = "radially averaged power spectrum"):
-    """Radial power spectra (:func:`kdlab.metrics.radial_spectrum`, log scale) of image sets
+    """Radial power spectra (:func:`kdlab.evaluation.metrics.radial_spectrum`, log scale) of image sets
     ``{name: [N, C, H, W]}`` against frequency in cycles per pixel, with ``bands``
     (``{name: (lo, hi)}``) shaded. The first set (the teacher, by convention) is drawn in black."""
-    from .metrics import radial_spectrum
-
     if ax is None:
         fig, ax = plt.subplots(figsize=(5, 3.4))
     else:
@@ -139,3 +138,16 @@ def teacher_student_figure(teacher: torch.nn.Module, student: torch.nn.Module, s
     plot_spectra({"teacher": t_img, name: s_img}, bands, ax=axes[2], title="spectra of these images")
     fig.tight_layout()
     return fig
+
+
+def print_table(rows: dict[str, dict], columns: dict[str, str], name: str = "model") -> None:
+    """Print ``rows`` (row name -> dict of values) as a fixed-width table. ``columns`` maps each
+    header to ``"key:format"`` (a format spec of the value, e.g. ``"fid:.1f"``, ``"parameters:,"``);
+    a missing value prints as ``-``."""
+    specs = [(header, *spec.split(":", 1)) if ":" in spec else (header, spec, "") for header, spec in columns.items()]
+    cells = [[str(r)] + ["-" if row.get(k) is None else format(row[k], f) for _, k, f in specs] for r, row in rows.items()]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate([name] + [h for h, _, _ in specs])]
+    print("  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i])
+                    for i, h in enumerate([name] + [h for h, _, _ in specs])))
+    for c in cells:
+        print("  ".join(v.ljust(widths[0]) if i == 0 else v.rjust(widths[i]) for i, v in enumerate(c)))

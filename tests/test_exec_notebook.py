@@ -1,4 +1,4 @@
-"""The dependency-free notebook runner of the GPU timing machine (.ci/exec_notebook.py), run the
+"""The dependency-free notebook runner of the GPU timing machine (tools/exec_notebook.py), run the
 way that machine runs it: IPython and ipywidgets hidden."""
 import json
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNNER = ROOT / ".ci" / "exec_notebook.py"
+RUNNER = ROOT / "tools" / "exec_notebook.py"
 NOTEBOOK = ROOT / "notebooks" / "07_fused_kernels.ipynb"
 # hide the Jupyter stack as on the GPU machine, then run the script as __main__
 BLOCKED = ("import runpy, sys; sys.modules['IPython'] = sys.modules['ipywidgets'] = None; "
@@ -45,3 +45,8 @@ def test_runner_rejects_an_unknown_parameter(tmp_path):
     assert r.returncode == 1
     assert "no_such_parameter" in r.stderr and "temperature" in r.stderr  # names it and the allowed ones
     assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_runner_is_where_the_gpu_check_calls_it():
+    assert RUNNER.is_file()
+    assert "tools/exec_notebook.py" in (ROOT / "tools" / "gpu-check").read_text()

@@ -1,6 +1,8 @@
 """kdlab.kernels on any machine: the reference implementations against float64 formulas written
 here, the custom ops (reference path) under autograd, opcheck and torch.compile, the teacher-gradient
-refusal, the fallback warning and the build guard. The CUDA kernels themselves are tested in
+refusal, the fallback warning, the build guard, and the routing of the public losses
+(kd.kernels.kl_distillation / attention_transfer: the fused op on CUDA when allowed, the formulas of
+kd.losses / kd.feature_losses otherwise). The CUDA kernels themselves are tested in
 test_kernels_gpu.py (skipped without a GPU)."""
 import math
 
@@ -57,7 +59,7 @@ def test_kl_op_autograd_matches_the_autograd_reference(reduction):
     s, t = torch.randn(4, 9, 3, 3, generator=g), torch.randn(4, 9, 3, 3, generator=g)
     weights = torch.rand(4, 3, 3, generator=g)  # a non-uniform upstream gradient for reduction="none"
     out = {}
-    for name, fn in (("op", kernels.kl_distillation), ("autograd", kd.losses.kl_distillation)):
+    for name, fn in (("op", kernels.kl_fused_loss), ("autograd", kd.losses.kl_distillation)):
         x = s.clone().requires_grad_(True)
         loss = fn(x, t, 2.0, "reverse", reduction)
         (loss * weights).sum().backward() if reduction == "none" else loss.backward()
@@ -70,7 +72,7 @@ def test_attention_op_autograd_matches_feature_losses():
     g = torch.Generator().manual_seed(3)
     fs, ft = torch.randn(2, 4, 5, 5, generator=g), torch.randn(2, 8, 5, 5, generator=g)
     a, b = fs.clone().requires_grad_(True), fs.clone().requires_grad_(True)
-    kernels.attention_transfer(a, ft).backward()
+    kernels.attention_fused_loss(a, ft).backward()
     kd.feature_losses.attention_transfer(b, ft).backward()
     assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7)
 
@@ -111,11 +113,14 @@ def test_backward_of_a_reduced_op_returns_the_saved_gradient_without_a_copy():
 def test_double_backward_through_the_ops_raises_instead_of_dropping_terms():
     s, t = torch.randn(2, 5, 3, requires_grad=True), torch.randn(2, 5, 3)
     fs, ft = torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 4, 4, 4)
-    for x, loss in ((s, kernels.kl_distillation(s, t, 2.0)), (fs, kernels.attention_transfer(fs, ft))):
+    for x, loss in ((s, kernels.kl_fused_loss(s, t, 2.0)), (fs, kernels.attention_fused_loss(fs, ft))):
         with pytest.raises(RuntimeError, match="create_graph=True"):
             torch.autograd.grad(loss, x, create_graph=True)
     # the public losses off the fused path (CPU) are plain autograd: twice differentiable
-    (g,) = torch.autograd.grad(kd.losses.kl_distillation(s, t, 2.0), s, create_graph=True)
+    for loss in (kd.losses.kl_distillation(s, t, 2.0), kernels.kl_distillation(s, t, 2.0)):
+        (g,) = torch.autograd.grad(loss, s, create_graph=True)
+        assert g.requires_grad
+    (g,) = torch.autograd.grad(kernels.attention_transfer(fs, ft), fs, create_graph=True)
     assert g.requires_grad
 
 
@@ -131,7 +136,7 @@ def test_opcheck_of_both_ops():
 
 def test_ops_under_torch_compile_fullgraph():
     def step(s, t, fs, ft):
-        return kernels.kl_distillation(s, t, 2.0) + kernels.attention_transfer(fs, ft)
+        return kernels.kl_fused_loss(s, t, 2.0) + kernels.attention_fused_loss(fs, ft)
 
     g = torch.Generator().manual_seed(5)
     args = [torch.randn(2, 5, 3, 3, generator=g), torch.randn(2, 5, 3, 3, generator=g),
@@ -148,7 +153,7 @@ def test_ops_under_torch_compile_fullgraph():
 def test_teacher_gradients_are_refused():
     s, t = torch.randn(2, 4, requires_grad=True), torch.randn(2, 4, requires_grad=True)
     with pytest.raises(RuntimeError, match="teachers are frozen"):
-        kernels.kl_distillation(s, t)
+        kernels.kl_fused_loss(s, t)
     loss, _ = torch.ops.kdlab.kl_fused(s, t, 1.0, False)
     with pytest.raises(RuntimeError, match="no gradient for the teacher"):
         loss.sum().backward()
@@ -205,8 +210,12 @@ def test_a_failed_build_falls_back_with_the_reason(monkeypatch, fresh_state):
 
 def test_cpu_tensors_never_take_the_fused_path(fresh_state):
     assert not kernels.use_fused(torch.randn(2, 3))
+    s = torch.randn(2, 3, requires_grad=True)
+    assert not kernels.fused_path(s, torch.randn(2, 3), classes=3)
+    assert math.isfinite(kernels.kl_distillation(s, torch.randn(2, 3)).item())
+    assert math.isfinite(kernels.attention_transfer(torch.randn(2, 3, 4, 4, requires_grad=True),
+                                                    torch.randn(2, 5, 4, 4)).item())
     assert kernels._state["checked"] is False  # no build attempted for CPU tensors
-    assert math.isfinite(kd.losses.kl_distillation(torch.randn(2, 3), torch.randn(2, 3)).item())
 
 
 def test_op_outputs_are_contiguous_for_transposed_inputs_and_opcheck_passes():
@@ -226,21 +235,60 @@ def test_mixed_dtypes_and_empty_batches_use_the_reference_path():
 
 
 def test_public_losses_take_the_fused_path_only_for_a_backward_within_the_device_limits(monkeypatch):
-    """The routing of kd.losses.kl_distillation / attention_transfer, with the CUDA checks faked."""
+    """The routing of kd.kernels.kl_distillation / attention_transfer, with the CUDA checks faked."""
     calls = []
     monkeypatch.setattr(kernels, "use_fused", lambda x, other=None: True)
     monkeypatch.setattr(kernels, "device_limits", lambda device: (8, 16))  # at most K = 8, H W = 16
-    monkeypatch.setattr(kernels, "kl_distillation", lambda *a: calls.append("kl") or a[0].sum())
-    monkeypatch.setattr(kernels, "attention_transfer", lambda *a: calls.append("at") or a[0].sum())
+    monkeypatch.setattr(kernels, "kl_fused_loss", lambda *a: calls.append(("kl", a[2:])) or a[0].sum())
+    monkeypatch.setattr(kernels, "attention_fused_loss", lambda *a: calls.append(("at", a[2:])) or a[0].sum())
     s, t = torch.randn(2, 8, 3, requires_grad=True), torch.randn(2, 8, 3)
     fs, ft = torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 5, 4, 4)
+    kernels.kl_distillation(s, t, 2, "reverse", "sum")
+    kernels.attention_transfer(fs, ft, 3.0)
+    assert calls == [("kl", (2.0, "reverse", "sum")), ("at", (3.0,))]  # arguments validated and passed on
+    with torch.no_grad():  # evaluation: no gradient to write
+        kernels.kl_distillation(s, t)
+        kernels.attention_transfer(fs, ft)
+    kernels.kl_distillation(s.detach(), t)
+    kernels.kl_distillation(torch.randn(2, 9, 3, requires_grad=True), torch.randn(2, 9, 3))  # K above the limit
+    kernels.attention_transfer(torch.randn(2, 3, 5, 4, requires_grad=True), torch.randn(2, 5, 5, 4))  # H W = 20
+    assert len(calls) == 2
+    # the formulas themselves never route: kd.losses / kd.feature_losses are plain PyTorch
     kd.losses.kl_distillation(s, t)
     kd.feature_losses.attention_transfer(fs, ft)
-    assert calls == ["kl", "at"]
-    with torch.no_grad():  # evaluation: no gradient to write
-        kd.losses.kl_distillation(s, t)
-        kd.feature_losses.attention_transfer(fs, ft)
-    kd.losses.kl_distillation(s.detach(), t)
-    kd.losses.kl_distillation(torch.randn(2, 9, 3, requires_grad=True), torch.randn(2, 9, 3))  # K above the limit
-    kd.feature_losses.attention_transfer(torch.randn(2, 3, 5, 4, requires_grad=True), torch.randn(2, 5, 5, 4))
-    assert calls == ["kl", "at"]
+    assert len(calls) == 2
+    # the fused path still validates like the formula
+    with pytest.raises(ValueError, match="temperature"):
+        kernels.kl_distillation(s, t, 0.0)
+    with pytest.raises(ValueError, match="spatial sizes must match"):
+        kernels.attention_transfer(fs, torch.randn(2, 5, 2, 8))
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("shape", [(6, 10), (3, 7, 5, 3)])
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_routed_kl_on_cpu_equals_the_formula(shape, direction, reduction):
+    g = torch.Generator().manual_seed(7)
+    s, t = 2 * torch.randn(shape, generator=g), 2 * torch.randn(shape, generator=g)
+    a, b = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
+    routed = kernels.kl_distillation(a, t, 1.5, direction, reduction)
+    formula = kd.losses.kl_distillation(b, t, 1.5, direction, reduction)
+    assert torch.equal(routed, formula)
+    routed.sum().backward(), formula.sum().backward()
+    assert torch.equal(a.grad, b.grad)
+    ref = kl64(s, t, 1.5, direction == "reverse")  # and both agree with the float64 formula
+    ref = {"mean": ref.mean(), "sum": ref.sum(), "none": ref}[reduction]
+    assert torch.allclose(routed.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0])
+def test_routed_attention_transfer_on_cpu_equals_the_formula(p):
+    g = torch.Generator().manual_seed(8)
+    fs, ft = torch.randn(3, 4, 5, 6, generator=g), torch.randn(3, 7, 5, 6, generator=g)
+    a, b = fs.clone().requires_grad_(True), fs.clone().requires_grad_(True)
+    routed, formula = kernels.attention_transfer(a, ft, p), kd.feature_losses.attention_transfer(b, ft, p)
+    assert torch.equal(routed, formula)
+    routed.backward(), formula.backward()
+    assert torch.equal(a.grad, b.grad)
+    assert routed.item() == pytest.approx(at64(fs, ft, p).mean().item(), rel=1e-5)

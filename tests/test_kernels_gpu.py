@@ -62,7 +62,8 @@ def test_kl_fused_extreme_logits_and_non_contiguous_inputs():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shapes", [((8, 64, 32, 32), (8, 256, 32, 32)), ((3, 5, 7, 9), (3, 12, 7, 9)), ((2, 16, 64, 64), (2, 16, 64, 64))])
+@pytest.mark.parametrize("shapes", [((8, 64, 32, 32), (8, 256, 32, 32)), ((3, 5, 7, 9), (3, 12, 7, 9)),
+                                    ((2, 16, 64, 64), (2, 16, 64, 64))])
 def test_attention_fused_matches_reference(dtype, shapes):
     g = torch.Generator(device="cuda").manual_seed(1)
     fs = torch.randn(shapes[0], generator=g, device="cuda").to(dtype)
@@ -103,13 +104,21 @@ def test_public_losses_dispatch_to_the_kernel_and_backpropagate():
     g = torch.Generator(device="cuda").manual_seed(3)
     s = torch.randn(16, 64, 8, 8, generator=g, device="cuda", requires_grad=True)
     t = torch.randn(16, 64, 8, 8, generator=g, device="cuda")
-    losses.kl_distillation(s, t, 2.0).backward()
+    assert kernels.fused_path(s, t, classes=64)
+    kernels.kl_distillation(s, t, 2.0).backward()
     s_ref = s.detach().double().requires_grad_(True)
-    losses.kl_distillation(s_ref, t.double(), 2.0).backward()  # float64 takes the reference path
+    kernels.kl_distillation(s_ref, t.double(), 2.0).backward()  # float64 takes the formula
     assert torch.allclose(s.grad.double(), s_ref.grad, rtol=1e-4, atol=1e-8)
+    s_formula = s.detach().clone().requires_grad_(True)
+    losses.kl_distillation(s_formula, t, 2.0).backward()  # the formula on the same CUDA tensors
+    assert torch.allclose(s.grad, s_formula.grad, rtol=1e-4, atol=1e-5 * s_formula.grad.abs().max().item())
     fs = torch.randn(4, 8, 16, 16, generator=g, device="cuda", requires_grad=True)
-    feature_losses.attention_transfer(fs, torch.randn(4, 32, 16, 16, generator=g, device="cuda")).backward()
+    ft = torch.randn(4, 32, 16, 16, generator=g, device="cuda")
+    kernels.attention_transfer(fs, ft).backward()
+    fs_formula = fs.detach().clone().requires_grad_(True)
+    feature_losses.attention_transfer(fs_formula, ft).backward()
     assert torch.isfinite(fs.grad).all()
+    assert torch.allclose(fs.grad, fs_formula.grad, rtol=1e-4, atol=1e-5 * fs_formula.grad.abs().max().item())
 
 
 def test_opcheck_and_compile_on_cuda():
@@ -128,14 +137,15 @@ def test_opcheck_and_compile_on_cuda():
 
 
 def test_empty_batches_mixed_dtypes_and_transposed_inputs_on_cuda():
-    loss, grad = torch.ops.kdlab.kl_fused(torch.randn(0, 4, 3, 3, device="cuda"), torch.randn(0, 4, 3, 3, device="cuda"), 1.0, False)
+    empty = torch.randn(0, 4, 3, 3, device="cuda")
+    loss, grad = torch.ops.kdlab.kl_fused(empty, empty.clone(), 1.0, False)
     assert loss.shape == (0, 3, 3) and grad.shape == (0, 4, 3, 3)
-    from kdlab import losses
-
-    s = torch.randn(8, 16, 4, 4, device="cuda").bfloat16()
-    assert torch.isfinite(losses.kl_distillation(s, s.float() + 1))  # mixed dtypes: the reference path
+    s = torch.randn(8, 16, 4, 4, device="cuda").bfloat16().requires_grad_(True)
+    assert not kernels.fused_path(s, s.detach().float() + 1)
+    assert torch.isfinite(kernels.kl_distillation(s, s.detach().float() + 1))  # mixed dtypes: the formula
     base = torch.randn(3, 6, 5, 4, device="cuda")
-    torch.library.opcheck(torch.ops.kdlab.kl_fused.default, (base.transpose(2, 3).requires_grad_(True), base.transpose(2, 3), 1.5, False))
+    torch.library.opcheck(torch.ops.kdlab.kl_fused.default,
+                          (base.transpose(2, 3).requires_grad_(True), base.transpose(2, 3), 1.5, False))
 
 
 @pytest.mark.parametrize("shape", [(16, 64, 8, 8), (64, 256, 32, 32)])  # 256 KiB (multiply), 64 MiB (shortcut)
@@ -170,19 +180,18 @@ def test_large_shapes_at_the_shared_memory_limits():
     ref_loss, ref_grad = reference.kl_fused(s, t, 2.0, True)
     assert torch.allclose(loss, ref_loss, rtol=1e-4) and torch.allclose(grad, ref_grad, rtol=1e-3, atol=1e-9)
     with pytest.raises(RuntimeError, match="exceeds the kernel's limit"):
-        torch.ops.kdlab.kl_fused(torch.randn(1, max_classes + 1, device="cuda"), torch.randn(1, max_classes + 1, device="cuda"), 1.0, False)
+        too_wide = torch.randn(1, max_classes + 1, device="cuda")
+        torch.ops.kdlab.kl_fused(too_wide, too_wide.clone(), 1.0, False)
 
 
 def test_public_losses_run_the_cuda_kernels():
     from torch.profiler import ProfilerActivity, profile
 
-    from kdlab import feature_losses, losses
-
     s, t = torch.randn(8, 32, 4, 4, device="cuda", requires_grad=True), torch.randn(8, 32, 4, 4, device="cuda")
     fs, ft = torch.randn(4, 8, 8, 8, device="cuda", requires_grad=True), torch.randn(4, 16, 8, 8, device="cuda")
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        losses.kl_distillation(s, t, 2.0).backward()
-        feature_losses.attention_transfer(fs, ft).backward()
+        kernels.kl_distillation(s, t, 2.0).backward()
+        kernels.attention_transfer(fs, ft).backward()
         torch.cuda.synchronize()
     names = " ".join(e.name for e in prof.events())
     assert "kl_fused_kernel" in names and "attention_fused_kernel" in names

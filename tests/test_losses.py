@@ -132,7 +132,7 @@ def test_masked_classes_contribute_nothing():
     """A class the teacher gives probability 0 (logit -inf) adds 0 log 0 = 0 to the forward KL."""
     t = torch.tensor([[0.0, 1.0, -float("inf")]])
     s = torch.tensor([[0.5, 0.2, 3.0]])
-    ref = reference_kl(s[:, :2], t[:, :2], 1.0, "forward")  # the third class removed by hand... 
+    ref = reference_kl(s[:, :2], t[:, :2], 1.0, "forward")  # the third class removed by hand...
     q = torch.softmax(s.double(), 1)
     p = torch.softmax(t[:, :2].double(), 1)
     expected = (p * (p.log() - q[:, :2].log())).sum()

@@ -169,3 +169,27 @@ def test_generator_with_small_stem_survives_a_checkpoint(tmp_path):
     loaded = kd.checkpoints.load(path)
     assert loaded.config == g.config and loaded.stem[0].out_channels == 3
     assert all(torch.equal(a, b) for a, b in zip(g.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_registry_rebuilds_every_model_from_its_architecture():
+    assert {"Generator", "Discriminator", "PixelCNN", "UNet", "Classifier"} <= set(kd.models.MODELS)
+    for model in (Generator(width=2), Discriminator(width=2), PixelCNN(levels=4, hidden=4, n_blocks=1),
+                  kd.models.UNet(widths=(8, 8, 8), emb_dim=8), kd.models.Classifier(width=4, feature_dim=8)):
+        arch = kd.models.architecture(model)
+        assert arch == {"class": type(model).__name__, "config": model.config}
+        rebuilt = kd.models.build(arch)
+        assert type(rebuilt) is type(model) and rebuilt.config == model.config
+        assert kd.count_parameters(rebuilt) == kd.count_parameters(model)
+    with pytest.raises(ValueError, match="model class 'Transformer' is unknown; known classes: Classifier"):
+        kd.models.build({"class": "Transformer"})
+    with pytest.raises(TypeError, match="Linear is not a registered kdlab model"):
+        kd.models.architecture(torch.nn.Linear(2, 2))
+
+
+def test_count_parameters_trainable_only():
+    g = Generator(width=1)
+    total = kd.count_parameters(g)
+    for p in g.stem.parameters():
+        p.requires_grad_(False)
+    frozen = sum(p.numel() for p in g.stem.parameters())
+    assert kd.count_parameters(g) == total and kd.count_parameters(g, trainable_only=True) == total - frozen

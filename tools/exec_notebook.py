@@ -10,7 +10,7 @@ lines are skipped; matplotlib uses Agg and figures are closed by ``plt.show()`` 
 missing. Prints each cell's wall time (CUDA synchronised) and the total; ``--json`` writes them
 ("index": position in the notebook's cells). A failing cell: traceback, JSON so far, exit 1.
 
-    python .ci/exec_notebook.py notebooks/07_fused_kernels.ipynb -p seed 1 --json times.json
+    python tools/exec_notebook.py notebooks/07_fused_kernels.ipynb -p seed 1 --json times.json
 """
 import argparse
 import ast

@@ -1,8 +1,10 @@
 """Keep committed notebooks clean: no outputs, execution counts or volatile metadata, except the
-outputs of cells marked ``# NBVAL_CHECK_OUTPUT`` (nbval's references). Kernel name ``python3``.
+outputs of cells marked ``# NBVAL_CHECK_OUTPUT`` (the references the tests compare a smoke run
+against). Kernel name ``python3``; cell ids are the cell's position (``c00``, ``c01``...), so an
+edit does not renumber the whole notebook in a diff.
 
-    python -m kdlab.nbclean notebooks/*.ipynb          # clean in place
-    python -m kdlab.nbclean --check notebooks/*.ipynb  # exit 1 and list what is not clean
+    python tools/nbclean.py notebooks/*.ipynb          # clean in place
+    python tools/nbclean.py --check notebooks/*.ipynb  # exit 1 and list what is not clean
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ def clean(nb: dict) -> dict:
     """Return a cleaned copy of notebook JSON ``nb``."""
     nb = json.loads(json.dumps(nb))
     n_code = 0
-    for cell in nb.get("cells", []):
+    for index, cell in enumerate(nb.get("cells", [])):
+        cell["id"] = f"c{index:02d}"
         cell["metadata"] = {k: v for k, v in cell.get("metadata", {}).items() if k in KEEP_CELL_METADATA and v}
         if cell.get("cell_type") != "code":
             cell.pop("outputs", None)
@@ -34,8 +37,8 @@ def clean(nb: dict) -> dict:
         n_code += 1
         cell["execution_count"] = None
         if MARKER in _source(cell):
-            # nbval skips cells without an execution count, so checked cells get a fixed one: their
-            # position among the code cells
+            # checked cells keep a fixed execution count (their position among the code cells), so
+            # that nbval, too, can compare them
             cell["execution_count"] = n_code if cell.get("outputs") else None
             for out in cell.get("outputs", []):
                 out.pop("metadata", None) if out.get("output_type") == "stream" else None
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             path.write_text(dumps(clean(json.loads(path.read_text()))))
     if bad:
-        print("clean with: python -m kdlab.nbclean notebooks/*.ipynb notebooks/**/*.ipynb")
+        print("clean with: python tools/nbclean.py notebooks/*.ipynb notebooks/**/*.ipynb")
     return bad
 
 

@@ -1,5 +1,5 @@
 """Every fused-kernel instantiation path once, at small shapes, for compute-sanitizer (memcheck,
-racecheck, synccheck) on a GPU machine: .ci/gpu-check runs it. Exits 1 if a result is off."""
+racecheck, synccheck) on a GPU machine: tools/gpu-check runs it. Exits 1 if a result is off."""
 import os
 import sys
 

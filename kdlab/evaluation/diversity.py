@@ -9,14 +9,14 @@
   under the shipped classifier, compared with a reference (the teacher, or real data).
 
 Features are any ``[N, D]`` tensor; kdlab uses the FID classifier's 128 features
-(:func:`kdlab.fid.embed`).
+(:func:`kdlab.evaluation.fid.embed`).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .utils import check_int
+from ..utils import check_int
 
 
 def _check_features(a: torch.Tensor, b: torch.Tensor) -> None:

@@ -4,7 +4,7 @@
   :func:`high_frequency_ratio`:
   which frequencies survive;
 - :func:`gram_distance`: texture (style) statistics of feature maps;
-- :func:`frechet_distance` and :class:`FID` (in the feature space of a small MNIST classifier);
+- :func:`frechet_distance` and :func:`gaussian_stats` (the arithmetic of FID, :mod:`.fid`);
 - :func:`count_macs` and :func:`seconds_per_image`: the cost of a generator.
 """
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+from ..feature_losses import gram_matrix
 
 
 def _power(images: torch.Tensor) -> torch.Tensor:
@@ -65,7 +67,8 @@ def high_frequency_ratio(student_images: torch.Tensor, teacher_images: torch.Ten
     return high_frequency_share(student_images, cutoff) / reference
 
 
-BANDS = ((0.0, 0.125), (0.125, 0.25), (0.25, 0.375), (0.375, 1.0))  # cycles/pixel; the last band includes the corners beyond Nyquist
+# cycles/pixel; the last band includes the corners beyond Nyquist
+BANDS = ((0.0, 0.125), (0.125, 0.25), (0.25, 0.375), (0.375, 1.0))
 
 
 def band_shares(images: torch.Tensor, bands=BANDS) -> torch.Tensor:
@@ -109,8 +112,6 @@ def gram_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     """Style distance between two sets of feature maps ``[N, C, H, W]`` and ``[M, C, H', W']`` (same
     C): ``||mean_n G_a - mean_m G_b||_F / ||mean_m G_b||_F`` with ``G = F F^T / (H W)``. 0 for the same
     texture statistics whatever the layout (invariant to permuting positions); float64."""
-    from .feature_losses import gram_matrix
-
     if feats_a.dim() != 4 or feats_b.dim() != 4 or feats_a.shape[1] != feats_b.shape[1]:
         raise ValueError(f"gram_distance: expected feature maps [N, C, H, W] with the same C, got "
                          f"{list(feats_a.shape)} and {list(feats_b.shape)}")

@@ -21,9 +21,11 @@ for gradients of at least ``CHECK_UPSTREAM_ONE_BYTES``, below which multiplying 
 host synchronisation that checking costs). **Teachers
 are frozen: the ops give no gradient for the teacher input** and raise if one is requested.
 
-Public entry points (dispatching automatically): :func:`kdlab.losses.kl_distillation` and
-:func:`kdlab.feature_losses.attention_transfer` use the fused op for CUDA tensors when
-:func:`available` is true. ``KDLAB_KERNELS=reference`` forces the reference; ``KDLAB_KERNELS=fused``
+Public entry points: :func:`kl_distillation` and :func:`attention_transfer` here take the same
+arguments as :func:`kdlab.losses.kl_distillation` and :func:`kdlab.feature_losses.attention_transfer`
+(the formulas, which never touch a kernel) and route: the fused op for CUDA tensors when
+:func:`available` is true and a backward will follow, the formula otherwise.
+``KDLAB_KERNELS=reference`` forces the reference; ``KDLAB_KERNELS=fused``
 makes a failed build an error instead of a fallback.
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ import warnings
 
 import torch
 
+from .. import feature_losses, losses
 from . import build, reference
 
 MAX_SHARED_BYTES = 96 * 1024  # common.cuh: the most dynamic shared memory a kernel block uses
@@ -185,8 +188,8 @@ def fused_path(student: torch.Tensor, teacher: torch.Tensor, *, classes: int | N
     return (classes is None or classes <= max_classes) and (positions is None or positions <= max_positions)
 
 
-def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
-                    direction: str = "forward", reduction: str = "mean") -> torch.Tensor:
+def kl_fused_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                  direction: str = "forward", reduction: str = "mean") -> torch.Tensor:
     """:func:`kdlab.losses.kl_distillation` through ``torch.ops.kdlab.kl_fused`` (arguments already
     validated by the caller; any device: CUDA tensors use the kernel once built)."""
     if teacher_logits.requires_grad:
@@ -196,6 +199,27 @@ def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     return torch.ops.kdlab.kl_fused(student_logits, teacher_logits, float(temperature), direction == "reverse", code)[0]
 
 
-def attention_transfer(student_feats: torch.Tensor, teacher_feats: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+def attention_fused_loss(student_feats: torch.Tensor, teacher_feats: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """:func:`kdlab.feature_losses.attention_transfer` (batch mean) through ``torch.ops.kdlab.attention_fused``."""
     return torch.ops.kdlab.attention_fused(student_feats, teacher_feats.detach(), float(p), 1)[0]
+
+
+def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                    direction: str = "forward", reduction: str = "mean") -> torch.Tensor:
+    """:func:`kdlab.losses.kl_distillation` (same arguments, same result) on the fused CUDA kernel
+    when :func:`fused_path` allows it, and the formula itself everywhere else. The training steps of
+    :mod:`kdlab.methods` call this one; the kernel gives no gradient for the teacher logits."""
+    temperature = losses.check_kl_arguments(student_logits, teacher_logits, temperature, direction, reduction)
+    if fused_path(student_logits, teacher_logits, classes=student_logits.shape[1]):
+        return kl_fused_loss(student_logits, teacher_logits, temperature, direction, reduction)
+    return losses.kl_distillation(student_logits, teacher_logits, temperature, direction, reduction)
+
+
+def attention_transfer(student_feats: torch.Tensor, teacher_feats: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """:func:`kdlab.feature_losses.attention_transfer` on the fused CUDA kernel when :func:`fused_path`
+    allows it, the formula everywhere else."""
+    if student_feats.dim() == 4 and teacher_feats.dim() == 4 and fused_path(
+            student_feats, teacher_feats, positions=student_feats.shape[2] * student_feats.shape[3]):
+        feature_losses.check_maps(student_feats, teacher_feats, "attention_transfer")
+        return attention_fused_loss(student_feats, teacher_feats, p)
+    return feature_losses.attention_transfer(student_feats, teacher_feats, p)

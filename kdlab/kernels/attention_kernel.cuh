@@ -1,7 +1,7 @@
 // Fused attention-transfer kernel: per sample, the channel reduction a = mean_c |F|^p of student
 // and teacher features, the L2 normalisation, the distance and the gradient with respect to the
 // student features (formulas in reference.py). Host launch code is in attention.cu; the same source
-// runs under the CPU emulator (emulator/launch.cpp).
+// runs under the CPU emulator (tools/simt/launch.cpp).
 //
 // Layout: features [N, C, H, W] contiguous; one block per sample, one thread per spatial position
 // (looping when HW > blockDim). The channel axis is not innermost, so a thread walks its column

@@ -1,13 +1,13 @@
 // Device helpers shared by kdlab's kernels, written once for two compilers:
 // - nvcc (kl.cu, attention.cu): the real CUDA build;
-// - a host C++ compiler with KDLAB_SIMT_EMULATOR defined (emulator/launch.cpp): the same kernel
-//   source runs on the CPU under a SIMT emulator (emulator/simt.hpp) that schedules every CUDA
+// - a host C++ compiler with KDLAB_SIMT_EMULATOR defined (tools/simt/launch.cpp): the same kernel
+//   source runs on the CPU under a SIMT emulator (tools/simt/simt.hpp) that schedules every CUDA
 //   thread as a fiber, so the kernels' indexing, barriers and warp shuffles are tested without a GPU.
 // Kernels include only this header (no ATen), so both builds see identical kernel code.
 #pragma once
 
 #ifdef KDLAB_SIMT_EMULATOR
-#include "emulator/simt.hpp"
+#include "simt.hpp"  // tools/simt/, on the include path of the emulator build
 // dynamic shared memory of the launch (the emulator allocates exactly the requested bytes)
 #define KDLAB_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::simt::dynamic_shared())
 #else

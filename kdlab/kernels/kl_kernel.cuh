@@ -1,6 +1,6 @@
 // Fused KL distillation kernel over per-class logits: loss per position and its gradient with
 // respect to the student logits in one pass over memory (formulas in reference.py). Host launch
-// code is in kl.cu; the same source runs under the CPU emulator (emulator/launch.cpp).
+// code is in kl.cu; the same source runs under the CPU emulator (tools/simt/launch.cpp).
 //
 // Layout: logits [N, K, *spatial] contiguous, class axis 1, HW = prod(spatial) (HW = 1 for [N, K]).
 // A block owns a tile of TP positions: it reads the tile's student and teacher logits from global

@@ -1,5 +1,6 @@
-"""Diffusion with the v-parameterisation, DDIM sampling, and progressive distillation (notebook 06;
-Salimans and Ho 2022, arXiv 2202.00512).
+"""Diffusion teachers and progressive distillation (notebook 06; Salimans and Ho 2022, arXiv
+2202.00512): the v-parameterisation, DDIM sampling, :func:`diffusion_step` / :func:`train_diffusion`
+and :func:`progressive_step` / :func:`distill_round`.
 
 Notation (continuous time ``t`` in [0, 1], variance preserving, cosine schedule):
 
@@ -25,9 +26,9 @@ import math
 import torch
 from torch import nn
 
-from . import models
-from .train import History, _batch, _check_images, _minimise, freeze, run_loop
-from .utils import check_int, get_device
+from .. import models
+from ..engine import History, Trainer, TrainConfig, check_images, freeze, sample_batch
+from ..utils import check_int
 
 
 def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,6 +96,16 @@ def sample(model: nn.Module, noise: torch.Tensor, steps: int, clip: bool = True)
     return z
 
 
+def check_halvings(base_steps: int, min_steps: int) -> None:
+    """Raise ``ValueError`` unless ``base_steps`` and ``min_steps`` are powers of two with
+    ``min_steps < base_steps``: progressive distillation halves the step count every round."""
+    check_int("base_steps", base_steps)
+    check_int("min_steps", min_steps)
+    if base_steps & (base_steps - 1) or min_steps & (min_steps - 1) or min_steps >= base_steps:
+        raise ValueError(f"base_steps={base_steps!r} and min_steps={min_steps!r} are not valid; expected powers of two "
+                         "with min_steps < base_steps (each round halves the step count)")
+
+
 def two_step_target(teacher: nn.Module, z: torch.Tensor, t: torch.Tensor, student_steps: int,
                     clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher's two DDIM steps ``t -> t - 1/(2N) -> t - 1/N`` (``N = student_steps``) and the
@@ -126,73 +137,86 @@ class EMA:
             e.lerp_(p, 1 - self.decay)
 
 
-def train_diffusion(model: nn.Module, images: torch.Tensor, *, steps: int, batch_size: int = 64, lr: float = 1e-3,
-                    ema_decay: float = 0.999, seed: int = 0, device="auto", state_path=None,
-                    checkpoint_every: int = 250, progress: bool = True) -> tuple[nn.Module, History]:
-    """Teacher training: ``t ~ U(0, 1)``, ``eps ~ N(0, I)``, minimise ``mean (model(z_t, t) - v)^2`` on
-    ``images`` ``[N, C, H, W]`` in [-1, 1] with Adam (learning rate warmed up over the first 5% of steps
-    then cosine-decayed). Returns ``(ema_model, history)``: sample from the EMA weights. History key
-    ``loss`` (mean squared v error)."""
-    check_int("batch_size", batch_size)
-    _check_images(images, model)
-    dev = get_device(device)
-    model.to(dev)
+def diffusion_step(model: nn.Module, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                   opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """One teacher-training step on images ``x`` ``[B, C, H, W]``, times ``t`` ``[B]`` and noise ``eps``
+    (shaped like ``x``); returns the mean squared v error before the step."""
+    # z_t = alpha_t x + sigma_t eps,   v = alpha_t eps - sigma_t x,   L = mean (v_hat(z_t, t) - v)^2
+    loss = (model(diffuse(x, t, eps), t) - v_target(x, t, eps)).pow(2).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return {"loss": loss.detach()}
+
+
+def train_diffusion(model: nn.Module, images: torch.Tensor, config: TrainConfig,
+                    ema_decay: float = 0.999) -> tuple[nn.Module, History]:
+    """Teacher training: :func:`diffusion_step` with ``t ~ U(0, 1)``, ``eps ~ N(0, I)`` on ``images``
+    ``[N, C, H, W]`` in [-1, 1], Adam whose learning rate ``config.lr`` is warmed up over the first 5%
+    of the steps then cosine-decayed, and an :class:`EMA` of the weights after every step. Returns
+    ``(ema_model, history)``: sample from the EMA weights. History key ``loss``."""
+    check_images(images, model)
     ema = EMA(model, ema_decay)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    warmup = max(1, steps // 20)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    warmup, steps = max(1, config.steps // 20), config.steps
+    trainer = Trainer(config, modules={"model": model, "ema": ema.model}, optimizers={"opt": opt},
+                      run={"kind": "diffusion-v", "ema_decay": ema_decay, "steps": steps,
+                           "model": models.architecture(model)}, desc="diffusion teacher")
+    trainer.add_callback("on_step_end", lambda tr: ema.update(model))
 
-    def step_fn(step: int, g: torch.Generator) -> dict[str, float]:
-        for group in opt.param_groups:  # linear warm-up, then cosine decay: a function of the step, so resuming is exact
-            group["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        x = _batch(images, batch_size, g, dev)  # (B, C, H, W)
-        t = torch.rand(batch_size, generator=g).to(dev)  # (B,)
-        eps = torch.randn(x.shape, generator=g).to(dev)
-        loss = (model(diffuse(x, t, eps), t) - v_target(x, t, eps)).pow(2).mean()
-        _minimise(opt, loss)
-        ema.update(model)
-        return {"loss": loss.item()}
+    def step(s: int, g: torch.Generator):
+        for group in opt.param_groups:  # warm-up, then cosine decay: a function of the step, so resuming is exact
+            group["lr"] = config.lr * min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
+        x = sample_batch(images, config.batch_size, g, trainer.device)  # (B, C, H, W)
+        t = torch.rand(config.batch_size, generator=g).to(trainer.device)  # (B,)
+        eps = torch.randn(x.shape, generator=g).to(trainer.device)
+        return diffusion_step(model, x, t, eps, opt)
 
-    run = {"kind": "diffusion-v", "seed": seed, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
-           "steps": steps, "model": models.architecture(model)}
-    history = run_loop(step_fn, steps=steps, seed=seed, modules={"model": model, "ema": ema.model},
-                       optimizers={"opt": opt}, run=run, state_path=state_path,
-                       checkpoint_every=checkpoint_every, progress=progress, desc="diffusion teacher")
-    return ema.model.eval(), history
+    trainer.fit(step)
+    return ema.model.eval(), trainer.history
 
 
-def distill_round(student: nn.Module, teacher: nn.Module, images: torch.Tensor, *, student_steps: int, steps: int,
-                  batch_size: int = 64, lr: float = 1e-4, seed: int = 0, device="auto", state_path=None,
-                  checkpoint_every: int = 250, progress: bool = True) -> History:
-    """One round of progressive distillation: ``student`` (usually a copy of ``teacher``) learns to take
-    ``student_steps`` DDIM steps where the teacher takes ``2 * student_steps``. Per step: data
-    ``x`` ``[B, C, H, W]``, a time on the student's grid ``t = i / N`` (``i`` uniform in 1..N), ``z_t``,
-    the teacher's two-step target ``x_tilde`` (:func:`two_step_target`) and the loss
-    ``mean (student(z_t, t) - v_from_x(z_t, t, x_tilde))^2``. History key ``loss``."""
+def progressive_step(student: nn.Module, teacher: nn.Module, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                     opt: torch.optim.Optimizer, student_steps: int) -> dict[str, torch.Tensor]:
+    """One progressive-distillation step: images ``x`` ``[B, C, H, W]`` noised to times ``t`` ``[B]`` on
+    the student's grid of ``student_steps`` steps; the student's one step must land where the
+    teacher's two land (:func:`two_step_target`). Returns the mean squared v error before the step."""
+    z = diffuse(x, t, eps)  # z_t = alpha_t x + sigma_t eps
+    with torch.no_grad():
+        x_tilde, _ = two_step_target(teacher, z, t, student_steps)  # one step with x_tilde = two teacher steps
+        target = v_from_x(z, t, x_tilde)  # the v whose x_hat at z_t is x_tilde
+    # L = mean (v_student(z_t, t) - v_tilde)^2
+    loss = (student(z, t) - target).pow(2).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return {"loss": loss.detach()}
+
+
+def distill_round(student: nn.Module, teacher: nn.Module, images: torch.Tensor, config: TrainConfig, *,
+                  student_steps: int) -> History:
+    """One round of progressive distillation: ``student`` (a copy of ``teacher``) learns to take
+    ``student_steps`` DDIM steps where the teacher takes ``2 * student_steps``: :func:`progressive_step`
+    on training ``images`` with ``t = i / N``, ``i`` uniform in 1..N, for ``config.steps`` steps, Adam
+    with ``config.lr``. History key ``loss``."""
     check_int("student_steps", student_steps)
-    check_int("batch_size", batch_size)
-    _check_images(images, student)
+    check_images(images, student)
     if student is teacher:
         raise ValueError("the student must be a separate copy of the teacher (copy.deepcopy(teacher))")
-    dev = get_device(device)
-    student.to(dev)
-    freeze(teacher, dev)
+    freeze(teacher, config.device)
     for p in student.parameters():  # a copy of a frozen teacher starts frozen too
         p.requires_grad_(True)
-    opt = torch.optim.Adam(student.parameters(), lr=lr)
+    opt = torch.optim.Adam(student.parameters(), lr=config.lr)
+    trainer = Trainer(config, modules={"student": student}, optimizers={"opt": opt},
+                      run={"kind": "progressive-distillation", "student_steps": student_steps,
+                           "model": models.architecture(student)},
+                      desc=f"distil {2 * student_steps} -> {student_steps} steps")
 
-    def step_fn(step: int, g: torch.Generator) -> dict[str, float]:
-        x = _batch(images, batch_size, g, dev)  # (B, C, H, W)
-        t = (torch.randint(1, student_steps + 1, (batch_size,), generator=g).double() / student_steps).to(dev, images.dtype)
-        z = diffuse(x, t, torch.randn(x.shape, generator=g).to(dev))
-        with torch.no_grad():
-            x_tilde, _ = two_step_target(teacher, z, t, student_steps)
-            target = v_from_x(z, t, x_tilde)
-        loss = (student(z, t) - target).pow(2).mean()
-        _minimise(opt, loss)
-        return {"loss": loss.item()}
+    def step(s: int, g: torch.Generator):
+        x = sample_batch(images, config.batch_size, g, trainer.device)  # (B, C, H, W)
+        i = torch.randint(1, student_steps + 1, (config.batch_size,), generator=g)
+        t = (i.double() / student_steps).to(trainer.device, images.dtype)  # (B,) on the student's grid
+        eps = torch.randn(x.shape, generator=g).to(trainer.device)
+        return progressive_step(student, teacher, x, t, eps, opt, student_steps)
 
-    run = {"kind": "progressive-distillation", "seed": seed, "batch_size": batch_size, "lr": lr,
-           "student_steps": student_steps, "model": models.architecture(student)}
-    return run_loop(step_fn, steps=steps, seed=seed, modules={"student": student}, optimizers={"opt": opt}, run=run,
-                    state_path=state_path, checkpoint_every=checkpoint_every, progress=progress,
-                    desc=f"distil {2 * student_steps} -> {student_steps} steps")
+    return trainer.fit(step)

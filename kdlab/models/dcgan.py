@@ -1,5 +1,4 @@
-"""Generators and discriminators (DCGAN, arXiv 1511.06434) of any size, a PixelCNN, and a registry
-that lets :mod:`kdlab.checkpoints` rebuild any model from its saved config.
+"""Generators and discriminators (DCGAN, arXiv 1511.06434) of any size.
 
 One class gives the teacher and every student: ``width`` multiplies all channel counts (parameters
 grow about as ``width**2``) and ``depth`` sets the convolutions per resolution. Blocks have stable
@@ -13,37 +12,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .pixelcnn import PixelCNN
-
-MODELS: dict[str, type[nn.Module]] = {}
-
-
-def register(cls: type[nn.Module]) -> type[nn.Module]:
-    """Class decorator: make ``cls`` rebuildable from ``{"class": cls.__name__, "config": ...}``.
-    A registered class stores its constructor arguments in ``self.config``."""
-    MODELS[cls.__name__] = cls
-    return cls
-
-
-def build(architecture: dict) -> nn.Module:
-    """``{"class": "Generator", "config": {...}}`` -> a freshly initialised model."""
-    name = architecture.get("class")
-    if name not in MODELS:
-        raise ValueError(f"model class {name!r} is unknown; known classes: {', '.join(sorted(MODELS))}")
-    return MODELS[name](**architecture.get("config", {}))
-
-
-def architecture(model: nn.Module) -> dict:
-    """The inverse of :func:`build`: ``{"class": ..., "config": ...}`` of a registered model."""
-    if type(model).__name__ not in MODELS or not hasattr(model, "config"):
-        raise TypeError(f"{type(model).__name__} is not a registered kdlab model "
-                        f"(registered: {', '.join(sorted(MODELS))})")
-    return {"class": type(model).__name__, "config": dict(model.config)}
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of scalar parameters (all, or only those with ``requires_grad``)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+from .registry import register
 
 
 def _upsamplings(img_size: int) -> tuple[int, int]:
@@ -55,7 +24,14 @@ def _upsamplings(img_size: int) -> tuple[int, int]:
     raise ValueError(f"img_size={img_size!r} is not valid; allowed values: 28, 32")
 
 
-def _check_size(width: int, depth: int) -> None:
+def is_generator_size(spec) -> bool:
+    """a [width, stem channels or None] pair of positive integers"""
+    return (isinstance(spec, (list, tuple)) and len(spec) == 2 and all(
+        v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1) for v in spec) and spec[0] is not None)
+
+
+def check_size(width: int, depth: int) -> None:
+    """Raise ``ValueError`` unless ``width`` and ``depth`` are integers >= 1."""
     if not isinstance(width, int) or width < 1:
         raise ValueError(f"width={width!r} is not valid; expected an integer >= 1")
     if not isinstance(depth, int) or depth < 1:
@@ -80,7 +56,7 @@ class Generator(nn.Module):
     def __init__(self, z_dim: int = 64, width: int = 32, img_size: int = 28, channels: int = 1, depth: int = 1,
                  stem_channels: int | None = None):
         super().__init__()
-        _check_size(width, depth)
+        check_size(width, depth)
         self.config = dict(z_dim=z_dim, width=width, img_size=img_size, channels=channels, depth=depth)
         n_up, base = _upsamplings(img_size)
         ch = [width * 2 ** (n_up - i) for i in range(n_up + 1)]  # channels at 7x7 (or 4x4) ... full size
@@ -121,7 +97,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, width: int = 32, img_size: int = 28, channels: int = 1, depth: int = 1):
         super().__init__()
-        _check_size(width, depth)
+        check_size(width, depth)
         self.config = dict(width=width, img_size=img_size, channels=channels, depth=depth)
         n_down, base = _upsamplings(img_size)
         ch = [channels] + [width * 2 ** i for i in range(n_down)]
@@ -139,36 +115,3 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(x)).squeeze(1)
-
-
-register(PixelCNN)
-
-
-@register
-class Classifier(nn.Module):
-    """Small CNN for 28x28 digits, the feature extractor of kdlab's FID: images ``[N, C, H, W]`` in
-    [-1, 1] -> class logits ``[N, n_classes]``; :meth:`embed` returns the ``feature_dim`` activations
-    of the ``features`` block (after ReLU) that FID compares.
-
-    Blocks: ``conv1`` (3x3, ``width`` channels, ReLU, 2x2 max-pool), ``conv2`` (3x3, 2 * width, ReLU,
-    max-pool), ``features`` (linear to ``feature_dim``, ReLU), ``head`` (linear to classes).
-    """
-
-    def __init__(self, width: int = 32, feature_dim: int = 128, n_classes: int = 10, img_size: int = 28,
-                 channels: int = 1):
-        super().__init__()
-        _check_size(width, 1)
-        self.config = dict(width=width, feature_dim=feature_dim, n_classes=n_classes, img_size=img_size,
-                           channels=channels)
-        self.conv1 = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
-        self.conv2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
-        side = img_size // 4
-        self.features = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * side * side, feature_dim), nn.ReLU())
-        self.head = nn.Linear(feature_dim, n_classes)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Features ``[N, feature_dim]``."""
-        return self.features(self.conv2(self.conv1(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x))

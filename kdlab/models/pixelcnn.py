@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils import progress_bar
+from .registry import register
+
 
 class MaskedConv2d(nn.Conv2d):
     """Conv2d whose kernel is zeroed at and after the centre (mask "A") or after it (mask "B")."""
@@ -50,6 +53,7 @@ class ResidualBlock(nn.Module):
         return x + self.net(x)
 
 
+@register
 class PixelCNN(nn.Module):
     """Per-pixel categorical model: levels ``[N, 1, H, W]`` (int64 in 0..K-1) -> logits ``[N, K, H, W]``.
 
@@ -104,8 +108,6 @@ class PixelCNN(nn.Module):
         """``n`` images ``[n, 1, H, W]`` of levels, drawn pixel by pixel in raster order (H * W forward
         passes, a progress bar over rows). Uniform draws come from ``generator`` on the CPU, so a seed
         gives the same images on any device. ``temperature`` divides the logits."""
-        from .utils import progress_bar
-
         if temperature <= 0:
             raise ValueError(f"temperature={temperature!r} is not valid; expected a value > 0")
         device = device or next(self.parameters()).device

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import register
+from .registry import register
 
 
 def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """kdlab's CUDA kernels on the CPU, under a SIMT emulator: a checker for machines without a GPU.
 
 The kernel templates in ``kl_kernel.cuh`` and ``attention_kernel.cuh`` are compiled a second time by
-the host C++ compiler against ``emulator/simt.hpp``, which runs every CUDA thread as a fiber and
+the host C++ compiler against ``tools/simt/simt.hpp``, which runs every CUDA thread as a fiber and
 checks what a GPU would not report: barriers that some threads never reach, warp shuffles whose
 lanes diverged, out-of-bounds accesses to global or shared memory (guard pages), reads of shared
 memory nobody wrote (it starts as NaN), and data races (run with ``order="ascending"``,
@@ -12,7 +12,7 @@ It is slow (a fiber switch per barrier and thread) and float32 only: use small s
 the kernels' logic, not their speed or the float16/bfloat16 conversions, and not the hardware's
 memory model beyond the races a schedule can expose.
 
->>> from kdlab.kernels import emulate
+>>> import emulate  # with tools/simt on sys.path
 >>> loss, grad = emulate.kl_fused(student, teacher, temperature=2.0, reverse=False)  # doctest: +SKIP
 """
 from __future__ import annotations
@@ -30,11 +30,12 @@ from pathlib import Path
 
 import torch
 
-from . import build
+from kdlab.kernels import build
 
 HERE = Path(__file__).parent
-SOURCES = [HERE / "emulator" / "simt.cpp", HERE / "emulator" / "launch.cpp"]
-HEADERS = [HERE / "emulator" / "simt.hpp", HERE / "emulator" / "launch.hpp", *build.HEADERS]  # + the kernels
+KERNELS = Path(build.__file__).parent  # kdlab/kernels: the .cuh headers nvcc compiles too
+SOURCES = [HERE / "simt.cpp", HERE / "launch.cpp"]
+HEADERS = [HERE / "simt.hpp", HERE / "launch.hpp", *build.HEADERS]  # + the kernels
 ORDERS = {"ascending": 0, "descending": 1, "shuffled": 2}
 GUARDS = {"end": 0, "start": 1}  # which side of each buffer touches an inaccessible page
 FLAGS = ["-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas"]
@@ -63,7 +64,7 @@ def build(extra_sources: list[Path] = (), name: str = "kdlab_simt") -> ctypes.CD
     if cxx is None:
         raise EmulatorError("no C++ compiler found (set CXX or install g++) to build the SIMT emulator")
     sources = [*SOURCES, *map(Path, extra_sources)]
-    cmd = [cxx, *FLAGS, f"-I{HERE}", *map(str, sources)]
+    cmd = [cxx, *FLAGS, f"-I{HERE}", f"-I{KERNELS}", *map(str, sources)]
     key = "\0".join(cmd).encode() + b"".join(p.read_bytes() for p in sources + HEADERS)
     out = _cache_folder() / f"{name}-{hashlib.sha256(key).hexdigest()[:16]}.so"
     if not out.exists():

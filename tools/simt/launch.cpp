@@ -2,8 +2,8 @@
 // kdlab/kernels/emulate.py) that launch the very kernel templates the CUDA build uses, with the
 // same launch configuration, on float32 buffers guarded against out-of-bounds accesses.
 #define KDLAB_SIMT_EMULATOR 1
-#include "../attention_kernel.cuh"
-#include "../kl_kernel.cuh"
+#include "attention_kernel.cuh"  // kdlab/kernels/, on the include path
+#include "kl_kernel.cuh"
 #include "launch.hpp"
 
 #include <cstring>

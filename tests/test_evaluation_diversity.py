@@ -1,12 +1,11 @@
-"""Precision/recall and mode coverage (kdlab.diversity) against brute-force references and
-known cases; spectral bands and Gram distance (kdlab.metrics)."""
+"""Precision/recall and mode coverage (kdlab.evaluation.diversity) against brute-force references and
+known cases; spectral bands and Gram distance (kdlab.evaluation.metrics)."""
 import math
 
 import pytest
 import torch
 
-import kdlab as kd
-from kdlab import diversity
+from kdlab.evaluation import diversity, metrics
 
 
 def _brute_precision_recall(real, fake, k):
@@ -67,29 +66,29 @@ def test_band_shares_of_a_sinusoid_and_a_low_pass_copy():
     yy, xx = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
     f0 = 0.3  # cycles/pixel, inside the band [0.25, 0.375)
     wave = torch.cos(2 * math.pi * f0 * xx).double()[None, None]
-    shares = kd.metrics.band_shares(wave)
+    shares = metrics.band_shares(wave)
     assert shares.sum().item() == pytest.approx(1.0) and shares.argmax().item() == 2
-    freqs, power = kd.metrics.radial_spectrum(wave)
+    freqs, power = metrics.radial_spectrum(wave)
     assert abs(freqs[power.argmax()].item() - f0) <= 0.5 / 16  # peak in the ring of f0
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(4, 1, n, n, generator=g, dtype=torch.float64)
     k = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
     kernel = (k[:, None] * k[None, :] / 16)[None, None]
     blurred = torch.nn.functional.conv2d(noise, kernel, padding=1)
-    ratios = kd.metrics.band_ratios(blurred, noise)
+    ratios = metrics.band_ratios(blurred, noise)
     assert ratios[0] > 1 and ratios[2] < 1 and ratios[3] < ratios[2]  # low band gains share, high bands lose
-    hf = kd.metrics.high_frequency_ratio(blurred, noise)
+    hf = metrics.high_frequency_ratio(blurred, noise)
     bands = ((0.0, 0.25), (0.25, math.inf))
-    assert kd.metrics.band_ratios(blurred, noise, bands)[1].item() == pytest.approx(hf)
+    assert metrics.band_ratios(blurred, noise, bands)[1].item() == pytest.approx(hf)
 
 
 def test_gram_distance_identity_permutation_and_change():
     g = torch.Generator().manual_seed(0)
     f = torch.rand(5, 4, 6, 6, generator=g, dtype=torch.float64)
-    assert kd.metrics.gram_distance(f, f.clone()) == 0.0
+    assert metrics.gram_distance(f, f.clone()) == 0.0
     perm = torch.randperm(36, generator=g)
     shuffled = f.flatten(2)[:, :, perm].reshape(f.shape)
-    assert kd.metrics.gram_distance(shuffled, f) == pytest.approx(0.0, abs=1e-14)
-    assert kd.metrics.gram_distance(2 * f, f) == pytest.approx(3.0)  # G scales by 4: |4G - G| / |G|
+    assert metrics.gram_distance(shuffled, f) == pytest.approx(0.0, abs=1e-14)
+    assert metrics.gram_distance(2 * f, f) == pytest.approx(3.0)  # G scales by 4: |4G - G| / |G|
     with pytest.raises(ValueError, match="same C"):
-        kd.metrics.gram_distance(f, f[:, :3])
+        metrics.gram_distance(f, f[:, :3])

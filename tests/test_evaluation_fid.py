@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import kdlab as kd
-from kdlab import fid
+from kdlab.evaluation import fid
 
 
 @pytest.fixture(scope="module")

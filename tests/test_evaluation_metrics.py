@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdlab as kd
-from kdlab import metrics
+from kdlab.evaluation import metrics
 
 
 @pytest.mark.parametrize("size", [28, 32])
@@ -101,13 +101,13 @@ def test_band_energies_parseval_and_a_sinusoid():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 2, 16, 16, generator=g, dtype=torch.float64) + 0.5
     bands = ((0.0, 0.1), (0.1, 0.3), (0.3, 1.0))  # tiles [0, 1): every FFT bin once
-    e = kd.metrics.band_energies(x, bands)
+    e = metrics.band_energies(x, bands)
     variance = x.var(dim=(-2, -1), unbiased=False).mean()  # mean per-image pixel variance
     assert e.sum().item() == pytest.approx(variance.item(), rel=1e-12)
     n, f0, amp = 32, 0.25, 0.8  # a cosine of amplitude A has variance A^2 / 2, all at f0
     xx = torch.arange(n, dtype=torch.float64)[None, :].expand(n, n)
     wave = (amp * torch.cos(2 * math.pi * f0 * xx))[None, None]
-    e = kd.metrics.band_energies(wave, ((0.0, 0.2), (0.2, 0.3), (0.3, 1.0)))
+    e = metrics.band_energies(wave, ((0.0, 0.2), (0.2, 0.3), (0.3, 1.0)))
     assert e.tolist() == pytest.approx([0.0, amp ** 2 / 2, 0.0], abs=1e-12)
     flat = torch.zeros(2, 1, 8, 8)
-    assert kd.metrics.band_energies(flat).tolist() == [0.0] * len(kd.metrics.BANDS)
+    assert metrics.band_energies(flat).tolist() == [0.0] * len(metrics.BANDS)

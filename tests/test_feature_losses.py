@@ -1,7 +1,5 @@
-"""Feature distillation losses (kdlab.feature_losses) against float64 formulas written here, and
-the feature terms of kd.train.distill_gan."""
-import math
-
+"""Feature distillation losses (kdlab.feature_losses) against float64 formulas written here. The
+feature terms of the distillation loop are tested in test_methods_gan.py."""
 import pytest
 import torch
 
@@ -84,30 +82,50 @@ def test_layer_channels_of_two_generators_and_bad_layers():
         fl.layer_channels(student, teacher, ["blocks.up9"], z)
 
 
-@pytest.mark.parametrize("kind", ["hint", "attention", "gram"])
-def test_distill_gan_with_feature_terms_lowers_them_and_resumes(kind, tmp_path):
-    torch.manual_seed(0)
-    teacher = kd.models.Generator(width=8).eval()
-    make = lambda: (torch.manual_seed(1), kd.models.Generator(width=4))[1]
-    common = dict(steps=30, batch_size=8, lr=3e-3, feature_loss=kind, layers=["blocks.up1"], feature_weight=1.0,
-                  device="cpu", progress=False)
-    h = kd.train.distill_gan(make(), teacher, **common)
-    first, last = sum(h["feature"][:5]) / 5, sum(h["feature"][-5:]) / 5
-    assert math.isfinite(last) and last < first
-    assert all(t >= d for t, d in zip(h["loss"], h["distill"]))  # total = pixel + weight * feature
-    # an interrupted-and-resumed run equals an uninterrupted one (adapters are in the training state)
-    full = make()
-    kd.train.distill_gan(full, teacher, **{**common, "steps": 12})
-    part = make()
-    path = tmp_path / "state.safetensors"
-    kd.train.distill_gan(part, teacher, **{**common, "steps": 7}, state_path=path)
-    kd.train.distill_gan(part, teacher, **{**common, "steps": 12}, state_path=path)
-    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), part.state_dict().values()))
+def test_hint_and_gram_loss_against_float64_formulas():
+    g = torch.Generator().manual_seed(2)
+    adapted = torch.randn(3, 5, 4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    ft = torch.randn(3, 5, 4, 6, generator=g, dtype=torch.float64)
+    hint = fl.hint_loss(adapted, ft)
+    assert hint.dtype == torch.float64
+    assert hint.item() == pytest.approx(((adapted - ft) ** 2).sum().item() / adapted.numel(), rel=1e-12)
+    flat_s, flat_t = adapted.reshape(3, 5, 24), ft.reshape(3, 5, 24)
+    g_s = torch.stack([flat_s[n] @ flat_s[n].T for n in range(3)]) / 24
+    g_t = torch.stack([flat_t[n] @ flat_t[n].T for n in range(3)]) / 24
+    gram = fl.gram_loss(adapted, ft)
+    ref = ((g_s - g_t) ** 2).sum() / g_s.numel()
+    assert gram.item() == pytest.approx(ref.item(), rel=1e-12)
+    (grad,) = torch.autograd.grad(gram, adapted)
+    (ref_grad,) = torch.autograd.grad(ref, adapted)
+    assert torch.allclose(grad, ref_grad, rtol=1e-10)
+    # the teacher side is detached, and float32 features are compared in float32
+    t_grad = ft.clone().requires_grad_(True)
+    fl.hint_loss(adapted, t_grad).backward()
+    assert t_grad.grad is None
+    assert fl.gram_loss(adapted.detach().float(), ft.float()).dtype == torch.float32
 
 
-def test_distill_gan_feature_arguments_are_checked():
-    t, s = kd.models.Generator(width=8), kd.models.Generator(width=4)
-    with pytest.raises(ValueError, match="feature_loss"):
-        kd.train.distill_gan(s, t, steps=1, feature_loss="style", layers=["stem"], device="cpu", progress=False)
-    with pytest.raises(ValueError, match="at least one layer"):
-        kd.train.distill_gan(s, t, steps=1, feature_loss="hint", layers=[], device="cpu", progress=False)
+def test_check_maps_names_what_differs():
+    fl.check_maps(torch.zeros(2, 3, 4, 4), torch.zeros(2, 7, 4, 4), "ok")  # channels may differ
+    with pytest.raises(ValueError, match=r"layer 'x': expected feature maps \[N, C, H, W\]"):
+        fl.check_maps(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4, 4), "layer 'x'")
+    with pytest.raises(ValueError, match="batch and spatial sizes must match"):
+        fl.check_maps(torch.zeros(2, 3, 4, 4), torch.zeros(3, 3, 4, 4), "layer 'x'")
+
+
+def test_feature_distillation_uses_the_given_attention_loss_and_means_over_layers():
+    g = torch.Generator().manual_seed(3)
+    fs = {"a": torch.rand(2, 3, 4, 4, generator=g), "b": torch.rand(2, 3, 2, 2, generator=g)}
+    ft = {"a": torch.rand(2, 5, 4, 4, generator=g), "b": torch.rand(2, 6, 2, 2, generator=g)}
+    calls = []
+
+    def fake_loss(s, t, p):
+        calls.append((s.shape, t.shape, p, t.requires_grad))
+        return s.sum() * 0 + len(calls)
+
+    out = fl.feature_distillation("attention", fs, ft, p=3.0, attention_loss=fake_loss)
+    assert out.item() == 1.5  # mean of the layers' values 1 and 2
+    assert calls == [((2, 3, 4, 4), (2, 5, 4, 4), 3.0, False), ((2, 3, 2, 2), (2, 6, 2, 2), 3.0, False)]
+    default = fl.feature_distillation("attention", fs, ft)
+    want = sum(_reference_attention(fs[k].double(), ft[k].double()) for k in ("a", "b")) / 2
+    assert default.item() == pytest.approx(want.item(), rel=1e-5)

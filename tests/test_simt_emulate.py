@@ -1,10 +1,11 @@
 """The CUDA kernels' own source (kl_kernel.cuh, attention_kernel.cuh) run on the CPU under the SIMT
-emulator (kdlab/kernels/emulator), against independent float64 formulas: values, gradients,
+emulator (tools/simt/emulate.py), against independent float64 formulas: values, gradients,
 reductions, launch configurations with partial tiles and every tile size, extreme logits, and
 bitwise-identical results under three thread schedules (a race would make them differ). The
 emulator's own checks are tested on planted bugs (tests/fixtures/simt_bugs.cpp) so they can fail."""
 import ctypes
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,12 @@ import torch
 
 import kdlab as kd
 from kdlab import kernels
-from kdlab.kernels import emulate, reference
+from kdlab.kernels import reference
 from refs64 import at64, kl64, value_and_grad64
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools" / "simt"))  # developer tooling, outside the package
+import emulate  # noqa: E402
 
 pytestmark = pytest.mark.skipif(emulate.compiler() is None, reason="needs a C++ compiler (g++) for the emulator")
 

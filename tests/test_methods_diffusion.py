@@ -1,6 +1,7 @@
-"""Diffusion (kdlab.diffusion, kdlab.unet) against closed forms: the schedule's identities, the
-v-parameterisation, DDIM on data whose optimal denoiser is known, and the progressive-distillation
-target."""
+"""Diffusion (kdlab.methods.diffusion, kdlab.models.UNet) against closed forms: the schedule's
+identities, the v-parameterisation, DDIM on data whose optimal denoiser is known, the
+progressive-distillation target, and diffusion_step / progressive_step against straight-line
+references with the cosine schedule written out here."""
 import copy
 import math
 
@@ -9,7 +10,11 @@ import torch
 from torch import nn
 
 import kdlab as kd
-from kdlab import diffusion as dm
+from kdlab.methods import diffusion as dm
+
+
+def _config(**changes):
+    return kd.TrainConfig(**{"device": "cpu", "progress": False, **changes})
 
 
 def test_cosine_schedule_identities():
@@ -88,7 +93,7 @@ def test_ddim_on_gaussian_data_converges_to_the_exact_probability_flow():
 @pytest.mark.parametrize("student_steps", [1, 2, 8])
 def test_two_step_target_reproduces_the_teachers_two_steps_in_one(student_steps):
     torch.manual_seed(0)
-    teacher = kd.unet.UNet(widths=(8, 8, 8), emb_dim=16).double().eval()
+    teacher = kd.models.UNet(widths=(8, 8, 8), emb_dim=16).double().eval()
     for p in teacher.parameters():  # a random teacher with non-trivial outputs
         nn.init.normal_(p, std=0.1)
     g = torch.Generator().manual_seed(3)
@@ -116,24 +121,24 @@ def test_two_step_target_of_the_point_mass_teacher_is_the_image():
 
 def test_unet_shapes_determinism_errors_and_checkpoint(tmp_path):
     torch.manual_seed(0)
-    a = kd.unet.UNet(widths=(8, 16, 16), emb_dim=32)
+    a = kd.models.UNet(widths=(8, 16, 16), emb_dim=32)
     torch.manual_seed(0)
-    b = kd.unet.UNet(widths=(8, 16, 16), emb_dim=32)
+    b = kd.models.UNet(widths=(8, 16, 16), emb_dim=32)
     x, t = torch.randn(3, 1, 28, 28), torch.tensor([0.1, 0.5, 1.0])
     for p in a.parameters():
         nn.init.normal_(p, std=0.05)
     b.load_state_dict(a.state_dict())
     assert a(x, t).shape == (3, 1, 28, 28) and torch.equal(a(x, t), b(x, t))
     assert not torch.allclose(a(x, t), a(x, t.flip(0)))  # the output depends on the time
-    assert kd.unet.UNet(img_size=32, widths=(8, 8, 8))(torch.randn(2, 1, 32, 32), torch.rand(2)).shape == (2, 1, 32, 32)
+    assert kd.models.UNet(img_size=32, widths=(8, 8, 8))(torch.randn(2, 1, 32, 32), torch.rand(2)).shape == (2, 1, 32, 32)
     with pytest.raises(ValueError, match=r"t \[N\]"):
         a(x, torch.rand(2))
     with pytest.raises(ValueError, match="widths"):
-        kd.unet.UNet(widths=(8, 8))
+        kd.models.UNet(widths=(8, 8))
     with pytest.raises(ValueError, match="multiple of 8"):
-        kd.unet.UNet(widths=(12, 16, 16))
+        kd.models.UNet(widths=(12, 16, 16))
     with pytest.raises(ValueError, match="even"):
-        kd.unet.UNet(emb_dim=33)
+        kd.models.UNet(emb_dim=33)
     path = kd.checkpoints.save(a, tmp_path / "unet.safetensors", dataset="none")
     assert torch.equal(kd.checkpoints.load(path)(x, t), a(x, t))
 
@@ -143,8 +148,8 @@ def test_train_diffusion_is_deterministic_and_distill_round_leaves_the_teacher(t
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
-        model = kd.unet.UNet(widths=(8, 8, 8), emb_dim=16)
-        ema, history = dm.train_diffusion(model, images, steps=6, batch_size=8, seed=1, device="cpu", progress=False)
+        model = kd.models.UNet(widths=(8, 8, 8), emb_dim=16)
+        ema, history = dm.train_diffusion(model, images, _config(steps=6, batch_size=8, seed=1))
         runs.append((ema, history))
     assert runs[0][1] == runs[1][1] and all(math.isfinite(v) for v in runs[0][1]["loss"])
     for p, q in zip(runs[0][0].parameters(), runs[1][0].parameters()):
@@ -153,8 +158,7 @@ def test_train_diffusion_is_deterministic_and_distill_round_leaves_the_teacher(t
     assert all(not p.requires_grad for p in teacher.parameters())  # the EMA copy is frozen
     before = [p.clone() for p in teacher.parameters()]
     student = copy.deepcopy(teacher)  # as in notebook 06: a copy of a frozen teacher must still train
-    history = dm.distill_round(student, teacher, images, student_steps=2, steps=3, batch_size=8, device="cpu",
-                               progress=False)
+    history = dm.distill_round(student, teacher, images, _config(steps=3, batch_size=8, lr=1e-4), student_steps=2)
     assert len(history["loss"]) == 3
     assert all(torch.equal(p, q) for p, q in zip(before, teacher.parameters()))
     assert any(not torch.equal(p, q) for p, q in zip(before, student.parameters()))
@@ -173,3 +177,84 @@ def test_ema_follows_its_closed_form():
         assert torch.allclose(e, w + 1 - 0.81, atol=1e-6) and not e.requires_grad
     with pytest.raises(ValueError, match="decay"):
         dm.EMA(model, decay=1.0)
+
+
+# ---------------------------------------------------------------------------- step functions vs references
+def _schedule64(t):
+    """Cosine schedule written out, broadcast over images: (cos(pi t / 2), sin(pi t / 2)) [N, 1, 1, 1]."""
+    return torch.cos(math.pi * t / 2).view(-1, 1, 1, 1), torch.sin(math.pi * t / 2).view(-1, 1, 1, 1)
+
+
+def _random_unet(seed):
+    torch.manual_seed(seed)
+    model = kd.models.UNet(widths=(8, 8, 8), emb_dim=16).double()
+    for p in model.parameters():  # non-trivial outputs (the head starts at zero otherwise)
+        nn.init.normal_(p, std=0.1)
+    return model
+
+
+def _step(opt, loss):
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def _close(a, b):
+    return all(torch.allclose(x, y, rtol=1e-9, atol=1e-12) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_diffusion_step_equals_the_written_out_v_loss():
+    model = _random_unet(0)
+    ref = copy.deepcopy(model)
+    opt, opt_ref = torch.optim.Adam(model.parameters(), lr=1e-3), torch.optim.Adam(ref.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        x = torch.rand(3, 1, 28, 28, generator=g, dtype=torch.float64) * 2 - 1
+        t = torch.rand(3, generator=g, dtype=torch.float64)
+        eps = torch.randn(3, 1, 28, 28, generator=g, dtype=torch.float64)
+        out = dm.diffusion_step(model, x, t, eps, opt)
+        a, s = _schedule64(t)
+        z, v = a * x + s * eps, a * eps - s * x  # z_t and the v target
+        loss = ((ref(z, t) - v) ** 2).mean()
+        _step(opt_ref, loss)
+        assert set(out) == {"loss"} and out["loss"].item() == pytest.approx(loss.item(), rel=1e-12)
+        assert _close(model, ref)
+
+
+@pytest.mark.parametrize("student_steps", [1, 2, 4])
+def test_progressive_step_equals_two_written_out_teacher_steps(student_steps):
+    teacher = _random_unet(2).eval()
+    student = _random_unet(3)
+    ref = copy.deepcopy(student)
+    opt, opt_ref = torch.optim.Adam(student.parameters(), lr=1e-3), torch.optim.Adam(ref.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(4)
+
+    def x_hat(model, z, t):  # the teacher's clipped prediction x = alpha z - sigma v
+        a, s = _schedule64(t)
+        return (a * z - s * model(z, t)).clamp(-1, 1)
+
+    def ddim(z, t, t_next, x):  # z_s = alpha_s x + sigma_s (z_t - alpha_t x) / sigma_t
+        (a, s), (a_n, s_n) = _schedule64(t), _schedule64(t_next)
+        return a_n * x + s_n * (z - a * x) / s
+
+    for _ in range(2):
+        x = torch.rand(4, 1, 28, 28, generator=g, dtype=torch.float64) * 2 - 1
+        i = torch.randint(1, student_steps + 1, (4,), generator=g)
+        t = i.double() / student_steps  # the student's grid
+        eps = torch.randn(4, 1, 28, 28, generator=g, dtype=torch.float64)
+        out = dm.progressive_step(student, teacher, x, t, eps, opt, student_steps)
+        a, s = _schedule64(t)
+        z = a * x + s * eps
+        t1, t2 = t - 0.5 / student_steps, t - 1.0 / student_steps
+        with torch.no_grad():
+            z1 = ddim(z, t, t1, x_hat(teacher, z, t))
+            z2 = ddim(z1, t1, t2, x_hat(teacher, z1, t1))
+        a2, s2 = _schedule64(t2)
+        # the one-step prediction that lands on z2: z2 = a2 x + s2 (z - a x) / s, solved for x
+        x_tilde = (z2 - s2 / s * z) / (a2 - s2 / s * a)
+        v_tilde = a * (z - a * x_tilde) / s - s * x_tilde  # v = alpha eps - sigma x with eps from x_tilde
+        loss = ((ref(z, t) - v_tilde) ** 2).mean()
+        _step(opt_ref, loss)
+        assert set(out) == {"loss"} and out["loss"].item() == pytest.approx(loss.item(), rel=1e-10)
+        assert _close(student, ref)
+    assert all(p.grad is None for p in teacher.parameters())

@@ -1,0 +1,260 @@
+"""The training loop that every method of kdlab shares (the shape of minGPT's ``Trainer``: one
+config object, a step function, callbacks).
+
+A method (:mod:`kdlab.methods`) writes its step as a plain function, draws each step's batch and
+noise from the generator the trainer hands it, and lets :class:`Trainer` do the rest:
+
+- **determinism**: step ``s`` gets a CPU generator seeded with ``(seed, s)``, so the same seed
+  gives the same weights on a CPU, and a resumed run equals an uninterrupted one;
+- **resume**: with ``config.state_path`` set, the full training state (weights, optimiser moments,
+  step, history) is saved every ``checkpoint_every`` steps, at the end and on an interrupt; the
+  same call again continues from it (a larger ``steps`` trains further);
+- **deferred interrupt**: Ctrl-C or Jupyter's stop button lets the current step finish, saves,
+  then raises ``KeyboardInterrupt`` (an interrupt never lands halfway through an update);
+- **non-finite stop**: a NaN or infinite metric raises :class:`TrainingDiverged` and removes the
+  training state, so nothing from a diverged run can be loaded;
+- **progress**: a ``tqdm`` bar (a widget in Jupyter, plain text with ``KDLAB_PROGRESS=text``).
+
+    config = TrainConfig(steps=400, batch_size=64, lr=1e-3, seed=0, state_path="runs/x/state.safetensors")
+    trainer = Trainer(config, modules={"student": student}, optimizers={"opt": opt}, run={"kind": "toy"})
+    trainer.add_callback("on_step_end", lambda tr: print(tr.step, tr.metrics))
+    history = trainer.fit(lambda step, g: my_step(student, torch.randn(64, 8, generator=g), opt))
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from . import checkpoints
+from .utils import check_choice, check_int, get_device, jsonable, progress_bar
+
+History = dict[str, list[float]]
+StepFn = Callable[[int, torch.Generator], Mapping[str, "torch.Tensor | float"]]
+EVENTS = ("on_step_start", "on_step_end", "on_train_end")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """What every training run needs, in one object (methods take it instead of forwarding arguments)."""
+
+    steps: int = 1000  # optimisation steps (a resumed run trains up to this many)
+    batch_size: int = 64  # examples or noise vectors per step
+    lr: float = 1e-3  # Adam learning rate
+    seed: int = 0  # step s draws its batch and noise from a generator seeded with (seed, s)
+    device: str | torch.device = "auto"  # "auto": CUDA, else Apple MPS, else CPU
+    state_path: str | os.PathLike | None = None  # training state for resuming; None saves nothing
+    checkpoint_every: int = 250  # steps between saves of the training state
+    progress: bool = True  # show a progress bar
+
+    def __post_init__(self):
+        check_int("steps", self.steps, 0)
+        check_int("batch_size", self.batch_size)
+        check_int("seed", self.seed, 0)
+        check_int("checkpoint_every", self.checkpoint_every)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
+            raise ValueError(f"lr={self.lr!r} is not valid; expected a finite number > 0")
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with some fields changed: ``config.replace(steps=100, state_path=None)``."""
+        return dataclasses.replace(self, **changes)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """CPU generator for one training step: batches and noise depend only on (seed, step)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def sample_batch(images: torch.Tensor, batch_size: int, g: torch.Generator, device) -> torch.Tensor:
+    """``batch_size`` rows of ``images`` drawn uniformly with replacement by ``g``, on ``device``."""
+    idx = torch.randint(len(images), (batch_size,), generator=g)
+    return images[idx].to(device)
+
+
+def check_images(images: torch.Tensor, model: nn.Module) -> None:
+    """Raise ``ValueError`` unless ``images`` is ``[N, C, S, S]`` as ``model.config`` expects."""
+    cfg = model.config
+    want = (cfg["channels"], cfg["img_size"], cfg["img_size"])
+    if images.dim() != 4 or tuple(images.shape[1:]) != want:
+        raise ValueError(f"images have shape {list(images.shape)} but {type(model).__name__} expects "
+                         f"[N, {want[0]}, {want[1]}, {want[2]}] (its config: {cfg})")
+
+
+def freeze(teacher: nn.Module, device) -> nn.Module:
+    """Move a teacher to ``device``, put it in eval mode and stop gradients to its parameters."""
+    teacher.to(get_device(device)).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def _to_floats(metrics: Mapping) -> dict[str, float]:
+    """Step metrics (tensors or numbers) as Python floats, with one device-to-host copy in all."""
+    names = list(metrics)
+    tensors = [torch.as_tensor(metrics[n]).detach().reshape(()).to("cpu", torch.float64, non_blocking=False)
+               for n in names]
+    return dict(zip(names, torch.stack(tensors).tolist())) if tensors else {}
+
+
+class _DeferredInterrupt:
+    """While active, SIGINT (Ctrl-C, Jupyter's stop button) only sets ``requested``; the loop checks
+    it between steps. Outside the main thread signals cannot be caught and this does nothing."""
+
+    def __init__(self):
+        self.requested, self._previous = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Trainer:
+    """Runs a step function ``config.steps`` times with everything in the module docstring.
+
+    ``modules`` and ``optimizers`` (dicts of name -> object) are what the training state holds;
+    ``run`` describes the run (method, hyperparameters, architectures) so that a state file of a
+    different run is refused instead of resumed. The trainer moves ``modules`` to its device
+    (``trainer.device``); the method moves its data there.
+
+    Callbacks: ``add_callback(event, fn)`` with ``event`` in ``on_step_start``, ``on_step_end``,
+    ``on_train_end``; ``fn(trainer)`` can read ``trainer.step``, ``trainer.metrics`` (the last
+    step's floats) and ``trainer.history``.
+    """
+
+    def __init__(self, config: TrainConfig, *, modules: Mapping[str, nn.Module],
+                 optimizers: Mapping[str, torch.optim.Optimizer], run: dict, desc: str = "train"):
+        self.config, self.desc = config, desc
+        self.device = get_device(config.device)
+        self.modules, self.optimizers = dict(modules), dict(optimizers)
+        for m in self.modules.values():
+            m.to(self.device)
+        self.run = jsonable({**run, "seed": config.seed, "batch_size": config.batch_size, "lr": config.lr})
+        self.state_path = Path(config.state_path) if config.state_path else None
+        self.callbacks: dict[str, list[Callable[["Trainer"], None]]] = defaultdict(list)
+        self.history: History = {}
+        self.step, self.metrics = 0, {}
+
+    def add_callback(self, event: str, fn: Callable[["Trainer"], None]) -> None:
+        check_choice("event", event, EVENTS)
+        self.callbacks[event].append(fn)
+
+    def _trigger(self, event: str) -> None:
+        for fn in self.callbacks[event]:
+            fn(self)
+
+    # ------------------------------------------------------------------ training state
+    def _save(self, step: int) -> None:
+        if self.state_path is None:
+            return
+        tensors, groups = {}, {}
+        for name, m in self.modules.items():
+            tensors.update({f"{name}.model.{k}": v for k, v in m.state_dict().items()})
+        for name, opt in self.optimizers.items():
+            sd = opt.state_dict()
+            for idx, st in sd["state"].items():
+                tensors.update({f"{name}.optim.{idx}.{k}": torch.as_tensor(v) for k, v in st.items()})
+            groups[name] = sd["param_groups"]
+        checkpoints.save_tensors(self.state_path, tensors, {"kind": "training-state", "step": step,
+                                                            "history": self.history, "run": self.run,
+                                                            "param_groups": groups})
+
+    def _load(self) -> int:
+        path = self.state_path
+        tensors, meta = checkpoints.load_tensors(path)
+        if meta.get("kind") != "training-state":
+            raise checkpoints.CheckpointError(path, "is a model checkpoint, not a training state")
+        if meta.get("run") != self.run:
+            raise checkpoints.CheckpointError(
+                path, f"belongs to a different run ({meta.get('run')} vs now {self.run}); "
+                      "delete it or choose another output folder to start afresh")
+        for name, m in self.modules.items():
+            prefix = f"{name}.model."
+            checkpoints.load_state(m, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, path)
+        for name, opt in self.optimizers.items():
+            state: dict = {}
+            prefix = f"{name}.optim."
+            for k, v in tensors.items():
+                if k.startswith(prefix):
+                    idx, key = k[len(prefix):].split(".", 1)
+                    state.setdefault(int(idx), {})[key] = v  # load_state_dict moves it to the parameter's device
+            opt.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
+        self.history = {k: list(v) for k, v in meta["history"].items()}
+        return int(meta["step"])
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, step_fn: StepFn) -> History:
+        """Call ``step_fn(step, generator) -> {metric: tensor or float}`` for the remaining steps
+        and return the history ``{"step": [...], metric: [value per step]}``."""
+        steps = self.config.steps
+        start = 0
+        if self.state_path is not None and self.state_path.exists():
+            start = self._load()
+            if start >= steps:
+                print(f"{self.desc}: {self.state_path} already holds {start} trained steps (asked for {steps}); "
+                      "loaded it, nothing to train")
+                return self._finish()
+        for m in self.modules.values():
+            m.train()
+        bar = progress_bar(range(start, steps), initial=start, total=steps, desc=self.desc,
+                           disable=not self.config.progress)
+        with _DeferredInterrupt() as interrupt:
+            try:
+                for step in bar:
+                    self.step = step
+                    self._trigger("on_step_start")
+                    self.metrics = _to_floats(step_fn(step, step_generator(self.config.seed, step)))
+                    self._check_finite(step)
+                    self.history.setdefault("step", []).append(step)
+                    for k, v in self.metrics.items():
+                        self.history.setdefault(k, []).append(v)
+                    if step % 10 == 0 or step == steps - 1:
+                        bar.set_postfix({k: f"{v:.3f}" for k, v in self.metrics.items()}, refresh=False)
+                    self._trigger("on_step_end")
+                    if (step + 1) % self.config.checkpoint_every == 0 or interrupt.requested:
+                        self._save(step + 1)
+                    if interrupt.requested:
+                        where = (f"; training state saved after step {step + 1} in {self.state_path}: rerun to "
+                                 "resume" if self.state_path else "")
+                        print(f"{self.desc}: interrupted{where}")
+                        raise KeyboardInterrupt
+            finally:
+                bar.close()
+        self._save(steps)
+        return self._finish()
+
+    def _check_finite(self, step: int) -> None:
+        bad = {k: v for k, v in self.metrics.items() if not math.isfinite(v)}
+        if not bad:
+            return
+        if self.state_path is not None and self.state_path.exists():
+            self.state_path.unlink()
+        raise TrainingDiverged(
+            f"{self.desc}: non-finite loss at step {step}: {bad}. Training stopped and nothing was saved"
+            f"{f' (training state {self.state_path} removed)' if self.state_path else ''}. Lower the learning "
+            f"rate (lr={self.config.lr}) or check the data, then rerun.")
+
+    def _finish(self) -> History:
+        for m in self.modules.values():
+            m.eval()
+        self._trigger("on_train_end")
+        return self.history

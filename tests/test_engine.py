@@ -1,0 +1,303 @@
+"""The shared training loop (kdlab.engine): TrainConfig, Trainer (determinism, resume, deferred
+interrupt, non-finite stop, callbacks, metrics) and the checks every method uses."""
+import dataclasses
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+import kdlab as kd
+from kdlab.checkpoints import CheckpointError
+from kdlab.engine import Trainer, TrainingDiverged
+
+
+def _config(**changes):
+    """A CPU config without a progress bar; lr=2e-4 was the old train_gan's default."""
+    return kd.TrainConfig(**{"device": "cpu", "progress": False, "lr": 2e-4, **changes})
+
+
+def _gan(seed=0):
+    kd.seed_everything(seed)
+    return kd.models.Generator(z_dim=8, width=2), kd.models.Discriminator(width=2)
+
+
+def _weights(*modules):
+    return [t.clone() for m in modules for t in m.state_dict().values()]
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def images(mnist5k_train):
+    return mnist5k_train[0][:256]
+
+
+# ---------------------------------------------------------------------------- TrainConfig
+def test_train_config_defaults_and_validation():
+    config = kd.TrainConfig()
+    assert (config.lr, config.seed, config.device, config.state_path, config.progress) == (1e-3, 0, "auto", None, True)
+    for changes, message in (({"steps": -1}, r"steps=-1 is not valid; expected an integer >= 0"),
+                             ({"steps": 2.0}, r"steps=2\.0 is not valid"),
+                             ({"batch_size": 0}, r"batch_size=0 is not valid; expected an integer >= 1"),
+                             ({"batch_size": True}, r"batch_size=True is not valid"),
+                             ({"seed": -3}, r"seed=-3 is not valid; expected an integer >= 0"),
+                             ({"checkpoint_every": 0}, r"checkpoint_every=0 is not valid; expected an integer >= 1"),
+                             ({"checkpoint_every": 2.5}, r"checkpoint_every=2\.5 is not valid")):
+        with pytest.raises(ValueError, match=message):
+            kd.TrainConfig(**changes)
+    for lr in (0, 0.0, -1e-3, math.nan, math.inf, True, "1e-3"):
+        with pytest.raises(ValueError, match=r"lr=.* is not valid; expected a finite number > 0"):
+            kd.TrainConfig(lr=lr)
+    assert kd.TrainConfig(steps=0).steps == 0  # zero steps is allowed (evaluate a loaded state)
+
+
+def test_train_config_is_frozen_and_replace_copies_and_validates():
+    config = kd.TrainConfig(steps=10, batch_size=8, lr=0.01, seed=3)
+    changed = config.replace(steps=20, state_path="x.safetensors")
+    assert (changed.steps, changed.state_path) == (20, "x.safetensors")
+    assert (changed.batch_size, changed.lr, changed.seed) == (8, 0.01, 3)
+    assert (config.steps, config.state_path) == (10, None)  # the original is unchanged
+    assert config.replace() == config and config.replace() is not config
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.steps = 5
+    with pytest.raises(ValueError, match="batch_size=0"):
+        config.replace(batch_size=0)
+    with pytest.raises(TypeError):
+        config.replace(epochs=3)
+
+
+# ---------------------------------------------------------------------------- determinism and resume
+def test_gan_training_is_deterministic(images):
+    runs = []
+    for seed in (0, 0, 1):
+        g, d = _gan(seed)
+        kd.methods.gan.train_gan(g, d, images, _config(steps=4, batch_size=8, seed=seed))
+        runs.append(_weights(g, d))
+    assert _same(runs[0], runs[1])
+    assert not _same(runs[0], runs[2])
+
+
+def test_resumed_run_equals_uninterrupted_run(images, tmp_path):
+    g, d = _gan()
+    h_full = kd.methods.gan.train_gan(g, d, images, _config(steps=6, batch_size=8))
+    full = _weights(g, d)
+    state = tmp_path / "state.safetensors"
+    g, d = _gan()
+    kd.methods.gan.train_gan(g, d, images, _config(steps=3, batch_size=8, state_path=state))
+    g, d = _gan(seed=5)  # different initial weights: everything must come from the state file
+    h = kd.methods.gan.train_gan(g, d, images, _config(steps=6, batch_size=8, state_path=state))
+    assert _same(full, _weights(g, d))
+    assert h["step"] == list(range(6)) and h["loss_d"] == h_full["loss_d"]
+
+
+def _toy(seed=0):
+    """A linear regression trained with Adam: the trainer's state is its weights and moments."""
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    w_true = torch.tensor([[1.0, -2.0, 0.5]])
+
+    def step_fn(step, g):
+        x = torch.randn(8, 3, generator=g)
+        loss = (model(x) - x @ w_true.T).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach()}
+
+    return model, opt, step_fn
+
+
+def _toy_trainer(model, opt, **changes):
+    return Trainer(_config(seed=4, **changes), modules={"m": model}, optimizers={"o": opt}, run={"kind": "toy"})
+
+
+def test_a_trainer_resumes_from_the_state_another_trainer_wrote(tmp_path):
+    model, opt, step_fn = _toy()
+    h_full = _toy_trainer(model, opt, steps=7).fit(step_fn)
+    full = _weights(model)
+    state = tmp_path / "toy.safetensors"
+    model, opt, step_fn = _toy()
+    h_part = _toy_trainer(model, opt, steps=3, state_path=state).fit(step_fn)
+    assert h_part["step"] == [0, 1, 2] and kd.checkpoints.metadata(state)["step"] == 3
+    model, opt, step_fn = _toy(seed=9)  # new objects, other weights: a fresh process resuming the file
+    assert not _same(full, _weights(model))
+    resumed = _toy_trainer(model, opt, steps=7, state_path=state)
+    h = resumed.fit(step_fn)
+    assert _same(full, _weights(model)) and h == h_full and resumed.history is h
+    assert opt.state_dict()["state"][0]["step"].item() == 7  # Adam's moments came back with the weights
+    # asking for no more steps than the state holds loads it and trains nothing
+    model, opt, step_fn = _toy(seed=9)
+    calls = []
+    h = _toy_trainer(model, opt, steps=5, state_path=state).fit(lambda s, g: calls.append(s) or step_fn(s, g))
+    assert calls == [] and _same(full, _weights(model)) and h == h_full
+
+
+def _two_update_loop(tmp_path, interrupt_at=None):
+    """A toy loop whose steps make two optimiser updates, with SIGINT sent between them once."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    opt_a, opt_b = torch.optim.Adam(a.parameters(), lr=0.1), torch.optim.Adam(b.parameters(), lr=0.1)
+    sent = []
+
+    def step_fn(step, g):
+        x = torch.randn(8, 3, generator=g)
+        loss_a = (a(x) - 1).pow(2).mean()
+        opt_a.zero_grad()
+        loss_a.backward()
+        opt_a.step()
+        if step == interrupt_at and not sent:
+            sent.append(step)
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C or Jupyter's stop button does
+        loss_b = (b(x) + a(x).detach()).pow(2).mean()
+        opt_b.zero_grad()
+        loss_b.backward()
+        opt_b.step()
+        return {"loss_a": loss_a.item(), "loss_b": loss_b.item()}
+
+    trainer = Trainer(_config(steps=8, seed=0, state_path=tmp_path / "s.safetensors"), modules={"a": a, "b": b},
+                      optimizers={"oa": opt_a, "ob": opt_b}, run={"kind": "toy"})
+    return step_fn, trainer, (a, b)
+
+
+def test_interrupt_mid_step_saves_after_the_step_and_resume_is_exact(tmp_path, capsys):
+    step_fn, trainer, modules = _two_update_loop(tmp_path / "full")
+    full_history = trainer.fit(step_fn)
+    full = _weights(*modules)
+
+    step_fn, trainer, modules = _two_update_loop(tmp_path / "cut", interrupt_at=3)
+    handler_before = signal.getsignal(signal.SIGINT)  # default_int_handler; SIG_IGN under `cmd &` in a script
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(step_fn)
+    assert "rerun to resume" in capsys.readouterr().out
+    assert kd.checkpoints.metadata(trainer.state_path)["step"] == 4  # step 3 finished before stopping
+    step_fn, trainer, modules = _two_update_loop(tmp_path / "cut")  # a fresh kernel: new objects, same file
+    history = trainer.fit(step_fn)
+    assert history == full_history
+    assert _same(full, _weights(*modules))
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored
+
+
+# ---------------------------------------------------------------------------- non-finite stop, refusals
+def test_non_finite_loss_stops_with_a_clear_message(images, tmp_path):
+    bad = images.clone()
+    bad[:] = float("nan")  # broken data makes the discriminator's loss NaN at once
+    g, d = _gan()
+    state = tmp_path / "state.safetensors"
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss at step 0.*Lower the learning rate \(lr=0.0002\)"):
+        kd.methods.gan.train_gan(g, d, bad, _config(steps=5, batch_size=4, lr=2e-4, state_path=state,
+                                                    checkpoint_every=1))
+    assert not state.exists()
+
+
+def test_divergence_after_checkpoints_removes_the_state(tmp_path):
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step_fn(step, g):
+        return {"loss": 1.0 if step < 4 else math.inf}
+
+    state = tmp_path / "s.safetensors"
+    trainer = Trainer(_config(steps=6, seed=0, state_path=state, checkpoint_every=2), modules={"m": model},
+                      optimizers={"o": opt}, run={"kind": "toy"})
+    with pytest.raises(TrainingDiverged, match="step 4"):
+        trainer.fit(step_fn)
+    assert not state.exists()
+
+
+def test_state_of_another_run_is_refused(images, tmp_path):
+    state = tmp_path / "state.safetensors"
+    g, d = _gan()
+    kd.methods.gan.train_gan(g, d, images, _config(steps=2, batch_size=8, state_path=state))
+    g, d = _gan()
+    with pytest.raises(CheckpointError, match="different run"):
+        kd.methods.gan.train_gan(g, d, images, _config(steps=4, batch_size=16, state_path=state))
+
+
+def test_a_model_checkpoint_is_not_a_training_state(tmp_path):
+    model, opt, step_fn = _toy()
+    path = kd.checkpoints.save(kd.models.Generator(width=1), tmp_path / "g.safetensors")
+    with pytest.raises(CheckpointError, match="not a training state"):
+        _toy_trainer(model, opt, steps=2, state_path=path).fit(step_fn)
+
+
+def test_bad_training_arguments(images):
+    g, d = _gan()
+    with pytest.raises(ValueError, match=r"expects \[N, 1, 32, 32\]"):
+        kd.methods.gan.train_gan(kd.models.Generator(img_size=32), d, images, _config(steps=1))
+    with pytest.raises(ValueError, match="steps=-1"):
+        kd.methods.gan.train_gan(g, d, images, _config(steps=-1))
+    with pytest.raises(ValueError, match="batch_size=0"):
+        kd.methods.gan.train_gan(g, d, images, _config(steps=1, batch_size=0))
+    with pytest.raises(ValueError, match=r"images have shape \[256, 28, 28\]"):
+        kd.engine.check_images(images[:, 0], g)
+
+
+# ---------------------------------------------------------------------------- callbacks and metrics
+def test_callbacks_fire_in_order_and_unknown_events_are_refused():
+    model, opt, step_fn = _toy()
+    trainer = _toy_trainer(model, opt, steps=3)
+    events = []
+    trainer.add_callback("on_step_start", lambda tr: events.append(("start", tr.step, model.training)))
+    trainer.add_callback("on_step_end", lambda tr: events.append(("end", tr.step, tr.metrics["loss"])))
+    trainer.add_callback("on_step_end", lambda tr: events.append(("end, second", tr.step, len(tr.history["step"]))))
+    trainer.add_callback("on_train_end", lambda tr: events.append(("train_end", tr.step, model.training)))
+    history = trainer.fit(step_fn)
+    expected = []
+    for s in range(3):
+        expected += [("start", s, True), ("end", s, history["loss"][s]), ("end, second", s, s + 1)]
+    assert events == expected + [("train_end", 2, False)]  # modules train during fit, eval afterwards
+    with pytest.raises(ValueError, match=r"event='on_epoch_end' is not valid; allowed values: 'on_step_start'"):
+        trainer.add_callback("on_epoch_end", lambda tr: None)
+
+
+def test_metrics_returned_as_tensors_become_floats_in_the_history():
+    w = torch.nn.Parameter(torch.tensor([0.5, -1.5]))
+    opt = torch.optim.SGD([w], lr=0.1)
+    seen = []
+
+    def step_fn(step, g):
+        loss = w.pow(2).sum()  # a tensor that still requires grad
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"loss": loss, "f32": torch.tensor(0.1), "f64": torch.tensor(0.1, dtype=torch.float64),
+                "half": torch.tensor(0.3, dtype=torch.float16), "count": torch.tensor(step), "plain": 0.25,
+                "one": torch.ones(1, 1)}
+
+    trainer = Trainer(_config(steps=2), modules={}, optimizers={"o": opt}, run={"kind": "metrics"})
+    trainer.add_callback("on_step_end", lambda tr: seen.append(dict(tr.metrics)))
+    h = trainer.fit(step_fn)
+    assert all(type(v) is float for values in h.values() if values is not h["step"] for v in values)
+    assert h["step"] == [0, 1] and h["count"] == [0.0, 1.0] and h["plain"] == [0.25, 0.25] and h["one"] == [1.0, 1.0]
+    assert h["f32"] == [float(torch.tensor(0.1))] * 2 and h["f64"] == [0.1, 0.1]  # exactly the tensor's value
+    assert h["half"] == [float(torch.tensor(0.3, dtype=torch.float16))] * 2
+    # the loss before each step: |w|^2 = 0.25 + 2.25, then w shrinks by (1 - 2 * 0.1)
+    assert h["loss"] == pytest.approx([2.5, 2.5 * 0.8 ** 2], rel=1e-6)
+    assert seen == [{k: v[i] for k, v in h.items() if k != "step"} for i in range(2)]
+
+
+def test_step_generators_depend_only_on_seed_and_step():
+    draws = []
+    for seed in (0, 0, 1):
+        model, opt, _ = _toy()
+        trainer = Trainer(_config(steps=3, seed=seed), modules={"m": model}, optimizers={"o": opt}, run={"kind": "g"})
+        trainer.fit(lambda s, g: draws.append(torch.rand(4, generator=g)) or {})
+    a, b, c = draws[:3], draws[3:6], draws[6:]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))  # same seed, same draws
+    assert not any(torch.equal(x, y) for x, y in zip(a, c))  # another seed, other draws
+    assert len({tuple(x.tolist()) for x in a}) == 3  # each step its own stream
+
+
+def test_sample_batch_and_freeze():
+    images = torch.arange(10.0).view(10, 1, 1, 1)
+    batch = kd.engine.sample_batch(images, 64, torch.Generator().manual_seed(0), "cpu")
+    assert batch.shape == (64, 1, 1, 1) and set(batch.flatten().tolist()) <= set(range(10))
+    assert len(set(batch.flatten().tolist())) > 5  # drawn with replacement, spread over the set
+    teacher = kd.models.Generator(width=1)
+    assert kd.engine.freeze(teacher, "cpu") is teacher
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())

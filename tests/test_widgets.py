@@ -1,0 +1,33 @@
+"""Interactive explorers (kdlab.widgets): built with ipywidgets, a note and None without them or
+with KDLAB_WIDGETS=0 (the headless default of the tests, see conftest.py)."""
+import sys
+
+import pytest
+import torch
+
+import kdlab as kd
+
+
+def test_student_explorer(monkeypatch):
+    monkeypatch.setenv("KDLAB_WIDGETS", "1")
+    teacher, student = kd.models.Generator(width=2).eval(), kd.models.Generator(width=1).eval()
+    with pytest.raises(ValueError, match="at least one student"):
+        kd.widgets.student_explorer(teacher, {})
+    pytest.importorskip("ipywidgets")
+    widget = kd.widgets.student_explorer(teacher, {"tiny": student})
+    assert [c.description for c in widget.children[:2]] == ["student", "noise seed"]
+
+
+def test_explorers_without_ipywidgets_print_a_note_and_return_none(monkeypatch, capsys):
+    monkeypatch.setenv("KDLAB_WIDGETS", "1")
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # makes `import ipywidgets` raise ImportError
+    teacher = kd.models.Generator(width=1).eval()
+    assert kd.widgets.student_explorer(teacher, {"tiny": teacher}) is None
+    assert kd.widgets.temperature_explorer(torch.randn(4), {"s": torch.randn(4)}) is None
+    out = capsys.readouterr().out
+    assert out.count("ipywidgets is not installed") == 2 and "static figure below" in out
+    monkeypatch.delitem(sys.modules, "ipywidgets")
+    for off in ("0", "off"):  # headless runs switch them off even with ipywidgets installed
+        monkeypatch.setenv("KDLAB_WIDGETS", off)
+        assert kd.widgets.student_explorer(teacher, {"tiny": teacher}) is None
+    assert capsys.readouterr().out.count("explorers are off (KDLAB_WIDGETS=0") == 2
