@@ -25,6 +25,9 @@ import sys
 
 import torch
 
+from . import kernels
+from .feature_losses import attention_map
+
 KL_SHAPES = [((256, 256, 32, 32), 2.0), ((64, 256, 28, 28), 2.0), ((65536, 10), 2.0), ((4096, 1024), 2.0)]
 AT_SHAPES = [((128, 64, 32, 32), (128, 256, 32, 32)), ((64, 32, 28, 28), (64, 128, 28, 28))]
 DTYPES = (torch.float32, torch.bfloat16)
@@ -38,9 +41,7 @@ def _kl_eager(s, t, temperature):
 
 
 def _at_eager(fs, ft):
-    """Attention transfer in plain PyTorch ops (``attention_transfer`` itself would dispatch to the kernel)."""
-    from .feature_losses import attention_map
-
+    """Attention transfer in plain PyTorch ops, the eager baseline of the benchmark."""
     return (attention_map(fs) - attention_map(ft)).pow(2).sum(1).mean()
 
 
@@ -113,8 +114,6 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("kdlab.bench needs a CUDA GPU (none is visible); the measured table is in kdlab/kernels/README.md")
         return 2
-    from . import kernels
-
     if not kernels.available():
         print(f"the fused kernels are unavailable: {kernels.reason()}")
         return 1

@@ -13,7 +13,13 @@ noise from the generator the trainer hands it, and lets :class:`Trainer` do the 
   then raises ``KeyboardInterrupt`` (an interrupt never lands halfway through an update);
 - **non-finite stop**: a NaN or infinite metric raises :class:`TrainingDiverged` and removes the
   training state, so nothing from a diverged run can be loaded;
-- **progress**: a ``tqdm`` bar (a widget in Jupyter, plain text with ``KDLAB_PROGRESS=text``).
+- **progress**: a ``tqdm`` bar (a widget in Jupyter, plain text with ``KDLAB_PROGRESS=text``);
+- **speed on a CPU** (measured on 2026-11-30, 2 cores, batch 64): per-step metrics leave the device
+  in one copy; ``channels_last=True`` stores the 4-D weights channels-last, which makes a width-32
+  DCGAN teacher step 1.5x faster (46.9 -> 31.4 ms) but tiny students' steps up to 9% slower, so
+  it is off by default. Tried and not kept: ``torch.compile`` of a step (1.2x faster for a GAN
+  distillation step after 16 s of compiling, slower for the diffusion step after 37 s), Adam's
+  ``foreach`` / ``fused`` (no difference), one thread each for two processes (1.05-1.4x).
 
     config = TrainConfig(steps=400, batch_size=64, lr=1e-3, seed=0, state_path="runs/x/state.safetensors")
     trainer = Trainer(config, modules={"student": student}, optimizers={"opt": opt}, run={"kind": "toy"})
@@ -58,6 +64,7 @@ class TrainConfig:
     state_path: str | os.PathLike | None = None  # training state for resuming; None saves nothing
     checkpoint_every: int = 250  # steps between saves of the training state
     progress: bool = True  # show a progress bar
+    channels_last: bool = False  # channels-last weights: DCGAN teacher steps 1.5x faster on 2 CPU cores (2026-11-30)
 
     def __post_init__(self):
         check_int("steps", self.steps, 0)
@@ -147,7 +154,7 @@ class Trainer:
         self.device = get_device(config.device)
         self.modules, self.optimizers = dict(modules), dict(optimizers)
         for m in self.modules.values():
-            m.to(self.device)
+            m.to(self.device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
         self.run = jsonable({**run, "seed": config.seed, "batch_size": config.batch_size, "lr": config.lr})
         self.state_path = Path(config.state_path) if config.state_path else None
         self.callbacks: dict[str, list[Callable[["Trainer"], None]]] = defaultdict(list)

@@ -185,7 +185,7 @@ def _spectrum_variant(images: torch.Tensor, n_bins: int, amplitude: bool = False
     power = torch.fft.fft2(x).abs() ** (1 if amplitude else 2)
     power = power.mean((0, 1))  # (H, W)
     h, w = x.shape[-2:]
-    ring = torch.round(metrics._radius(h, w) * 2 * n_bins).long().clamp(max=n_bins)  # (H, W)
+    ring = torch.round(metrics.radial_frequency(h, w) * 2 * n_bins).long().clamp(max=n_bins)  # (H, W)
     total = torch.zeros(n_bins + 1, dtype=torch.float64).index_add_(0, ring.flatten(), power.flatten())
     if reduce == "sum":
         return total

@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
 from .utils import atomic_write_bytes, progress_bar, to_json
 
 
@@ -199,15 +201,12 @@ def _write_tables(rows: list[dict], out: Path, names: list[str], columns: list[s
 
 
 def _plot(rows: list[dict], out: Path, names: list[str], metric: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not any(metric in r for r in rows):
         raise ValueError(f"metric {metric!r} is in no metrics.json; see the columns of {out / 'results.csv'}")
     varied = [n for n in names if len({json.dumps(r[f"param.{n}"]) for r in rows}) > 1] or names[:1]
     x_name, others = varied[0], varied[1:]  # x: the first parameter that takes several values
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig = Figure(figsize=(6, 3.6))  # no pyplot: works with any matplotlib backend, leaves no open figure
+    ax = fig.subplots()
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(json.dumps([r[f"param.{o}"] for o in others]), []).append(r)
@@ -218,4 +217,3 @@ def _plot(rows: list[dict], out: Path, names: list[str], metric: str) -> None:
     ax.set_xlabel(x_name); ax.set_ylabel(metric); ax.grid(alpha=0.3); ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "results.png", dpi=100)
-    plt.close(fig)

@@ -12,6 +12,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm as auto_tqdm
+from tqdm.std import tqdm as text_tqdm
 
 from .paths import runs_root
 
@@ -45,14 +47,10 @@ def progress_bar(iterable, **kwargs):
     if mode == "off":
         kwargs["disable"] = True
     if mode == "text":
-        from tqdm.std import tqdm
-
         kwargs.setdefault("mininterval", 10.0)  # keeps executed notebooks small
         kwargs.setdefault("ascii", True)
-        return tqdm(iterable, **kwargs)
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, **kwargs)
+        return text_tqdm(iterable, **kwargs)
+    return auto_tqdm(iterable, **kwargs)
 
 
 def seed_everything(seed: int) -> None:

@@ -25,7 +25,7 @@ def _power(images: torch.Tensor) -> torch.Tensor:
     return torch.fft.fft2(x).abs() ** 2
 
 
-def _radius(h: int, w: int) -> torch.Tensor:
+def radial_frequency(h: int, w: int) -> torch.Tensor:
     """Radial frequency of every FFT bin in cycles per pixel, ``[H, W]`` (Nyquist = 0.5)."""
     fy, fx = torch.fft.fftfreq(h, dtype=torch.float64), torch.fft.fftfreq(w, dtype=torch.float64)
     return torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
@@ -44,7 +44,7 @@ def radial_spectrum(images: torch.Tensor, n_bins: int | None = None) -> tuple[to
     h, w = images.shape[-2:]
     n_bins = n_bins or min(h, w) // 2
     power = _power(images).mean((0, 1))  # (H, W)
-    idx = torch.round(_radius(h, w) * 2 * n_bins).long().clamp(max=n_bins)  # (H, W) ring of each bin
+    idx = torch.round(radial_frequency(h, w) * 2 * n_bins).long().clamp(max=n_bins)  # (H, W) ring of each bin
     total = torch.zeros(n_bins + 1, dtype=torch.float64).index_add_(0, idx.flatten(), power.flatten())
     count = torch.zeros(n_bins + 1, dtype=torch.float64).index_add_(0, idx.flatten(), torch.ones(h * w, dtype=torch.float64))
     freqs = torch.arange(n_bins + 1, dtype=torch.float64) * 0.5 / n_bins
@@ -54,7 +54,7 @@ def radial_spectrum(images: torch.Tensor, n_bins: int | None = None) -> tuple[to
 def high_frequency_share(images: torch.Tensor, cutoff: float = 0.25) -> float:
     """Share of the (non-DC) spectral energy at radial frequencies >= ``cutoff`` cycles per pixel."""
     power = _power(images).sum((0, 1))  # (H, W)
-    r = _radius(*images.shape[-2:])
+    r = radial_frequency(*images.shape[-2:])
     return (power[r >= cutoff].sum() / power.sum().clamp_min(1e-300)).item()
 
 
@@ -80,7 +80,7 @@ def band_shares(images: torch.Tensor, bands=BANDS) -> torch.Tensor:
         if not 0 <= lo < hi:
             raise ValueError(f"band ({lo}, {hi}) is not valid; expected 0 <= lo < hi (cycles/pixel)")
     power = _power(images).sum((0, 1))  # (H, W)
-    r = _radius(*images.shape[-2:])
+    r = radial_frequency(*images.shape[-2:])
     total = power.sum().clamp_min(1e-300)
     return torch.stack([power[(r >= lo) & (r < hi)].sum() / total for lo, hi in bands])
 
@@ -95,7 +95,7 @@ def band_energies(images: torch.Tensor, bands=BANDS) -> torch.Tensor:
         raise ValueError(f"expected images [N, C, H, W], got shape {list(images.shape)}")
     h, w = images.shape[-2:]
     power = _power(images).mean((0, 1)) / (h * w) ** 2  # (H, W)
-    r = _radius(h, w)
+    r = radial_frequency(h, w)
     return torch.stack([power[(r >= lo) & (r < hi)].sum() for lo, hi in bands])
 
 

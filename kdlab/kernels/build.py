@@ -20,6 +20,11 @@ from pathlib import Path
 
 import torch
 
+from .schema import define_ops
+
+# torch.utils.cpp_extension is imported where a build needs it: importing it looks for a CUDA
+# toolkit and warns on machines without one, and `import kdlab` must stay quiet there
+
 SOURCES = [Path(__file__).with_name(n) for n in ("ops.cpp", "kl.cu", "attention.cu")]
 HEADERS = [Path(__file__).with_name(n) for n in ("common.cuh", "kl_kernel.cuh", "attention_kernel.cuh")]
 MODES = ("auto", "reference", "fused")
@@ -81,9 +86,7 @@ def compile_and_load(verbose: bool = False) -> None:
 
 
 def main() -> int:
-    from . import _define_ops  # the schemas must exist before the CUDA implementations register
-
-    _define_ops()
+    define_ops()  # the schemas must exist before the CUDA implementations register
     reason = missing_requirement(need_device=False)
     if reason:
         print(f"cannot build the kdlab kernels: {reason}")
