@@ -8,9 +8,12 @@ noise from the generator the trainer hands it, and lets :class:`Trainer` do the 
   gives the same weights on a CPU, and a resumed run equals an uninterrupted one;
 - **resume**: with ``config.state_path`` set, the full training state (weights, optimiser moments,
   step, history) is saved every ``checkpoint_every`` steps, at the end and on an interrupt; the
-  same call again continues from it (a larger ``steps`` trains further);
+  same call again continues from it (a larger ``steps`` trains further, unless the method puts
+  ``steps`` into its ``run`` description, as diffusion training does because its learning-rate
+  schedule depends on it);
 - **deferred interrupt**: Ctrl-C or Jupyter's stop button lets the current step finish, saves,
-  then raises ``KeyboardInterrupt`` (an interrupt never lands halfway through an update);
+  then raises ``KeyboardInterrupt`` (an interrupt never lands halfway through an update); a second
+  Ctrl-C stops at once;
 - **non-finite stop**: a NaN or infinite metric raises :class:`TrainingDiverged` and removes the
   training state, so nothing from a diverged run can be loaded;
 - **progress**: a ``tqdm`` bar (a widget in Jupyter, plain text with ``KDLAB_PROGRESS=text``);
@@ -87,15 +90,16 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 def sample_batch(images: torch.Tensor, batch_size: int, g: torch.Generator, device) -> torch.Tensor:
     """``batch_size`` rows of ``images`` drawn uniformly with replacement by ``g``, on ``device``."""
     idx = torch.randint(len(images), (batch_size,), generator=g)
-    return images[idx].to(device)
+    return images[idx].to(get_device(device))
 
 
-def check_images(images: torch.Tensor, model: nn.Module) -> None:
-    """Raise ``ValueError`` unless ``images`` is ``[N, C, S, S]`` as ``model.config`` expects."""
+def check_images(images: torch.Tensor, model: nn.Module, name: str = "images") -> None:
+    """Raise ``ValueError`` (naming the argument ``name``) unless ``images`` is ``[N, C, S, S]`` as
+    ``model.config`` expects."""
     cfg = model.config
     want = (cfg["channels"], cfg["img_size"], cfg["img_size"])
     if images.dim() != 4 or tuple(images.shape[1:]) != want:
-        raise ValueError(f"images have shape {list(images.shape)} but {type(model).__name__} expects "
+        raise ValueError(f"{name} have shape {list(images.shape)} but {type(model).__name__} expects "
                          f"[N, {want[0]}, {want[1]}, {want[2]}] (its config: {cfg})")
 
 
@@ -115,24 +119,33 @@ def _to_floats(metrics: Mapping) -> dict[str, float]:
     return dict(zip(names, torch.stack(tensors).tolist())) if tensors else {}
 
 
+_NOT_INSTALLED = object()
+
+
 class _DeferredInterrupt:
-    """While active, SIGINT (Ctrl-C, Jupyter's stop button) only sets ``requested``; the loop checks
-    it between steps. Outside the main thread signals cannot be caught and this does nothing."""
+    """While active, the first SIGINT (Ctrl-C, Jupyter's stop button) only sets ``requested``; the
+    loop checks it between steps. A second one raises ``KeyboardInterrupt`` at once (a step that
+    hangs can still be stopped). Outside the main thread signals cannot be caught and this does
+    nothing. The previous handler is restored on exit, whatever it was."""
 
     def __init__(self):
-        self.requested, self._previous = False, None
+        self.requested, self._previous = False, _NOT_INSTALLED
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handler)
         return self
 
     def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        if self._previous is not _NOT_INSTALLED:
+            # None means a handler installed outside Python: the default is the closest we can restore
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
 
 
 class Trainer:

@@ -45,10 +45,15 @@ def check_kl_arguments(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     if student_logits.dim() < 2 or student_logits.shape[1] < 2:
         raise ValueError(f"kl_distillation: expected logits [N, K, *spatial] with K >= 2 classes on dim 1, "
                          f"got shape {list(student_logits.shape)}")
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 < temperature < math.inf:
-        raise ValueError(f"kl_distillation: temperature={temperature!r} is not valid; expected a finite number > 0")
     check_choice("direction", direction, DIRECTIONS)
     check_choice("reduction", reduction, REDUCTIONS)
+    return check_temperature(temperature)
+
+
+def check_temperature(temperature) -> float:
+    """``temperature`` as a float, or ``ValueError`` unless it is a finite number > 0."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 < temperature < math.inf:
+        raise ValueError(f"kl_distillation: temperature={temperature!r} is not valid; expected a finite number > 0")
     return float(temperature)
 
 

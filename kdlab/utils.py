@@ -119,6 +119,11 @@ def positive(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float, np.number)) and 0 < value < float("inf")
 
 
+def non_negative(value: Any) -> bool:
+    """a finite number >= 0"""
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.number)) and 0 <= value < float("inf")
+
+
 def run_dir(notebook: str, out_dir: str | os.PathLike = "") -> Path:
     """Create and return the output folder of one notebook run.
 
@@ -193,6 +198,8 @@ def max_difference(a: Any, b: Any) -> float:
     ta, tb = torch.as_tensor(a).detach().cpu(), torch.as_tensor(b).detach().cpu()
     if ta.shape != tb.shape:
         raise ValueError(f"max_difference: shapes differ ({list(ta.shape)} vs {list(tb.shape)})")
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype != b.dtype:
+        raise ValueError(f"max_difference: dtypes differ ({a.dtype} vs {b.dtype}); compare like with like")
     if ta.numel() == 0:
         return 0.0
     if not ta.is_floating_point() and not tb.is_floating_point():
@@ -201,9 +208,12 @@ def max_difference(a: Any, b: Any) -> float:
 
 
 def timed(fn: Callable, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    """``(fn(*args, **kwargs), wall-clock seconds)``; CUDA work is waited for before the clock stops."""
+    """``(fn(*args, **kwargs), wall-clock seconds)``; queued CUDA or Apple MPS work is waited for
+    before the clock stops."""
     start = time.perf_counter()
     result = fn(*args, **kwargs)
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        torch.mps.synchronize()
     return result, time.perf_counter() - start

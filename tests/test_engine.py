@@ -182,6 +182,27 @@ def test_interrupt_mid_step_saves_after_the_step_and_resume_is_exact(tmp_path, c
     assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored
 
 
+def test_a_second_interrupt_stops_a_step_at_once_and_the_handler_is_restored(tmp_path):
+    """A step that hangs (here: one that never returns until interrupted twice) can still be
+    stopped: the first SIGINT is deferred, the second raises inside the step."""
+    model = torch.nn.Linear(1, 1)
+    reached = []
+
+    def hanging_step(step, g):
+        os.kill(os.getpid(), signal.SIGINT)  # deferred: only sets the flag
+        reached.append("after first")
+        os.kill(os.getpid(), signal.SIGINT)  # raises here, inside the step
+        reached.append("after second")
+        return {"loss": 0.0}
+
+    handler_before = signal.getsignal(signal.SIGINT)
+    trainer = Trainer(_config(steps=3, seed=0), modules={"m": model}, optimizers={}, run={"kind": "toy"})
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(hanging_step)
+    assert reached == ["after first"]
+    assert signal.getsignal(signal.SIGINT) is handler_before
+
+
 # ---------------------------------------------------------------------------- non-finite stop, refusals
 def test_non_finite_loss_stops_with_a_clear_message(images, tmp_path):
     bad = images.clone()

@@ -10,7 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "tools" / "exec_notebook.py"
-NOTEBOOK = ROOT / "notebooks" / "07_fused_kernels.ipynb"
+# a magic, parameters, kdlab and a figure (the tutorials themselves run once, in test_notebooks.py)
+NOTEBOOK = ROOT / "tests" / "fixtures" / "runner_probe.ipynb"
 # hide the Jupyter stack as on the GPU machine, then run the script as __main__
 BLOCKED = ("import runpy, sys; sys.modules['IPython'] = sys.modules['ipywidgets'] = None; "
            "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")

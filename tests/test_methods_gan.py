@@ -370,3 +370,21 @@ def test_distillation_with_a_teacher_cache_is_bit_identical_and_runs_the_teacher
     assert len(calls) == 4 and _same(_weights(students[0]), _weights(students[2]))
     with pytest.raises(ValueError, match="TeacherCache holds only the teacher's images"):
         gan.distill(kd.models.Generator(width=1), cache, config, "mse+gram", layers=["blocks.up1"])
+
+
+def test_feature_term_adapters_follow_the_students_dtype_and_device():
+    kd.seed_everything(0)
+    student, teacher = kd.models.Generator(width=2).double(), kd.models.Generator(width=4).double()
+    term = gan.FeatureTerm.for_models("hint", student, teacher, ["blocks.up1"])
+    weight = next(term.parameters())
+    assert weight.dtype == torch.float64 and weight.device == next(student.parameters()).device
+
+
+def test_teacher_cache_accepts_bfloat16_noise_and_tells_dtypes_apart():
+    teacher = kd.models.Generator(width=1, stem_channels=2).eval()
+    cache = gan.TeacherCache(teacher)
+    z = torch.randn(4, teacher.z_dim)
+    cache(z)
+    cache(z.bfloat16().float())  # other values (rounded): a new entry
+    cache(z.clone())  # same values: a hit
+    assert len(cache) == 2

@@ -206,3 +206,19 @@ def test_distillation_arguments_are_checked(teacher, small_images):
     with pytest.raises(ValueError, match="pool_size=0"):
         pc.distill_pixelcnn(s, teacher, small_images, config, context="student", pool_size=0)
     assert math.isfinite(pc.bits_per_dim(s, small_images))
+
+
+def test_kl_step_with_float16_cached_logits_equals_float32():
+    """Cached teacher logits are float16; the step casts them to the student's dtype, which is what
+    the formula did anyway, so the update is the same as with float32 targets of the same values."""
+    kd.seed_everything(0)
+    base = kd.models.PixelCNN(levels=4, hidden=8, n_blocks=1)
+    x = torch.randint(0, 4, (2, 1, 28, 28))
+    target16 = (3 * torch.randn(2, 4, 28, 28)).half()
+    runs = []
+    for target in (target16, target16.float()):
+        student = copy.deepcopy(base)
+        opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+        out = pc.kl_step(student, x, target, opt, 2.0, "forward")
+        runs.append((out["kl"].item(), [p.detach().clone() for p in student.parameters()]))
+    assert runs[0][0] == runs[1][0] and all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))

@@ -194,7 +194,11 @@ def test_02_output_distillation(executed):
     for s in students.values():
         assert s["fid"] > 0 and s["mse_to_teacher"] > 0 and s["hf_ratio"] > 0 and s["ms_per_image"] > 0
         assert 0 <= s["precision"] <= 1 and 0 <= s["recall"] <= 1  # the one evaluator's full protocol
-    assert set(m["claims"]) == {"w16_distilled_beats_scratch", "w8_distilled_beats_scratch", "w4_distilled_beats_scratch"}
+    assert set(m["claims"]) == {"w16_distilled_vs_scratch", "w8_distilled_vs_scratch", "w4_distilled_vs_scratch"}
+    for w in (16, 8, 4):  # each verdict follows from the run's own FIDs and the stated spread
+        best = min(("mse", "l1", "joint"), key=lambda k: students[f"w{w}_{k}"]["fid"])
+        a, b = students[f"w{w}_{best}"]["fid"], students[f"w{w}_scratch"]["fid"]
+        assert m["claims"][f"w{w}_distilled_vs_scratch"] == kd.evaluation.verdicts.fid_verdict(a, b, "distilled", "scratch")
     for png in ("fid_hf_vs_parameters.png", "samples_smallest.png", "samples_mse.png", "distill_curves.png"):
         assert (out / png).stat().st_size > 1000
 
@@ -231,8 +235,13 @@ def test_04_feature_distillation(executed):
         assert s["fid"] > t["fid"] and s["mse_to_teacher"] > 0 and s["gram_distance"] > 0  # 10 steps are far from the teacher
         assert 0 <= s["precision"] <= 1 and 0 <= s["recall"] <= 1 and len(s["band_ratios"]) == 4
     assert students["w4_output"]["parameters"] < students["w8_output"]["parameters"] < t["parameters"]
-    assert set(m["claims"]) == {"w8_best_feature_method", "w8_feature_beats_output_only",
-                                "w4_best_feature_method", "w4_feature_beats_output_only"}
+    assert set(m["claims"]) == {"w8_best_feature_method", "w8_feature_vs_output_only",
+                                "w4_best_feature_method", "w4_feature_vs_output_only"}
+    for w in (8, 4):
+        best = m["claims"][f"w{w}_best_feature_method"]
+        assert best == min(("hint", "attention", "gram"), key=lambda k: students[f"w{w}_{k}"]["fid"])
+        assert m["claims"][f"w{w}_feature_vs_output_only"] == kd.evaluation.verdicts.fid_verdict(
+            students[f"w{w}_{best}"]["fid"], students[f"w{w}_output"]["fid"], f"the {best} term", "output only")
     for png in ("teacher_features.png", "results.png", "samples_w8.png", "samples_w4.png", "attention_maps.png",
                 "output_loss_curves.png"):
         assert (out / png).stat().st_size > 1000
@@ -276,6 +285,8 @@ def test_06_diffusion_step_distillation(executed):
     # fewer DDIM steps from the same noise cost quality: 2 steps are far worse than the teacher's 8
     assert m["ddim"]["2"]["fid"] > m["teacher"]["fid"]
     assert set(m["claims"]) == {"distilled_beats_ddim_at", "fewest_steps_within_25pct_of_teacher"}
+    assert m["claims"]["distilled_beats_ddim_at"] == [n for n in (4, 2) if kd.evaluation.verdicts.fid_verdict(
+        m["distilled"][str(n)]["fid"], m["ddim"][str(n)]["fid"], "distilled", "DDIM") == "distilled better"]
     for png in ("fid_vs_steps.png", "samples.png"):
         assert (out / png).stat().st_size > 1000
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import kdlab as kd
 from kdlab import utils
 from kdlab.utils import check_parameters
 
@@ -79,3 +80,36 @@ def test_get_device_conventions():
     assert auto == "cuda" if torch.cuda.is_available() else auto in ("mps", "cpu")
     with pytest.raises(ValueError, match="device='gpu0' is not a device"):
         utils.get_device("gpu0")
+
+
+def test_max_difference_of_tensors_modules_and_containers():
+    a = torch.tensor([1.0, 2.0, 3.0])
+    assert kd.utils.max_difference(a, a.clone()) == 0.0
+    assert kd.utils.max_difference(a, a + torch.tensor([0.0, 0.5, -0.25])) == 0.5
+    assert kd.utils.max_difference([1.0, {"x": 2.0}], [1.5, {"x": 1.0}]) == 1.0  # numbers and nested containers
+    m1, m2 = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    m2.load_state_dict(m1.state_dict())
+    assert kd.utils.max_difference(m1, m2) == 0.0
+    with torch.no_grad():
+        m2.bias[1] += 0.125
+    assert kd.utils.max_difference(m1, m2) == 0.125  # the largest change of any weight, exactly
+    assert kd.utils.max_difference(torch.tensor([3, 7]), torch.tensor([3, 4])) == 3.0  # integers
+    for a_, b_, match in ((a, a[:2], "shapes"), ({"x": a}, {"y": a}, "names"), ([a], [a, a], "lengths"),
+                          (a, a.double(), "dtypes")):
+        with pytest.raises(ValueError, match=match):
+            kd.utils.max_difference(a_, b_)
+
+
+def test_timed_returns_the_result_and_the_wall_time():
+    import time
+
+    result, seconds = kd.utils.timed(lambda x, y=0: (time.sleep(0.05), x + y)[1], 2, y=3)
+    assert result == 5 and 0.05 <= seconds < 1.0
+
+
+def test_positive_and_non_negative_rules():
+    assert kd.utils.positive(1) and kd.utils.positive(0.5) and not kd.utils.positive(0)
+    assert not kd.utils.positive(float("inf")) and not kd.utils.positive(float("nan")) and not kd.utils.positive(True)
+    assert kd.utils.non_negative(0) and not kd.utils.non_negative(-1e-9) and not kd.utils.non_negative("1")
+    with pytest.raises(ValueError, match=r"lr=-0.1 is not valid; expected a finite number > 0"):
+        kd.check_parameters(lr=(-0.1, kd.utils.positive))

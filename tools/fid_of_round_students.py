@@ -40,13 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     fid = kd.evaluation.FID.load(device="cpu")
     noise = torch.randn(500, 1, 28, 28, generator=torch.Generator().manual_seed(args.noise_seed))
     teacher = kd.checkpoints.load(kd.checkpoints.shipped("diffusion_teacher")).to(memory_format=torch.channels_last)
-    out = {"noise_seed": args.noise_seed, "teacher_64": fid(dm.sample(teacher, noise, 64))}
+    out = {"noise_seed": args.noise_seed, "teacher DDIM: 64 steps": fid(dm.sample(teacher, noise, 64))}
     for n in STEPS:
-        out[f"ddim_{n}"] = fid(dm.sample(teacher, noise, n))
-    for run in args.runs:
+        out[f"teacher DDIM: {n} steps"] = fid(dm.sample(teacher, noise, n))
+    labels = [str(run) for run in args.runs]  # the folders as given: two runs' folders share a name
+    if len(set(labels)) != len(labels):
+        raise SystemExit("the same run folder is named twice")
+    for run, label in zip(args.runs, labels):
         for n in STEPS:
             student = student_of(run / f"state_round_{n}.safetensors", kd.models.architecture(teacher))
-            out[f"{run.name}_{n}"] = fid(dm.sample(student, noise, n))
+            out[f"{label}: {n} steps"] = fid(dm.sample(student, noise, n))
     print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in out.items()}))
     return 0
 

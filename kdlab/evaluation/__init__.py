@@ -3,10 +3,11 @@
 - :mod:`.metrics`: spectra and frequency bands, Gram distance, Fréchet distance, MACs, timing;
 - :mod:`.diversity`: improved precision and recall, class histograms, mode coverage;
 - :mod:`.fid`: :class:`FID` in the feature space of kdlab's digit classifier;
-- :mod:`.evaluator`: :class:`Evaluator`, the one protocol that every digit notebook reports.
+- :mod:`.evaluator`: :class:`Evaluator`, the one protocol that every digit notebook reports;
+- :mod:`.verdicts`: which differences one run can call (until comparisons carry intervals).
 """
-from . import diversity, fid, metrics
+from . import diversity, fid, metrics, verdicts
 from .evaluator import Evaluator
 from .fid import FID
 
-__all__ = ["Evaluator", "FID", "diversity", "fid", "metrics"]
+__all__ = ["Evaluator", "FID", "diversity", "fid", "metrics", "verdicts"]

@@ -118,7 +118,8 @@ class FeatureTerm(nn.Module):
             raise ValueError(f"feature_loss={kind!r} needs at least one layer name, got layers={list(layers)!r}")
         param = next(student.parameters())
         probe = torch.zeros(2, student.z_dim, device=param.device, dtype=param.dtype)
-        return cls(kind, feature_losses.layer_channels(student, teacher.to(probe.device), layers, probe), weight)
+        channels = feature_losses.layer_channels(student, teacher.to(probe.device), layers, probe)
+        return cls(kind, channels, weight).to(param.device, param.dtype)  # adapters where the student is
 
     def forward(self, student_feats: dict[str, torch.Tensor], teacher_feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """The unweighted loss, mean over the layers (a scalar)."""
@@ -142,7 +143,9 @@ class TeacherCache(nn.Module):
 
     @torch.no_grad()
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        key = hashlib.sha1(z.detach().cpu().contiguous().numpy().tobytes()).digest() + str(tuple(z.shape)).encode()
+        # one device-to-host copy of the noise per step (B * z_dim numbers), to compare it by value
+        raw = z.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+        key = hashlib.sha1(raw).digest() + f"{tuple(z.shape)}{z.dtype}".encode()
         if key not in self._images:
             self._images[key] = self.teacher(z)
         return self._images[key]
@@ -230,7 +233,7 @@ def distill(student: nn.Module, teacher: nn.Module, config: TrainConfig, recipe:
     opt = torch.optim.Adam([p for m in modules.values() for p in m.parameters()], lr=config.lr, betas=betas)
     adversary = None
     if loss == "joint":
-        check_images(real_images, student)
+        check_images(real_images, student, "real_images")
         adversary = Adversary(discriminator, adversarial_weight, config.lr, betas)
         modules["discriminator"] = discriminator
     optimizers = {"opt": opt, **({"opt_d": adversary.opt} if adversary else {})}

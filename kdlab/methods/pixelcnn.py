@@ -83,6 +83,7 @@ def kl_step(student: nn.Module, x: torch.Tensor, target_logits: torch.Tensor, op
     on the same ``x``, ``target_logits`` ``[B, K, H, W]``. Returns ``kl`` (the loss) and the batch's
     ``bits_per_dim`` under the student (its maximum-likelihood loss, for comparison)."""
     logits = student(x)  # every pixel's q(x_i | x_<i) in one pass, (B, K, H, W)
+    target_logits = target_logits.to(logits.dtype)  # cached float16 logits: the fused kernel wants one dtype
     # loss = T^2 * mean over pixels of KL(softmax(z_T / T) || softmax(z_S / T))   ("reverse": KL(q || p))
     loss = kernels.kl_distillation(logits, target_logits, temperature, direction)
     opt.zero_grad(set_to_none=True)
@@ -125,6 +126,7 @@ def distill_pixelcnn(student: nn.Module, teacher: nn.Module, images: torch.Tenso
     """
     check_choice("direction", direction, losses.DIRECTIONS)
     check_choice("context", context, ("data", "student"))
+    temperature = losses.check_temperature(temperature)
     for name in ("levels", "img_size"):
         if student.config[name] != teacher.config[name]:
             raise ValueError(f"student {name}={student.config[name]} differs from teacher {name}="

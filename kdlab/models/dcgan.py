@@ -12,6 +12,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from ..utils import get_device
 from .registry import register
 
 
@@ -83,8 +84,10 @@ class Generator(nn.Module):
         return self.head(self.blocks(self.stem(z[:, :, None, None])))
 
     def sample_noise(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """Standard normal noise ``[n, z_dim]`` (drawn on the CPU so seeds give the same z on any device)."""
-        return torch.randn(n, self.z_dim, generator=generator).to(device or next(self.parameters()).device)
+        """Standard normal noise ``[n, z_dim]``, drawn on the CPU so seeds give the same z on any
+        device, then moved to ``device`` (``None``: where the generator is)."""
+        return torch.randn(n, self.z_dim, generator=generator).to(next(self.parameters()).device if device is None
+                                                                    else get_device(device))
 
 
 @register
