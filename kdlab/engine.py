@@ -111,12 +111,23 @@ def freeze(teacher: nn.Module, device) -> nn.Module:
     return teacher
 
 
+def module_state(tensors: Mapping[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The state dict of module ``name`` inside the tensors of a training state (keys
+    ``<name>.model.<parameter>``, as :class:`Trainer` saves them)."""
+    prefix = f"{name}.model."
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def _to_floats(metrics: Mapping) -> dict[str, float]:
     """Step metrics (tensors or numbers) as Python floats, with one device-to-host copy in all."""
     names = list(metrics)
-    tensors = [torch.as_tensor(metrics[n]).detach().reshape(()).to("cpu", torch.float64, non_blocking=False)
-               for n in names]
-    return dict(zip(names, torch.stack(tensors).tolist())) if tensors else {}
+    if not names:
+        return {}
+    values = [torch.as_tensor(metrics[n]).detach().reshape(()) for n in names]
+    device = next((v.device for v in values if v.device.type != "cpu"), torch.device("cpu"))
+    dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    # stacked where the tensors are, then copied to the host once (.tolist)
+    return dict(zip(names, torch.stack([v.to(device, dtype) for v in values]).tolist()))
 
 
 _NOT_INSTALLED = object()
@@ -208,8 +219,7 @@ class Trainer:
                 path, f"belongs to a different run ({meta.get('run')} vs now {self.run}); "
                       "delete it or choose another output folder to start afresh")
         for name, m in self.modules.items():
-            prefix = f"{name}.model."
-            checkpoints.load_state(m, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, path)
+            checkpoints.load_state(m, module_state(tensors, name), path)
         for name, opt in self.optimizers.items():
             state: dict = {}
             prefix = f"{name}.optim."

@@ -27,8 +27,7 @@ def student_of(state: Path, architecture: dict) -> torch.nn.Module:
     """The student saved in a round's training state (its ``student.model.*`` tensors)."""
     tensors, _ = kd.checkpoints.load_tensors(state)
     student = kd.models.build(architecture)
-    prefix = "student.model."
-    kd.checkpoints.load_state(student, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, state)
+    kd.checkpoints.load_state(student, kd.engine.module_state(tensors, "student"), state)
     return student.eval().to(memory_format=torch.channels_last)
 
 
