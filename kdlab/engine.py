@@ -31,6 +31,7 @@ noise from the generator the trainer hands it, and lets :class:`Trainer` do the 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -80,6 +81,26 @@ class TrainConfig:
     def replace(self, **changes) -> "TrainConfig":
         """A copy with some fields changed: ``config.replace(steps=100, state_path=None)``."""
         return dataclasses.replace(self, **changes)
+
+
+class EMA:
+    """Exponential moving average of a model's weights: ``ema = decay * ema + (1 - decay) * weights``
+    after every step (``model`` holds the averaged copy). Buffers (BatchNorm's running statistics)
+    are copied, not averaged: they are already running averages."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0 <= decay < 1:
+            raise ValueError(f"ema_decay={decay!r} is not valid; expected 0 <= decay < 1")
+        self.model, self.decay = copy.deepcopy(model).eval(), decay
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.lerp_(p, 1 - self.decay)
+        for e, b in zip(self.model.buffers(), model.buffers()):
+            e.copy_(b)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:

@@ -10,7 +10,8 @@ class axis at dim 1, softened by a temperature ``T`` (Hinton et al. 2015, arXiv 
     p = softmax(z_T / T),  q = softmax(z_S / T)
     forward:  KL(p || q) = sum_k p_k (log p_k - log q_k)      (mode covering)
     reverse:  KL(q || p) = sum_k q_k (log q_k - log p_k)      (mode seeking)
-    loss = T^2 * KL,   since d KL(p || q) / d z_S = (q - p) / T  shrinks as 1 / T.
+    loss = T^2 * KL,   since d KL(p || q) / d z_S = (q - p) / T, and q - p itself is O(1 / T) for
+                       large T (both approach uniform): the gradient shrinks as 1 / T^2.
 
 :func:`kl_distillation` here is the formula in plain PyTorch (autograd does the backward);
 :func:`kdlab.kernels.kl_distillation` computes the same loss with a fused CUDA kernel where one is

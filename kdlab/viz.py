@@ -143,9 +143,17 @@ def teacher_student_figure(teacher: torch.nn.Module, student: torch.nn.Module, s
 def print_table(rows: dict[str, dict], columns: dict[str, str], name: str = "model") -> None:
     """Print ``rows`` (row name -> dict of values) as a fixed-width table. ``columns`` maps each
     header to ``"key:format"`` (a format spec of the value, e.g. ``"fid:.1f"``, ``"parameters:,"``);
-    a missing value prints as ``-``."""
+    a missing value prints as ``-``. Where a row also holds ``"<key>_ci"`` (an interval ``[lo, hi]``,
+    as :class:`kdlab.evaluation.Evaluator` reports), the cell reads ``value [lo, hi]``."""
     specs = [(header, *spec.split(":", 1)) if ":" in spec else (header, spec, "") for header, spec in columns.items()]
-    cells = [[str(r)] + ["-" if row.get(k) is None else format(row[k], f) for _, k, f in specs] for r, row in rows.items()]
+
+    def cell(row, k, f):
+        if row.get(k) is None:
+            return "-"
+        ci = row.get(f"{k}_ci")
+        return format(row[k], f) + (f" [{format(ci[0], f)}, {format(ci[1], f)}]" if ci is not None else "")
+
+    cells = [[str(r)] + [cell(row, k, f) for _, k, f in specs] for r, row in rows.items()]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate([name] + [h for h, _, _ in specs])]
     print("  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i])
                     for i, h in enumerate([name] + [h for h, _, _ in specs])))

@@ -322,3 +322,35 @@ def test_sample_batch_and_freeze():
     teacher = kd.models.Generator(width=1)
     assert kd.engine.freeze(teacher, "cpu") is teacher
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_ema_follows_its_closed_form_and_copies_buffers():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = kd.engine.EMA(model, decay=0.9)
+    start = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model.train()(torch.randn(8, 3))  # moves BatchNorm's running statistics
+    ema.update(model)
+    ema.update(model)  # twice with the new weights: ema = w + 1 - 0.9^2 * 1
+    for e, w in zip(ema.model.parameters(), start):
+        assert torch.allclose(e, w + 1 - 0.81, atol=1e-6) and not e.requires_grad
+    for e, b in zip(ema.model.buffers(), model.buffers()):
+        assert torch.equal(e, b)  # running statistics are copied, not averaged
+    with pytest.raises(ValueError, match="decay"):
+        kd.engine.EMA(model, decay=1.0)
+
+
+def test_gan_training_with_ema_resumes_exactly(images, tmp_path):
+    def run(state=None, steps=4):
+        kd.seed_everything(0)
+        g, d = kd.models.Generator(width=2), kd.models.Discriminator(width=2)
+        ema = kd.engine.EMA(g, 0.5)
+        kd.methods.gan.train_gan(g, d, images, _config(steps=steps, batch_size=8, state_path=state), ema=ema)
+        return ema.model
+
+    full = run()
+    run(tmp_path / "s.safetensors", steps=2)
+    resumed = run(tmp_path / "s.safetensors", steps=4)
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))

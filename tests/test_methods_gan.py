@@ -241,7 +241,7 @@ def test_joint_distillation_trains_a_discriminator(teacher, images):
 
 
 def test_distillation_arguments_are_checked(teacher, images):
-    with pytest.raises(ValueError, match="z_dim=8 differs"):
+    with pytest.raises(ValueError, match=r"z_dim=8, n_classes=0\) differs"):
         gan.distill(kd.models.Generator(z_dim=8, width=2), teacher, _config(steps=1))
     with pytest.raises(ValueError, match="needs a discriminator"):
         gan.distill(_student(), teacher, _config(steps=1), "joint")
@@ -388,3 +388,65 @@ def test_teacher_cache_accepts_bfloat16_noise_and_tells_dtypes_apart():
     cache(z.bfloat16().float())  # other values (rounded): a new entry
     cache(z.clone())  # same values: a hit
     assert len(cache) == 2
+
+
+# ---------------------------------------------------------------------------- conditional generators
+def test_conditional_noise_carries_the_class_and_students_share_it():
+    g = kd.models.Generator(z_dim=4, width=2, n_classes=3)
+    z = g.sample_noise(6, torch.Generator().manual_seed(0), labels=torch.tensor([0, 1, 2, 2, 1, 0]))
+    assert z.shape == (6, 7) and torch.equal(g.labels(z), torch.tensor([0, 1, 2, 2, 1, 0]))
+    assert torch.equal(z[:, 4:].sum(1), torch.ones(6))  # one-hot
+    drawn = g.sample_noise(300, torch.Generator().manual_seed(1))
+    assert set(g.labels(drawn).tolist()) == {0, 1, 2}
+    assert g(z).shape == (6, 1, 28, 28)
+    student = kd.models.Generator(z_dim=4, width=1, n_classes=3)
+    assert student(z).shape == (6, 1, 28, 28)  # the same noise drives the student
+    with pytest.raises(ValueError, match="one-hot"):
+        g(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="unconditional"):
+        kd.models.Generator(z_dim=4, width=2).sample_noise(2, labels=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="class indices"):
+        g.sample_noise(2, labels=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="n_classes"):
+        kd.models.Generator(n_classes=-1)
+
+
+def test_projection_discriminator_adds_the_class_embedding_term():
+    torch.manual_seed(0)
+    d = kd.models.Discriminator(width=2, n_classes=3)
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 0])
+    h = d.blocks(x).flatten(1)
+    expected = d.head[1](h).squeeze(1) + (d.embed.weight[y] * h).sum(1)  # head(h) + <embed(y), h>
+    assert torch.allclose(d(x, y), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="pass labels"):
+        d(x)
+    with pytest.raises(ValueError, match="pass labels"):
+        kd.models.Discriminator(width=2)(x, y)
+
+
+def test_conditional_gan_step_uses_the_classes_in_the_noise(images):
+    torch.manual_seed(0)
+    g, d = kd.models.Generator(z_dim=4, width=2, n_classes=2), kd.models.Discriminator(width=2, n_classes=2)
+    real_labels = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    z = g.sample_noise(8, torch.Generator().manual_seed(0))
+    d_ref = copy.deepcopy(d)
+    fake = g(z).detach()
+    # L_D written out with the classes: real images with their labels, generated ones with the noise's
+    expected = (-_log_sigmoid(d_ref(images[:8], real_labels)).mean()
+                - _log_one_minus_sigmoid(d_ref(fake, g.labels(z))).mean()).item()
+    opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=1e-3) for m in (g, d))
+    out = gan.gan_step(g, d, images[:8], z, opt_g, opt_d, real_labels)
+    assert out["loss_d"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_train_gan_checks_conditional_arguments(images):
+    g, d = kd.models.Generator(width=2, n_classes=2), kd.models.Discriminator(width=2, n_classes=2)
+    labels = torch.arange(len(images)) % 2
+    h = gan.train_gan(g, d, images, _config(steps=2, batch_size=4), labels=labels)
+    assert len(h["loss_d"]) == 2
+    with pytest.raises(ValueError, match="conditional pair"):
+        gan.train_gan(g, d, images, _config(steps=1))
+    with pytest.raises(ValueError, match="conditional pair"):
+        gan.train_gan(g, kd.models.Discriminator(width=2), images, _config(steps=1), labels=labels)
+    with pytest.raises(ValueError, match="one per image"):
+        gan.train_gan(g, d, images, _config(steps=1), labels=labels[:3])

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import kdlab as kd
-from kdlab.models import Discriminator, Generator, PixelCNN
+from kdlab.models import Discriminator, GatedPixelCNN, Generator, PixelCNN
 
 
 @pytest.mark.parametrize("img_size,channels,depth", [(28, 1, 1), (32, 3, 1), (28, 1, 2), (32, 1, 3)])
@@ -53,10 +53,16 @@ def test_named_blocks_are_stable():
     assert {"input", "blocks.res1", "head"} <= set(kd.taps.layer_names(PixelCNN(n_blocks=2)))
 
 
-def test_pixelcnn_causality_by_gradients():
+def _small(cls, levels, hidden, depth, img_size):
+    return (PixelCNN(levels=levels, hidden=hidden, n_blocks=depth, img_size=img_size) if cls is PixelCNN
+            else GatedPixelCNN(levels=levels, hidden=hidden, n_layers=depth, img_size=img_size))
+
+
+@pytest.mark.parametrize("cls", [PixelCNN, GatedPixelCNN])
+def test_pixelcnn_causality_by_gradients(cls):
     """The logits at pixel i must not depend on input pixels >= i (raster order)."""
     torch.manual_seed(0)
-    model = PixelCNN(levels=8, hidden=16, n_blocks=3, img_size=10)
+    model = _small(cls, 8, 16, 3, 10)
     for p in model.parameters():  # make every weight matter
         torch.nn.init.normal_(p, std=0.3)
     h = w = 10
@@ -73,10 +79,33 @@ def test_pixelcnn_causality_by_gradients():
             assert grad[r - 1, c] > 0  # ...and the pixel above
 
 
-def test_pixelcnn_log_prob_is_normalised():
+def test_gated_pixelcnn_has_no_blind_spot():
+    """Every pixel before i inside the receptive field reaches the logits at i; the masked
+    PixelCNN of the same depth misses pixels above and to the right (its blind spot)."""
+    torch.manual_seed(0)
+    r, c, size = 10, 8, 16
+    seen = {}
+    for cls in (PixelCNN, GatedPixelCNN):
+        model = _small(cls, 4, 8, 4, size)
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+        inp = torch.randn(1, 1, size, size, requires_grad=True)
+        model.logits_from_input(inp)[0, :, r, c].sum().backward()
+        seen[cls] = inp.grad[0, 0] != 0
+    # gated: the 7-wide first layer plus one more column per later layer, every row above within reach
+    gated = seen[GatedPixelCNN]
+    assert gated[r - 1, c - 6:c + 7].all() and gated[r, c - 6:c].all() and gated[r - 4:r, c + 5].all()
+    # masked: each 3x3 mask B adds one column to the right per row up, so the row just above stops at
+    # c + 4 (the 7x7 mask A's 3 plus 1): (r - 1, c + 5) precedes pixel i yet is never seen
+    masked = seen[PixelCNN]
+    assert not masked[r - 1, c + 5] and gated[r - 1, c + 5]
+
+
+@pytest.mark.parametrize("cls", [PixelCNN, GatedPixelCNN])
+def test_pixelcnn_log_prob_is_normalised(cls):
     """Sum over every image of a 2x2, K=3 model of exp(log p(x)) is 1 (81 images, float64)."""
     torch.manual_seed(1)
-    model = PixelCNN(levels=3, hidden=8, n_blocks=1, img_size=2).double()
+    model = _small(cls, 3, 8, 2, 2).double()
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.5)
     images = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 1, 2, 2)
@@ -114,11 +143,12 @@ def test_pixelcnn_sampler_follows_its_conditionals():
     assert torch.allclose(freq, torch.softmax(bias.double(), 0), atol=0.01)
 
 
-def test_pixelcnn_samples_follow_the_model_distribution():
+@pytest.mark.parametrize("cls", [PixelCNN, GatedPixelCNN])
+def test_pixelcnn_samples_follow_the_model_distribution(cls):
     """Empirical frequencies of sampled 2x2 binary images match exp(log_prob) (conditioning on
     earlier pixels included)."""
     torch.manual_seed(2)
-    model = PixelCNN(levels=2, hidden=8, n_blocks=1, img_size=2)
+    model = _small(cls, 2, 8, 2, 2)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.8)
     images = torch.tensor(list(itertools.product(range(2), repeat=4))).view(-1, 1, 2, 2)
@@ -129,9 +159,10 @@ def test_pixelcnn_samples_follow_the_model_distribution():
     assert (freq - probs).abs().max() < 4 * (probs * (1 - probs) / 8000).sqrt().max() + 1e-3
 
 
-def test_pixelcnn_rows_below_do_not_change_logits():
+@pytest.mark.parametrize("cls", [PixelCNN, GatedPixelCNN])
+def test_pixelcnn_rows_below_do_not_change_logits(cls):
     """The sampler feeds rows 0..r only; the logits of row r must equal those from the full image."""
-    model = PixelCNN(levels=8, hidden=8, n_blocks=2, img_size=9)
+    model = _small(cls, 8, 8, 2, 9)
     x = torch.randint(0, 8, (2, 1, 9, 9))
     full = model(x)
     for r in (0, 4, 8):

@@ -298,8 +298,11 @@ def test_07_fused_kernels(executed):
     saved = m["saved_logit_tensors"]
     assert saved["fused op"] == pytest.approx(1.0)  # the op keeps only its gradient for the backward
     assert saved["eager PyTorch"] >= 2 * saved["fused op"]
-    writes = m["written_logit_tensors"]  # the op writes only its gradient; the backward returns it as is
-    assert writes["fused op"] == 1 and writes["eager PyTorch"] >= 3
+    # from the CPU allocator's own events: on a CPU the op runs the reference composition, so it allocates
+    # several logit-sized tensors too (fusion saves memory only in the CUDA kernel)
+    allocated, peak = m["allocated_logit_tensors"], m["peak_logit_tensors"]
+    assert allocated["eager PyTorch"] >= 3 and allocated["fused op"] >= 3
+    assert peak["eager PyTorch"] >= saved["eager PyTorch"] and peak["fused op"] >= saved["fused op"]
     for direction in ("forward", "reverse"):
         assert m["op_vs_float64"][direction]["loss_rel_error"] < 1e-5
         assert m["op_vs_float64"][direction]["grad_max_error"] < 1e-5

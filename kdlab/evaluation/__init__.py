@@ -4,10 +4,10 @@
 - :mod:`.diversity`: improved precision and recall, class histograms, mode coverage;
 - :mod:`.fid`: :class:`FID` in the feature space of kdlab's digit classifier;
 - :mod:`.evaluator`: :class:`Evaluator`, the one protocol that every digit notebook reports;
-- :mod:`.verdicts`: which differences one run can call (until comparisons carry intervals).
+- :mod:`.intervals`: bootstrap intervals over samples, t intervals over seeds, and the verdicts they allow.
 """
-from . import diversity, fid, metrics, verdicts
+from . import diversity, fid, intervals, metrics, verdicts
 from .evaluator import Evaluator
 from .fid import FID
 
-__all__ = ["Evaluator", "FID", "diversity", "fid", "metrics", "verdicts"]
+__all__ = ["Evaluator", "FID", "diversity", "fid", "intervals", "metrics", "verdicts"]

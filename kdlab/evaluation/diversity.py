@@ -36,12 +36,11 @@ def knn_radii(feats: torch.Tensor, k: int = 3, chunk: int = 1024) -> torch.Tenso
     return radii
 
 
-def _inside(query: torch.Tensor, ref: torch.Tensor, ref_radii: torch.Tensor, chunk: int) -> float:
-    """Share of ``query`` points within ``ref_radii[j]`` of some ``ref[j]``."""
-    hits = 0
-    for i in range(0, len(query), chunk):
-        hits += (torch.cdist(query[i:i + chunk], ref) <= ref_radii[None]).any(1).sum().item()
-    return hits / len(query)
+def inside(query: torch.Tensor, ref: torch.Tensor, ref_radii: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """For each ``query`` point ``[M, D]``, whether it lies within ``ref_radii[j]`` of some ``ref[j]``,
+    ``[M]`` bool. Its mean is precision (query = generated) or recall (query = real)."""
+    return torch.cat([(torch.cdist(query[i:i + chunk], ref) <= ref_radii[None]).any(1)
+                      for i in range(0, len(query), chunk)])
 
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 1024) -> tuple[float, float]:
@@ -49,8 +48,8 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: 
     ``[N, D]`` (float64 recommended); k = 3 as in the paper. Vectorised in chunks of ``chunk`` rows:
     5,000 x 5,000 points of 128 features take about a second on a CPU."""
     _check_features(real, fake)
-    precision = _inside(fake, real, knn_radii(real, k, chunk), chunk)
-    recall = _inside(real, fake, knn_radii(fake, k, chunk), chunk)
+    precision = inside(fake, real, knn_radii(real, k, chunk), chunk).double().mean().item()
+    recall = inside(real, fake, knn_radii(fake, k, chunk), chunk).double().mean().item()
     return precision, recall
 
 

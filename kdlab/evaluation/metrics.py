@@ -1,7 +1,7 @@
 """Quality and cost metrics for teachers and students.
 
 - :func:`radial_spectrum`, :func:`band_shares`, :func:`band_energies`, :func:`band_ratios` and
-  :func:`high_frequency_ratio`:
+  :func:`high_frequency_ratio` (per image: :func:`image_band_power`):
   which frequencies survive;
 - :func:`gram_distance`: texture (style) statistics of feature maps;
 - :func:`frechet_distance` and :func:`gaussian_stats` (the arithmetic of FID, :mod:`.fid`);
@@ -85,6 +85,17 @@ def band_shares(images: torch.Tensor, bands=BANDS) -> torch.Tensor:
     return torch.stack([power[(r >= lo) & (r < hi)].sum() / total for lo, hi in bands])
 
 
+def image_band_power(images: torch.Tensor, bands=BANDS) -> torch.Tensor:
+    """Non-DC spectral power of each image ``[N, C, H, W]`` in each band ``[lo, hi)`` (summed over
+    channels and the band's FFT bins), ``[N, len(bands)]`` float64. Summed over images and divided
+    by the total it gives :func:`band_shares`; resampling its rows bootstraps them."""
+    if images.dim() != 4:
+        raise ValueError(f"expected images [N, C, H, W], got shape {list(images.shape)}")
+    power = _power(images).sum(1)  # (N, H, W)
+    r = radial_frequency(*images.shape[-2:])
+    return torch.stack([power[:, (r >= lo) & (r < hi)].sum(1) for lo, hi in bands], dim=1)
+
+
 def band_energies(images: torch.Tensor, bands=BANDS) -> torch.Tensor:
     """Absolute energy of images ``[N, C, H, W]`` in each radial frequency band ``[lo, hi)``, as the
     band's contribution to the pixel variance: ``sum over the band's FFT bins of |FFT(x - mean x)|^2 /
@@ -119,7 +130,9 @@ def gram_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     return ((ga - gb).norm() / gb.norm().clamp_min(1e-300)).item()
 
 
-def _sqrt_psd(m: torch.Tensor) -> torch.Tensor:
+def sqrt_psd(m: torch.Tensor) -> torch.Tensor:
+    """Square root of a symmetric positive semi-definite matrix ``[D, D]`` (negative eigenvalues from
+    rounding are clipped to 0)."""
     vals, vecs = torch.linalg.eigh(m)
     return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
 
@@ -130,7 +143,7 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
         ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1^1/2 sigma2 sigma1^1/2)^1/2)
     """
     mu1, mu2, s1, s2 = (t.double() for t in (mu1, mu2, sigma1, sigma2))
-    root1 = _sqrt_psd(s1)
+    root1 = sqrt_psd(s1)
     cross = torch.linalg.eigvalsh(root1 @ s2 @ root1).clamp_min(0).sqrt().sum()
     value = ((mu1 - mu2).pow(2).sum() + torch.trace(s1) + torch.trace(s2) - 2 * cross).item()
     return max(value, 0.0)  # rounding can leave about -1e-5 for identical inputs

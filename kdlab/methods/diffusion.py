@@ -20,14 +20,13 @@ and the student regresses the v that corresponds to ``x_tilde`` at ``z_t``.
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 from torch import nn
 
 from .. import models
-from ..engine import History, Trainer, TrainConfig, check_images, freeze, sample_batch
+from ..engine import EMA, History, Trainer, TrainConfig, check_images, freeze, sample_batch
 from ..utils import check_int
 
 
@@ -118,23 +117,6 @@ def two_step_target(teacher: nn.Module, z: torch.Tensor, t: torch.Tensor, studen
     ratio = _bc(s_2 / s_t, z)
     x_tilde = (z2 - ratio * z) / (_bc(a_2, z) - ratio * _bc(a_t, z))
     return x_tilde, z2
-
-
-class EMA:
-    """Exponential moving average of a model's weights: ``ema = decay * ema + (1 - decay) * weights``
-    after every step (``model`` holds the averaged copy)."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        if not 0 <= decay < 1:
-            raise ValueError(f"ema_decay={decay!r} is not valid; expected 0 <= decay < 1")
-        self.model, self.decay = copy.deepcopy(model).eval(), decay
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        for e, p in zip(self.model.parameters(), model.parameters()):
-            e.lerp_(p, 1 - self.decay)
 
 
 def diffusion_step(model: nn.Module, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,

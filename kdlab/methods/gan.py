@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .. import feature_losses, kernels, losses, models
-from ..engine import History, Trainer, TrainConfig, check_images, freeze, sample_batch
+from ..engine import EMA, History, Trainer, TrainConfig, check_images, freeze, sample_batch
 from ..taps import FeatureTap
 from ..utils import check_choice
 
@@ -30,18 +30,23 @@ DCGAN_BETAS = (0.5, 0.999)  # Adam's betas in DCGAN (Radford et al. 2015)
 
 
 def gan_step(generator: nn.Module, discriminator: nn.Module, real: torch.Tensor, z: torch.Tensor,
-             opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """One DCGAN step on real images ``real`` ``[B, C, H, W]`` and noise ``z`` ``[B, z_dim]``; returns
-    the two losses (nats) and the discriminator's mean probability of "real" on each batch."""
+             opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
+             real_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """One DCGAN step on real images ``real`` ``[B, C, H, W]`` and noise ``z`` ``[B, noise_dim]``;
+    returns the two losses (nats) and the discriminator's mean probability of "real" on each batch.
+    A conditional pair (``n_classes > 0``) also takes the real images' classes ``real_labels`` ``[B]``;
+    the generated images' classes are those encoded in ``z``."""
     fake = generator(z)  # G(z), (B, C, H, W)
-    d_real, d_fake = discriminator(real), discriminator(fake.detach())  # logits (B,)
+    cond = () if real_labels is None else (generator.labels(z),)  # D(x) or D(x, y)
+    d_real = discriminator(real) if real_labels is None else discriminator(real, real_labels)  # logits (B,)
+    d_fake = discriminator(fake.detach(), *cond)
     # L_D = -mean log sigmoid(D(x)) - mean log(1 - sigmoid(D(G(z))))
     loss_d = losses.discriminator_loss(d_real, d_fake)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
     # L_G = -mean log sigmoid(D(G(z)))   (non-saturating: strong gradients while D rejects G's images)
-    loss_g = losses.generator_adversarial(discriminator(fake))
+    loss_g = losses.generator_adversarial(discriminator(fake, *cond))
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
@@ -50,22 +55,39 @@ def gan_step(generator: nn.Module, discriminator: nn.Module, real: torch.Tensor,
 
 
 def train_gan(generator: nn.Module, discriminator: nn.Module, images: torch.Tensor, config: TrainConfig,
-              betas=DCGAN_BETAS) -> History:
+              betas=DCGAN_BETAS, ema: EMA | None = None, labels: torch.Tensor | None = None) -> History:
     """:func:`gan_step` for ``config.steps`` steps on ``images`` ``[N, C, H, W]`` in [-1, 1] (a batch
     with replacement and fresh noise each step), Adam with ``config.lr`` and ``betas`` for both
-    players. History keys: ``loss_d``, ``loss_g``, ``d_real``, ``d_fake``."""
+    players. With ``ema`` (an :class:`kdlab.engine.EMA` of ``generator``) the averaged weights are
+    updated after every step and saved with the training state; ``ema.model`` is then the generator
+    to sample from (averaging smooths the steps' back-and-forth and lowers FID). A conditional pair
+    (``n_classes > 0``) needs ``labels`` ``[N]``, the class of each image. History keys: ``loss_d``,
+    ``loss_g``, ``d_real``, ``d_fake``."""
     check_images(images, generator)
+    if (labels is None) != (generator.n_classes == 0) or discriminator.n_classes != generator.n_classes:
+        raise ValueError(f"generator n_classes={generator.n_classes}, discriminator n_classes={discriminator.n_classes}, "
+                         f"labels {'given' if labels is not None else 'not given'}: a conditional pair needs the same "
+                         "n_classes on both and the images' labels")
+    if labels is not None and labels.shape != (len(images),):
+        raise ValueError(f"labels must have shape [{len(images)}] (one per image), got {list(labels.shape)}")
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=betas)
-    trainer = Trainer(config, modules={"generator": generator, "discriminator": discriminator},
-                      optimizers={"opt_g": opt_g, "opt_d": opt_d}, desc="GAN (adversarial)",
+    modules = {"generator": generator, "discriminator": discriminator} | ({"ema": ema.model} if ema else {})
+    trainer = Trainer(config, modules=modules, optimizers={"opt_g": opt_g, "opt_d": opt_d}, desc="GAN (adversarial)",
                       run={"kind": "gan", "betas": list(betas), "generator": models.architecture(generator),
-                           "discriminator": models.architecture(discriminator)})
+                           "discriminator": models.architecture(discriminator)}
+                      | ({"ema_decay": ema.decay} if ema else {}))
+    if ema is not None:
+        trainer.add_callback("on_step_end", lambda tr: ema.update(generator))
 
     def step(s: int, g: torch.Generator):
-        real = sample_batch(images, config.batch_size, g, trainer.device)  # (B, C, H, W)
-        z = torch.randn(config.batch_size, generator.z_dim, generator=g).to(trainer.device)  # (B, z_dim)
-        return gan_step(generator, discriminator, real, z, opt_g, opt_d)
+        if labels is None:
+            real, real_labels = sample_batch(images, config.batch_size, g, trainer.device), None  # (B, C, H, W)
+        else:
+            idx = torch.randint(len(images), (config.batch_size,), generator=g)
+            real, real_labels = images[idx].to(trainer.device), labels[idx].to(trainer.device)
+        z = generator.sample_noise(config.batch_size, g)  # (B, noise_dim), on the generator's device
+        return gan_step(generator, discriminator, real, z, opt_g, opt_d, real_labels)
 
     return trainer.fit(step)
 
@@ -117,7 +139,7 @@ class FeatureTerm(nn.Module):
         if not list(layers):
             raise ValueError(f"feature_loss={kind!r} needs at least one layer name, got layers={list(layers)!r}")
         param = next(student.parameters())
-        probe = torch.zeros(2, student.z_dim, device=param.device, dtype=param.dtype)
+        probe = student.sample_noise(2, torch.Generator().manual_seed(0)).to(param.dtype)
         channels = feature_losses.layer_channels(student, teacher.to(probe.device), layers, probe)
         return cls(kind, channels, weight).to(param.device, param.dtype)  # adapters where the student is
 
@@ -138,7 +160,7 @@ class TeacherCache(nn.Module):
 
     def __init__(self, teacher: nn.Module):
         super().__init__()
-        self.teacher, self.z_dim = teacher, teacher.z_dim
+        self.teacher, self.z_dim, self.n_classes, self.noise_dim = teacher, teacher.z_dim, teacher.n_classes, teacher.noise_dim
         self._images: dict[bytes, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -216,9 +238,10 @@ def distill(student: nn.Module, teacher: nn.Module, config: TrainConfig, recipe:
     ``+attention`` or ``+gram`` on ``layers`` with weight ``feature_weight``. ``teacher`` is frozen
     (eval mode, no gradients); it may be a :class:`TeacherCache` when there is no feature term."""
     loss, feature_loss = parse_recipe(recipe)
-    if student.z_dim != teacher.z_dim:
-        raise ValueError(f"student z_dim={student.z_dim} differs from teacher z_dim={teacher.z_dim}; "
-                         "shared-noise distillation needs the same noise space")
+    if (student.z_dim, student.n_classes) != (teacher.z_dim, teacher.n_classes):
+        raise ValueError(f"student (z_dim={student.z_dim}, n_classes={student.n_classes}) differs from teacher "
+                         f"(z_dim={teacher.z_dim}, n_classes={teacher.n_classes}); shared-noise distillation needs "
+                         "the same noise space")
     if loss == "joint" and (discriminator is None or real_images is None):
         raise ValueError("recipe 'joint' needs a discriminator and real_images (the adversarial term)")
     base = teacher.teacher if isinstance(teacher, TeacherCache) else teacher
@@ -244,7 +267,7 @@ def distill(student: nn.Module, teacher: nn.Module, config: TrainConfig, recipe:
     kind = "mse" if loss == "joint" else loss
 
     def step(s: int, g: torch.Generator):
-        z = torch.randn(config.batch_size, student.z_dim, generator=g).to(trainer.device)  # (B, z_dim), shared
+        z = student.sample_noise(config.batch_size, g)  # (B, noise_dim), shared; z first, then any classes
         real = sample_batch(real_images, config.batch_size, g, trainer.device) if adversary else None
         return distill_step(student, teacher, z, opt, kind, real, adversary, features)
 

@@ -48,16 +48,20 @@ def train_pixelcnn(model: nn.Module, images: torch.Tensor, config: TrainConfig) 
 
 
 @torch.no_grad()
+def image_bits_per_dim(model: nn.Module, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    """Bits/dim of each image, ``[N]`` float64 on the CPU, for a PixelCNN on ``images`` ``[N, 1, H, W]``
+    in [-1, 1] (quantised to its levels), computed where the model is. Its mean is
+    :func:`bits_per_dim`; ``kdlab.evaluation.intervals.mean_interval`` gives the mean's interval."""
+    model.eval()
+    dev = next(model.parameters()).device
+    return torch.cat([model.bits_per_dim(quantize(images[i:i + batch_size], model.levels).to(dev)).double().cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
 def bits_per_dim(model: nn.Module, images: torch.Tensor, batch_size: int = 250) -> float:
     """Mean bits/dim of a PixelCNN on ``images`` ``[N, 1, H, W]`` in [-1, 1] (quantised to its levels),
     computed where the model is."""
-    model.eval()
-    dev = next(model.parameters()).device
-    total = 0.0
-    for i in range(0, len(images), batch_size):
-        x = quantize(images[i:i + batch_size], model.levels).to(dev)
-        total += model.bits_per_dim(x).sum().item()
-    return total / len(images)
+    return image_bits_per_dim(model, images, batch_size).mean().item()
 
 
 @torch.no_grad()
