@@ -1,5 +1,7 @@
-"""Train the GAN teacher shipped as ``data/checkpoints/gan_teacher.safetensors`` (with its
-discriminator, ``gan_discriminator.safetensors``), for notebooks 02, 04 and 05.
+"""Train a candidate for the GAN teacher ``data/checkpoints/gan_teacher.safetensors`` (with its
+discriminator, ``gan_discriminator.safetensors``), for notebooks 02, 04 and 05. The shipped teacher
+still comes from notebook 01 (see ``data/README.md``, which also lists what runs of this script
+measured); ``--out`` defaults to ``runs/gan_teacher_candidate/`` so that a run never overwrites it.
 
 Usage (from the repository root; the time is printed and recorded in the checkpoint)::
 
@@ -8,7 +10,8 @@ Usage (from the repository root; the time is printed and recorded in the checkpo
 The DCGAN of notebook 01 (``Generator(z_dim=64, width=32)``, ``Discriminator(width=32)``, batch 64,
 Adam 2e-4 with betas (0.5, 0.999), channels-last) trained on the 4,500 ``mnist5k`` training digits,
 with an exponential moving average (decay 0.999) of the generator's weights
-(:func:`kdlab.methods.gan.train_gan` with ``ema``).
+(:func:`kdlab.methods.gan.train_gan` with ``ema``); ``--disc-width`` and ``--augment``
+(:func:`kdlab.methods.gan.diff_augment`) change the discriminator.
 
 Every ``--eval-every`` steps the FID (kdlab's protocol, 500 samples) of the raw and of the averaged
 generator is measured on *validation* noise (``torch.Generator().manual_seed(7)``), never on the
@@ -36,13 +39,15 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--out", default=str(ROOT / "data" / "checkpoints"))
+    parser.add_argument("--disc-width", type=int, default=32)
+    parser.add_argument("--augment", action="store_true", help="differentiable augmentation for the discriminator")
+    parser.add_argument("--out", default=str(kd.paths.runs_root() / "gan_teacher_candidate"))
     parser.add_argument("--state", default=str(kd.paths.runs_root() / "gan_teacher_state.safetensors"),
                         help="training state, for resuming an interrupted run")
     args = parser.parse_args()
     kd.seed_everything(args.seed)
     real = kd.data.as_tensors(kd.data.load("mnist5k", "train"))[0]  # (4500, 1, 28, 28)
-    G, D = kd.models.Generator(z_dim=64, width=32), kd.models.Discriminator(width=32)
+    G, D = kd.models.Generator(z_dim=64, width=32), kd.models.Discriminator(width=args.disc_width)
     ema = kd.engine.EMA(G, args.ema_decay)
     fid = kd.evaluation.FID.load(device="cpu")
     z_val = G.sample_noise(500, torch.Generator().manual_seed(VALIDATION_SEED))
@@ -51,7 +56,7 @@ def main() -> None:
     for stop in range(args.eval_every, args.steps + 1, args.eval_every):
         config = kd.TrainConfig(steps=stop, batch_size=64, lr=2e-4, seed=args.seed, device="cpu",
                                 state_path=args.state, channels_last=True)
-        history = kd.methods.gan.train_gan(G, D, real, config, ema=ema)
+        history = kd.methods.gan.train_gan(G, D, real, config, ema=ema, augment=args.augment)
         with torch.no_grad():
             row = {"step": stop, "fid_val_raw": fid(G.eval()(z_val)), "fid_val_ema": fid(ema.model.eval()(z_val)),
                    "seconds": round(time.perf_counter() - t0, 1)}

@@ -3,7 +3,7 @@ distils it).
 
 Usage (from the repository root; the time is printed and recorded in the checkpoint)::
 
-    python data/make_pixelcnn_teacher.py [--steps 3000] [--seed 0]
+    python data/make_pixelcnn_teacher.py [--steps 5000] [--seed 0]
 
 A :class:`kdlab.models.GatedPixelCNN` (K = 16 levels, 32 channels, 8 gated layers: no blind spot)
 trained by maximum likelihood (:func:`kdlab.methods.pixelcnn.train_pixelcnn`, batch 32, Adam 1e-3)
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--layers", type=int, default=8)

@@ -102,4 +102,4 @@ def test_shipped_checkpoints_verify_and_fit_the_size_budget():
                                        "mnist5k_fid_stats", "texture_teacher"}
     for path in files:
         kd.checkpoints.load_tensors(path)  # checksum and format verified
-    assert sum(p.stat().st_size for p in files) < 15e6  # the data/README budget
+    assert sum(p.stat().st_size for p in files) < 25e6  # the data/README budget

@@ -85,3 +85,14 @@ def test_verdicts_claim_only_what_the_intervals_allow():
     assert intervals.verdict(a, overlap, "A", "C", difference=intervals.Interval(-8.0, -12.0, -4.0)).startswith("A better")
     assert "cannot tell" in intervals.verdict(a, overlap, "A", "C", difference=intervals.Interval(-8.0, -12.0, 1.0))
     assert f"{intervals.Interval(0.49123, 0.48, 0.5):.3f}" == "0.491 [0.480, 0.500]"
+
+
+def test_ratio_interval_of_paired_sums():
+    g = torch.Generator().manual_seed(5)
+    b = torch.rand(300, generator=g, dtype=torch.float64) + 0.5
+    exact = intervals.ratio_interval(2 * b, b, n_resamples=50)  # every pair has ratio 2: no spread at all
+    assert exact.estimate == pytest.approx(2.0) and exact.hi - exact.lo < 1e-9
+    noisy = intervals.ratio_interval(2 * b * (1 + 0.2 * torch.randn(300, generator=g, dtype=torch.float64)), b)
+    assert noisy.lo < 2.0 < noisy.hi
+    with pytest.raises(ValueError, match="same length"):
+        intervals.ratio_interval(b, b[:5])

@@ -450,3 +450,15 @@ def test_train_gan_checks_conditional_arguments(images):
         gan.train_gan(g, kd.models.Discriminator(width=2), images, _config(steps=1), labels=labels)
     with pytest.raises(ValueError, match="one per image"):
         gan.train_gan(g, d, images, _config(steps=1), labels=labels[:3])
+
+
+def test_diff_augment_moves_images_by_whole_pixels_and_cuts_one_square():
+    x = torch.arange(2 * 64, dtype=torch.float64).view(2, 1, 8, 8) / 128  # every pixel distinct
+    y = gan.diff_augment(x, torch.Generator().manual_seed(3), shift=0.25, cutout=0.5)
+    for i in range(2):
+        kept = y[i, 0][(y[i, 0] != 0) & (y[i, 0] != -1)]
+        assert set(kept.tolist()) <= set(x[i, 0].flatten().tolist())  # only moved pixels, never blended
+        assert int((y[i, 0] == 0).sum()) >= 16 - int((x[i, 0] == 0).sum())  # the 4x4 hole (minus the padding it covers)
+    x.requires_grad_(True)
+    gan.diff_augment(x, torch.Generator().manual_seed(3), shift=0.25, cutout=0.5).sum().backward()
+    assert x.grad.sum() > 0 and set(x.grad.unique().tolist()) <= {0.0, 1.0}  # the gradient flows back to the moved pixels

@@ -6,8 +6,8 @@
 - :mod:`.evaluator`: :class:`Evaluator`, the one protocol that every digit notebook reports;
 - :mod:`.intervals`: bootstrap intervals over samples, t intervals over seeds, and the verdicts they allow.
 """
-from . import diversity, fid, intervals, metrics, verdicts
+from . import diversity, fid, intervals, metrics
 from .evaluator import Evaluator
 from .fid import FID
 
-__all__ = ["Evaluator", "FID", "diversity", "fid", "intervals", "metrics", "verdicts"]
+__all__ = ["Evaluator", "FID", "diversity", "fid", "intervals", "metrics"]

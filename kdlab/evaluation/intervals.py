@@ -125,6 +125,17 @@ def mean_interval(values: torch.Tensor, n_resamples: int = N_RESAMPLES, seed: in
     return bootstrap(lambda idx: v[idx].mean(), len(v), n_resamples, seed, level)
 
 
+def ratio_interval(numerator: torch.Tensor, denominator: torch.Tensor, n_resamples: int = N_RESAMPLES, seed: int = 0,
+                   level: float = LEVEL) -> Interval:
+    """``sum(numerator) / sum(denominator)`` of paired per-sample values ``[n]`` (a student's and the
+    teacher's energy for the same input), with the paired bootstrap interval."""
+    a = torch.as_tensor(numerator, dtype=torch.float64).flatten().numpy()
+    b = torch.as_tensor(denominator, dtype=torch.float64).flatten().numpy()
+    if a.shape != b.shape:
+        raise ValueError(f"paired values must have the same length, got {a.shape[0]} and {b.shape[0]}")
+    return bootstrap(lambda idx: a[idx].sum() / b[idx].sum(), len(a), n_resamples, seed, level)
+
+
 def seed_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
     """Mean over training seeds with the t interval ``mean ± t_{n-1} * s / sqrt(n)`` (needs n >= 2)."""
     v = np.asarray(values, dtype=np.float64)

@@ -15,9 +15,10 @@ Measured on 2026-11-30, 2 CPU cores, batch 64: one distillation step of a width-
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import feature_losses, kernels, losses, models
@@ -29,24 +30,51 @@ RECIPE_LOSSES = losses.OUTPUT_LOSSES + ("joint",)
 DCGAN_BETAS = (0.5, 0.999)  # Adam's betas in DCGAN (Radford et al. 2015)
 
 
+def diff_augment(x: torch.Tensor, g: torch.Generator, shift: float = 0.125, cutout: float = 0.5) -> torch.Tensor:
+    """Differentiable augmentation (Zhao et al. 2020, arXiv 2006.10738) of images ``[B, C, H, W]``:
+    each image moves by a random whole number of pixels, at most ``shift * H`` (``shift * W``) each way,
+    with the background value -1 coming in, then a random square of side ``cutout * H`` is set to 0.
+    Draws come from ``g`` on the CPU. The discriminator sees only augmented images, real and
+    generated alike, so it cannot memorise a small training set, while the generator still learns the
+    un-augmented images (the gradient flows through the shift and the mask)."""
+    b, _, h, w = x.shape
+    sy, sx = int(h * shift), int(w * shift)
+    dy = torch.randint(-sy, sy + 1, (b,), generator=g).to(x.device)
+    dx = torch.randint(-sx, sx + 1, (b,), generator=g).to(x.device)
+    padded = F.pad(x, (sx, sx, sy, sy), value=-1.0)  # (B, C, H + 2 sy, W + 2 sx)
+    rows = torch.arange(h, device=x.device)[None] + sy - dy[:, None]  # (B, H) source row of every output row
+    cols = torch.arange(w, device=x.device)[None] + sx - dx[:, None]  # (B, W)
+    moved = padded[torch.arange(b, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    moved = moved.permute(0, 3, 1, 2)
+    side = int(h * cutout)
+    cy = torch.randint(0, h - side + 1, (b,), generator=g).to(x.device)[:, None, None]
+    cx = torch.randint(0, w - side + 1, (b,), generator=g).to(x.device)[:, None, None]
+    yy, xx = torch.arange(h, device=x.device)[None, :, None], torch.arange(w, device=x.device)[None, None, :]
+    hole = (yy >= cy) & (yy < cy + side) & (xx >= cx) & (xx < cx + side)  # (B, H, W)
+    return moved * (~hole)[:, None].to(moved.dtype)
+
+
 def gan_step(generator: nn.Module, discriminator: nn.Module, real: torch.Tensor, z: torch.Tensor,
              opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-             real_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+             real_labels: torch.Tensor | None = None,
+             augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """One DCGAN step on real images ``real`` ``[B, C, H, W]`` and noise ``z`` ``[B, noise_dim]``;
     returns the two losses (nats) and the discriminator's mean probability of "real" on each batch.
     A conditional pair (``n_classes > 0``) also takes the real images' classes ``real_labels`` ``[B]``;
-    the generated images' classes are those encoded in ``z``."""
+    the generated images' classes are those encoded in ``z``. ``augment`` (e.g. :func:`diff_augment`)
+    transforms every image the discriminator sees, real and generated."""
+    aug = augment or (lambda x: x)
     fake = generator(z)  # G(z), (B, C, H, W)
     cond = () if real_labels is None else (generator.labels(z),)  # D(x) or D(x, y)
-    d_real = discriminator(real) if real_labels is None else discriminator(real, real_labels)  # logits (B,)
-    d_fake = discriminator(fake.detach(), *cond)
+    d_real = discriminator(aug(real)) if real_labels is None else discriminator(aug(real), real_labels)  # logits (B,)
+    d_fake = discriminator(aug(fake.detach()), *cond)
     # L_D = -mean log sigmoid(D(x)) - mean log(1 - sigmoid(D(G(z))))
     loss_d = losses.discriminator_loss(d_real, d_fake)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
     # L_G = -mean log sigmoid(D(G(z)))   (non-saturating: strong gradients while D rejects G's images)
-    loss_g = losses.generator_adversarial(discriminator(fake, *cond))
+    loss_g = losses.generator_adversarial(discriminator(aug(fake), *cond))
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
@@ -55,13 +83,15 @@ def gan_step(generator: nn.Module, discriminator: nn.Module, real: torch.Tensor,
 
 
 def train_gan(generator: nn.Module, discriminator: nn.Module, images: torch.Tensor, config: TrainConfig,
-              betas=DCGAN_BETAS, ema: EMA | None = None, labels: torch.Tensor | None = None) -> History:
+              betas=DCGAN_BETAS, ema: EMA | None = None, labels: torch.Tensor | None = None,
+              augment: bool = False) -> History:
     """:func:`gan_step` for ``config.steps`` steps on ``images`` ``[N, C, H, W]`` in [-1, 1] (a batch
     with replacement and fresh noise each step), Adam with ``config.lr`` and ``betas`` for both
     players. With ``ema`` (an :class:`kdlab.engine.EMA` of ``generator``) the averaged weights are
     updated after every step and saved with the training state; ``ema.model`` is then the generator
     to sample from (averaging smooths the steps' back-and-forth and lowers FID). A conditional pair
-    (``n_classes > 0``) needs ``labels`` ``[N]``, the class of each image. History keys: ``loss_d``,
+    (``n_classes > 0``) needs ``labels`` ``[N]``, the class of each image. ``augment=True`` shows the
+    discriminator :func:`diff_augment`-ed images (for small training sets). History keys: ``loss_d``,
     ``loss_g``, ``d_real``, ``d_fake``."""
     check_images(images, generator)
     if (labels is None) != (generator.n_classes == 0) or discriminator.n_classes != generator.n_classes:
@@ -76,7 +106,7 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, images: torch.Tens
     trainer = Trainer(config, modules=modules, optimizers={"opt_g": opt_g, "opt_d": opt_d}, desc="GAN (adversarial)",
                       run={"kind": "gan", "betas": list(betas), "generator": models.architecture(generator),
                            "discriminator": models.architecture(discriminator)}
-                      | ({"ema_decay": ema.decay} if ema else {}))
+                      | ({"ema_decay": ema.decay} if ema else {}) | ({"augment": "diff_augment"} if augment else {}))
     if ema is not None:
         trainer.add_callback("on_step_end", lambda tr: ema.update(generator))
 
@@ -87,7 +117,8 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, images: torch.Tens
             idx = torch.randint(len(images), (config.batch_size,), generator=g)
             real, real_labels = images[idx].to(trainer.device), labels[idx].to(trainer.device)
         z = generator.sample_noise(config.batch_size, g)  # (B, noise_dim), on the generator's device
-        return gan_step(generator, discriminator, real, z, opt_g, opt_d, real_labels)
+        return gan_step(generator, discriminator, real, z, opt_g, opt_d, real_labels,
+                        (lambda x: diff_augment(x, g)) if augment else None)
 
     return trainer.fit(step)
 
