@@ -41,14 +41,19 @@ def main() -> None:
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--disc-width", type=int, default=32)
     parser.add_argument("--augment", action="store_true", help="differentiable augmentation for the discriminator")
+    parser.add_argument("--conditional", action="store_true",
+                        help="class-conditional pair (digit class one-hot in the noise, projection discriminator)")
+    parser.add_argument("--no-ema-warmup", action="store_true", help="plain EMA from the first step")
     parser.add_argument("--out", default=str(kd.paths.runs_root() / "gan_teacher_candidate"))
     parser.add_argument("--state", default=str(kd.paths.runs_root() / "gan_teacher_state.safetensors"),
                         help="training state, for resuming an interrupted run")
     args = parser.parse_args()
     kd.seed_everything(args.seed)
-    real = kd.data.as_tensors(kd.data.load("mnist5k", "train"))[0]  # (4500, 1, 28, 28)
-    G, D = kd.models.Generator(z_dim=64, width=32), kd.models.Discriminator(width=args.disc_width)
-    ema = kd.engine.EMA(G, args.ema_decay)
+    real, digits = kd.data.as_tensors(kd.data.load("mnist5k", "train"))  # (4500, 1, 28, 28), (4500,)
+    classes = 10 if args.conditional else 0
+    G = kd.models.Generator(z_dim=64, width=32, n_classes=classes)
+    D = kd.models.Discriminator(width=args.disc_width, n_classes=classes)
+    ema = kd.engine.EMA(G, args.ema_decay, warmup=not args.no_ema_warmup)
     fid = kd.evaluation.FID.load(device="cpu")
     z_val = G.sample_noise(500, torch.Generator().manual_seed(VALIDATION_SEED))
     log, best = [], None
@@ -56,7 +61,8 @@ def main() -> None:
     for stop in range(args.eval_every, args.steps + 1, args.eval_every):
         config = kd.TrainConfig(steps=stop, batch_size=64, lr=2e-4, seed=args.seed, device="cpu",
                                 state_path=args.state, channels_last=True)
-        history = kd.methods.gan.train_gan(G, D, real, config, ema=ema, augment=args.augment)
+        history = kd.methods.gan.train_gan(G, D, real, config, ema=ema, augment=args.augment,
+                                           labels=digits if args.conditional else None)
         with torch.no_grad():
             row = {"step": stop, "fid_val_raw": fid(G.eval()(z_val)), "fid_val_ema": fid(ema.model.eval()(z_val)),
                    "seconds": round(time.perf_counter() - t0, 1)}
@@ -71,7 +77,8 @@ def main() -> None:
     interval = kd.evaluation.intervals.fid_interval(features, evaluator.fid.mu, evaluator.fid.sigma)
     loss_d, loss_g = history["loss_d"][-100:], history["loss_g"][-100:]
     meta = {"dataset": "mnist5k", "steps": row["step"], "steps_trained": trained, "seed": args.seed,
-            "batch_size": 64, "lr": 2e-4, "betas": [0.5, 0.999], "ema_decay": args.ema_decay, "channels_last": True,
+            "batch_size": 64, "lr": 2e-4, "betas": [0.5, 0.999], "ema_decay": args.ema_decay, "ema_warmup": not args.no_ema_warmup,
+            "augment": args.augment, "conditional": args.conditional, "channels_last": True,
             "selection": f"lowest FID of the averaged generator on validation noise (seed {VALIDATION_SEED}), "
                          f"measured every {args.eval_every} steps",
             "validation_log": log, "train_seconds": log[-1]["seconds"],

@@ -354,3 +354,15 @@ def test_gan_training_with_ema_resumes_exactly(images, tmp_path):
     run(tmp_path / "s.safetensors", steps=2)
     resumed = run(tmp_path / "s.safetensors", steps=4)
     assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_ema_warmup_follows_its_schedule():
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = kd.engine.EMA(model, decay=0.999, warmup=True)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(90) == pytest.approx(0.91)
+    assert ema.decay_at(10_000) == 0.999 and ema.decay_at(None) == 0.999
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+        ema.model.weight.fill_(1.0)
+    ema.update(model, step=0)  # d = 0.1: ema = 0.1 * 1 + 0.9 * 0
+    assert ema.model.weight.item() == pytest.approx(0.1)

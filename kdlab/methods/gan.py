@@ -106,9 +106,10 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, images: torch.Tens
     trainer = Trainer(config, modules=modules, optimizers={"opt_g": opt_g, "opt_d": opt_d}, desc="GAN (adversarial)",
                       run={"kind": "gan", "betas": list(betas), "generator": models.architecture(generator),
                            "discriminator": models.architecture(discriminator)}
-                      | ({"ema_decay": ema.decay} if ema else {}) | ({"augment": "diff_augment"} if augment else {}))
+                      | ({"ema_decay": ema.decay, "ema_warmup": ema.warmup} if ema else {})
+                      | ({"augment": "diff_augment"} if augment else {}))
     if ema is not None:
-        trainer.add_callback("on_step_end", lambda tr: ema.update(generator))
+        trainer.add_callback("on_step_end", lambda tr: ema.update(generator, tr.step))
 
     def step(s: int, g: torch.Generator):
         if labels is None:
