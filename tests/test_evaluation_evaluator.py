@@ -20,6 +20,8 @@ def evaluator(teacher):
 def test_for_generator_draws_the_documented_noise_and_the_teachers_images(evaluator, teacher):
     # the protocol: n noise vectors from torch.Generator().manual_seed(10_000 + seed), drawn on the CPU
     z = torch.randn(60, 64, generator=torch.Generator().manual_seed(10_003))
+    if teacher.n_classes:  # a conditional teacher: every class equally often, one-hot after z
+        z = torch.cat([z, torch.nn.functional.one_hot(torch.arange(60) % teacher.n_classes, teacher.n_classes).float()], 1)
     assert torch.equal(evaluator.z, z)
     with torch.no_grad():
         assert torch.equal(evaluator.teacher_images, teacher.eval()(z))

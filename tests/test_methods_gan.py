@@ -57,8 +57,10 @@ def teacher():
 
 
 def _student(seed=0):
+    """A width-4 student that takes the shipped teacher's noise (z, then its one-hot class if any)."""
     kd.seed_everything(seed)
-    return kd.models.Generator(z_dim=64, width=4)
+    config = kd.checkpoints.metadata(kd.checkpoints.shipped("gan_teacher"))["architecture"]["config"]
+    return kd.models.Generator(z_dim=config["z_dim"], width=4, n_classes=config.get("n_classes", 0))
 
 
 def _pair64(seed=0, width_t=4, width_s=2):
@@ -210,7 +212,7 @@ def test_distill_step_with_a_feature_term_equals_the_written_out_loss(kind):
 # ---------------------------------------------------------------------------- the loops
 def test_same_noise_distillation_reduces_the_gap_to_the_teacher(teacher):
     student = _student()
-    z = torch.randn(256, 64, generator=torch.Generator().manual_seed(123))  # held-out noise
+    z = teacher.sample_noise(256, torch.Generator().manual_seed(123))  # held-out noise
     with torch.no_grad():
         target = teacher(z)
         before = (student.eval()(z) - target).pow(2).mean().item()

@@ -54,10 +54,13 @@ class Evaluator:
     @torch.no_grad()
     def for_generator(cls, teacher: nn.Module, n: int = 500, seed: int = 0, device="auto") -> "Evaluator":
         """The protocol for generators ``z -> image``: ``n`` noise vectors ``evaluator.z`` ``[n, z_dim]``
-        drawn from ``torch.Generator().manual_seed(10_000 + seed)`` and the teacher's images for them.
-        Make each student's images from ``evaluator.z``."""
+        drawn from ``torch.Generator().manual_seed(10_000 + seed)`` and the teacher's images for them;
+        a conditional teacher gets every class equally often (``labels = arange(n) % n_classes``,
+        appended one-hot). Make each student's images from ``evaluator.z``."""
         teacher.to(get_device(device)).eval()
-        z = teacher.sample_noise(n, torch.Generator().manual_seed(10_000 + seed))
+        classes = getattr(teacher, "n_classes", 0)
+        labels = torch.arange(n) % classes if classes else None
+        z = teacher.sample_noise(n, torch.Generator().manual_seed(10_000 + seed), labels=labels)
         evaluator = cls(teacher(z))
         evaluator.z = z
         return evaluator
