@@ -86,7 +86,9 @@ class TrainConfig:
 class EMA:
     """Exponential moving average of a model's weights: ``ema = d * ema + (1 - d) * weights`` after
     every step (``model`` holds the averaged copy). Buffers (BatchNorm's running statistics) are
-    copied, not averaged: they are already running averages.
+    copied from the live model, not averaged: they describe the live model's activations, which is
+    an approximation for the averaged weights (re-estimate them with forward passes in training mode
+    where it matters).
 
     With ``warmup=True`` the decay at step ``t`` is ``d_t = min(decay, (1 + t) / (10 + t))``: early
     on, while the weights change fast, the average forgets quickly (after 100 steps it spans about 11

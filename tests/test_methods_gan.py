@@ -454,13 +454,21 @@ def test_train_gan_checks_conditional_arguments(images):
         gan.train_gan(g, d, images, _config(steps=1), labels=labels[:3])
 
 
-def test_diff_augment_moves_images_by_whole_pixels_and_cuts_one_square():
-    x = torch.arange(2 * 64, dtype=torch.float64).view(2, 1, 8, 8) / 128  # every pixel distinct
-    y = gan.diff_augment(x, torch.Generator().manual_seed(3), shift=0.25, cutout=0.5)
-    for i in range(2):
-        kept = y[i, 0][(y[i, 0] != 0) & (y[i, 0] != -1)]
-        assert set(kept.tolist()) <= set(x[i, 0].flatten().tolist())  # only moved pixels, never blended
-        assert int((y[i, 0] == 0).sum()) >= 16 - int((x[i, 0] == 0).sum())  # the 4x4 hole (minus the padding it covers)
+def test_diff_augment_equals_a_padded_slice_with_a_square_hole():
+    """Reference: pad with -1, take the H x W window offset by (-dy, -dx), zero the cutout square; the
+    draws (dy, dx, then the hole's corner) replayed from the same seed."""
+    b, h, w, shift, cut = 3, 8, 8, 0.25, 0.5
+    x = torch.randn(b, 2, h, w, dtype=torch.float64)
+    y = gan.diff_augment(x, torch.Generator().manual_seed(3), shift=shift, cutout=cut)
+    g = torch.Generator().manual_seed(3)
+    s, side = int(h * shift), int(h * cut)
+    dy, dx = torch.randint(-s, s + 1, (b,), generator=g), torch.randint(-s, s + 1, (b,), generator=g)
+    cy, cx = torch.randint(0, h - side + 1, (b,), generator=g), torch.randint(0, w - side + 1, (b,), generator=g)
+    padded = torch.nn.functional.pad(x, (s, s, s, s), value=-1.0)
+    for i in range(b):
+        ref = padded[i, :, s - dy[i]:s - dy[i] + h, s - dx[i]:s - dx[i] + w].clone()  # moved by (dy, dx)
+        ref[:, cy[i]:cy[i] + side, cx[i]:cx[i] + side] = 0
+        assert torch.equal(y[i], ref)
     x.requires_grad_(True)
-    gan.diff_augment(x, torch.Generator().manual_seed(3), shift=0.25, cutout=0.5).sum().backward()
-    assert x.grad.sum() > 0 and set(x.grad.unique().tolist()) <= {0.0, 1.0}  # the gradient flows back to the moved pixels
+    gan.diff_augment(x, torch.Generator().manual_seed(3), shift=shift, cutout=cut).sum().backward()
+    assert set(x.grad.unique().tolist()) <= {0.0, 1.0} and x.grad.sum() > 0  # the gradient reaches the moved pixels

@@ -82,7 +82,7 @@ def tables(runs: dict[str, dict[int, dict]]) -> list[str]:
         for n in m03[seeds[0]]["transfer"]["sizes"]:  # every run's subsets (their seeds differ between runs)
             vals = [r["data only"] - r["soft targets"] for s in seeds for k, r in m03[s]["transfer"]["runs"].items()
                     if k.startswith(f"{n}_")]
-            out.append(row(f"{n} images: data only - soft targets ({len(vals)} subsets)", vals, False, "data only",
+            out.append(row(f"{n} images: data only - soft targets ({len(vals)} subsets)", vals, True, "data only",
                            "soft targets", ".4f"))
         out.append("")
     if len(m04 := runs.get("04_feature_distillation", {})) >= 2:

@@ -15,8 +15,12 @@ images for the same inputs returns
   channels at 14x14), relative distance to the teacher's (0 = same);
 - ``class_tv_to_teacher``: total-variation distance between the digit-class histograms;
 - ``fid_ci``, ``precision_ci``, ``recall_ci``, ``hf_ratio_ci``, ``band_ratios_ci``: bootstrap 95%
-  intervals ``[lo, hi]`` over the ``n`` samples (:mod:`.intervals`; band ratios resample the
-  student's and the teacher's images for the same inputs together).
+  intervals ``[lo, hi]`` (:mod:`.intervals`). FID and band ratios resample the ``n`` generated
+  images (band ratios together with the teacher's images for the same inputs); precision resamples
+  the generated images against the fixed real manifold, recall resamples the ``n`` real digits
+  against the fixed generated manifold (its k-NN radii are not re-estimated), so the recall interval
+  leaves out the generated set's own sampling noise. All cover one trained network: seeds are
+  compared over several runs (``tools/seed_intervals.py``).
 
 :meth:`Evaluator.fid_difference` gives the paired interval of FID(a) - FID(b) for two students
 scored on the same inputs: the comparison to use when asking which of two students is better.

@@ -89,7 +89,8 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, images: torch.Tens
     with replacement and fresh noise each step), Adam with ``config.lr`` and ``betas`` for both
     players. With ``ema`` (an :class:`kdlab.engine.EMA` of ``generator``) the averaged weights are
     updated after every step and saved with the training state; ``ema.model`` is then the generator
-    to sample from (averaging smooths the steps' back-and-forth and lowers FID). A conditional pair
+    to sample from (averaging smooths the steps' back-and-forth; whether it lowers FID depends on the
+    run: ``data/README.md`` records both cases). A conditional pair
     (``n_classes > 0``) needs ``labels`` ``[N]``, the class of each image. ``augment=True`` shows the
     discriminator :func:`diff_augment`-ed images (for small training sets). History keys: ``loss_d``,
     ``loss_g``, ``d_real``, ``d_fake``."""

@@ -9,7 +9,8 @@ so the logits at pixel i may depend only on pixels < i. :class:`PixelCNN` does i
 convolutions: the first layer (mask "A") never sees the current pixel, later layers (mask "B") may
 see their own position; residual blocks are those of the paper (1x1 down, masked 3x3, 1x1 up).
 :class:`GatedPixelCNN` splits the receptive field into a vertical stack (rows above) and a
-horizontal stack (pixels to the left), which reaches every earlier pixel. Logits have the class axis at dim 1,
+horizontal stack (pixels to the left), which has no blind spot: every earlier pixel within its
+receptive field (about ``n_layers + 3`` rows up and as many columns to each side) is reached. Logits have the class axis at dim 1,
 ``[N, K, H, W]``, the layout the KL distillation of notebook 03 works on.
 
 bits/dim = -log2 p(x) / D, for images quantised to K levels (a discrete likelihood, so numbers for
@@ -160,7 +161,8 @@ class GatedLayer(nn.Module):
     - both gated, ``y = tanh(W_f * x) * sigmoid(W_g * x)``; the horizontal stack is residual after
       the first layer.
 
-    The union of the two stacks covers every pixel above and to the left: no blind spot.
+    The union of the two stacks covers every pixel above and to the left within the receptive
+    field: no blind spot.
     """
 
     def __init__(self, cin: int, hidden: int, kernel: int, first: bool):
