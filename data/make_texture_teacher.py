@@ -12,6 +12,10 @@ teacher's architecture) receives ``[z, one_hot(class)]`` (``Generator(n_classes=
 discriminator (width 16) is a projection discriminator (``Discriminator(n_classes=9)``); trained
 with the non-saturating loss on the 3,600 training textures of ``kdlab.data.load("textures",
 "train")``, batch 64, Adam 2e-4 (0.5, 0.999), and an EMA (0.999) of the generator, which is saved.
+The discriminator sees only :func:`kdlab.methods.gan.diff_augment`-ed images (random shifts of up to
+3 pixels and a cut-out square), real and generated alike: without it, it memorised the 3,600
+textures (L_D 0.20 at the end) and the teacher put only 56% of the high band's energy in that band,
+against 83% with it (2026-11-30).
 
 The metadata records the settings, the training time and, per band, the energy shares
 (``kdlab.textures.BANDS``) of 999 teacher samples of that band's three classes next to those of
@@ -44,6 +48,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-augment", action="store_true",
+                        help="show the discriminator the plain images (default: DiffAugment, see below)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "checkpoints" / "texture_teacher.safetensors"))
     parser.add_argument("--state", default=str(kd.paths.runs_root() / "texture_teacher_state.safetensors"),
                         help="training state, for resuming an interrupted run")
@@ -58,7 +64,7 @@ def main() -> None:
     t0 = time.perf_counter()
     config = kd.TrainConfig(steps=args.steps, batch_size=64, lr=2e-4, seed=args.seed, device="cpu",
                             state_path=args.state, channels_last=True)
-    history = kd.methods.gan.train_gan(gen, disc, real, config, ema=ema, labels=classes)
+    history = kd.methods.gan.train_gan(gen, disc, real, config, ema=ema, labels=classes, augment=not args.no_augment)
     seconds = time.perf_counter() - t0
     teacher = ema.model.eval().to(memory_format=torch.contiguous_format)
     per_band = {}

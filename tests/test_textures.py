@@ -29,4 +29,4 @@ def test_shipped_texture_teacher_puts_each_bands_energy_in_that_band():
         with torch.no_grad():
             samples = teacher(teacher.sample_noise(300, torch.Generator().manual_seed(5), labels=labels)).numpy()
         got, want = _numpy_band_shares(samples, bands), _numpy_band_shares(real[real_band == b].numpy(), bands)
-        assert want[b] > 0.8 and got[b] > 0.5 and got.argmax() == b, (b, got, want)
+        assert want[b] > 0.8 and got[b] > 0.7 and got.argmax() == b, (b, got, want)
