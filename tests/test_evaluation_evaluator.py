@@ -28,13 +28,17 @@ def test_for_generator_draws_the_documented_noise_and_the_teachers_images(evalua
     assert evaluator.teacher_images.shape == (60, 1, 28, 28) and not evaluator.teacher_images.requires_grad
 
 
+def evaluator_noise_dim(evaluator):
+    return kd.checkpoints.load(kd.checkpoints.shipped("gan_teacher")).noise_dim  # z_dim plus any one-hot classes
+
+
 def test_evaluator_scores_the_teacher_as_itself(evaluator):
     r = evaluator(evaluator.teacher_images)
     assert r["mse_to_teacher"] == 0 and r["gram_distance"] == 0 and r["class_tv_to_teacher"] == 0
     assert r["hf_ratio"] == pytest.approx(1.0) and r["band_ratios"] == pytest.approx([1.0] * 4)
     assert r["fid"] == pytest.approx(evaluator.fid(evaluator.teacher_images))
     assert 0 < r["precision"] <= 1 and 0 < r["recall"] <= 1
-    assert evaluator.z.shape == (60, 64)
+    assert evaluator.z.shape == (60, evaluator_noise_dim(evaluator))
 
 
 def test_evaluator_sees_blur_and_rejects_other_shapes(evaluator):
