@@ -31,10 +31,7 @@ def collect(roots: list[Path]) -> dict[str, dict[int, dict]]:
     for root in roots:
         for path in sorted(root.rglob("metrics.json")):
             m = json.loads(path.read_text())
-            name = next((n for n in NOTEBOOKS if n in str(path) or f"{n}.ipynb" in str(path.parent)), None)
-            if name is None:
-                name = next((n for n in NOTEBOOKS if (path.parent / "run.json").exists()
-                             and n in json.loads((path.parent / "run.json").read_text()).get("notebook", "")), None)
+            name = next((n for n in NOTEBOOKS if n in str(path)), None)  # tutorial and sweep folders both name it
             if name is None or m.get("smoke"):
                 continue
             if m["seed"] in runs[name]:
