@@ -15,7 +15,7 @@ from pathlib import Path
 
 MARKER = "NBVAL_CHECK_OUTPUT"
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
-KEEP_CELL_METADATA = ("tags",)
+KEEP_CELL_METADATA = ("tags", "nbgrader")  # nbgrader: the assignments' cell roles, points and checksums
 
 
 def _source(cell: dict) -> str:

@@ -1,0 +1,17 @@
+"""nbgrader's settings for the kdlab course (run nbgrader from this folder, or use `make assignments`).
+
+source/<assignment>/NN_exercises.ipynb  the instructor's versions: solutions, hidden tests, points
+release/<assignment>/                   what learners get (generated; `make assignments` also copies
+                                        them to notebooks/exercises/)
+submitted/<student>/<assignment>/       collected submissions; autograded/ and feedback/ follow
+gradebook.db                            nbgrader's gradebook (SQLite)
+"""
+c = get_config()  # noqa: F821 (nbgrader provides get_config)
+
+c.CourseDirectory.course_id = "kdlab"
+c.CourseDirectory.root = "."
+# Every assignment's test cells are kdlab.exercises checks: a failed one shows only its message.
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+# A test cell whose check takes longer than this fails (the checks take seconds on a laptop CPU).
+c.ExecutePreprocessor.timeout = 300
