@@ -12,8 +12,10 @@ noise from the generator the trainer hands it, and lets :class:`Trainer` do the 
   ``steps`` into its ``run`` description, as diffusion training does because its learning-rate
   schedule depends on it);
 - **deferred interrupt**: Ctrl-C or Jupyter's stop button lets the current step finish, saves,
-  then raises ``KeyboardInterrupt`` (an interrupt never lands halfway through an update); a second
-  Ctrl-C stops at once;
+  then raises :class:`TrainingInterrupted` (a ``KeyboardInterrupt`` that Jupyter shows as one line
+  saying where the state is, not as a traceback); an interrupt never lands halfway through an
+  update. A second Ctrl-C stops at once, inside the step: that half-done step is not saved, and
+  the message names the last state saved before it;
 - **non-finite stop**: a NaN or infinite metric raises :class:`TrainingDiverged` and removes the
   training state, so nothing from a diverged run can be loaded;
 - **progress**: a ``tqdm`` bar (a widget in Jupyter, plain text with ``KDLAB_PROGRESS=text``);
@@ -54,6 +56,20 @@ EVENTS = ("on_step_start", "on_step_end", "on_train_end")
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C or Jupyter's stop button. ``step`` of ``steps`` steps were done;
+    ``saved_step`` is the step of the training state in ``state_path`` (``None``: nothing saved).
+    A ``KeyboardInterrupt``, so whatever stops on Ctrl-C still does; IPython (Jupyter) prints what
+    ``_render_traceback_`` returns instead of a traceback: the one-line message."""
+
+    def __init__(self, message: str, step: int, steps: int, state_path: Path | None, saved_step: int | None):
+        super().__init__(message)
+        self.step, self.steps, self.state_path, self.saved_step = step, steps, state_path, saved_step
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,6 +235,7 @@ class Trainer:
         self.callbacks: dict[str, list[Callable[["Trainer"], None]]] = defaultdict(list)
         self.history: History = {}
         self.step, self.metrics = 0, {}
+        self.saved_step: int | None = None  # step of the training state on disk (None: none yet)
 
     def add_callback(self, event: str, fn: Callable[["Trainer"], None]) -> None:
         check_choice("event", event, EVENTS)
@@ -243,6 +260,7 @@ class Trainer:
         checkpoints.save_tensors(self.state_path, tensors, {"kind": "training-state", "step": step,
                                                             "history": self.history, "run": self.run,
                                                             "param_groups": groups})
+        self.saved_step = step
 
     def _load(self) -> int:
         path = self.state_path
@@ -264,7 +282,8 @@ class Trainer:
                     state.setdefault(int(idx), {})[key] = v  # load_state_dict moves it to the parameter's device
             opt.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
         self.history = {k: list(v) for k, v in meta["history"].items()}
-        return int(meta["step"])
+        self.saved_step = int(meta["step"])
+        return self.saved_step
 
     # ------------------------------------------------------------------ the loop
     def fit(self, step_fn: StepFn) -> History:
@@ -298,14 +317,33 @@ class Trainer:
                     if (step + 1) % self.config.checkpoint_every == 0 or interrupt.requested:
                         self._save(step + 1)
                     if interrupt.requested:
-                        where = (f"; training state saved after step {step + 1} in {self.state_path}: rerun to "
-                                 "resume" if self.state_path else "")
-                        print(f"{self.desc}: interrupted{where}")
-                        raise KeyboardInterrupt
+                        raise self._interrupted(step + 1, finished=True)
+                self._save(steps)  # still deferred: Ctrl-C now cannot cut the last save short
+                if interrupt.requested:  # a stop pressed during that save is not lost
+                    raise self._interrupted(steps, finished=True)
+            except TrainingInterrupted:
+                raise
+            except KeyboardInterrupt:  # a second Ctrl-C, inside a step: its half-done update is not saved
+                saved_this_step = self.saved_step is not None and self.saved_step > self.step  # cut after the save
+                raise self._interrupted(self.saved_step if saved_this_step else self.step, saved_this_step) from None
             finally:
                 bar.close()
-        self._save(steps)
         return self._finish()
+
+    def _interrupted(self, done: int, finished: bool) -> TrainingInterrupted:
+        """The exception for an interrupt after ``done`` whole steps; its message says what is saved."""
+        steps, path, saved = self.config.steps, self.state_path, self.saved_step
+        where = (f"interrupted after step {done} of {steps}" if finished
+                 else f"interrupted during step {done + 1} of {steps} (that step is lost)")
+        if path is None:
+            what = "nothing saved (no state_path); run the cell again to start afresh"
+        elif saved is None:
+            what = f"no training state saved yet ({path}); run the cell again to start afresh"
+        elif saved == done:
+            what = f"training state saved to {path}; run the cell again to resume"
+        else:
+            what = f"the training state of step {saved} is in {path}; run the cell again to resume from there"
+        return TrainingInterrupted(f"{self.desc}: {where}; {what}", done, steps, path, saved)
 
     def _check_finite(self, step: int) -> None:
         bad = {k: v for k, v in self.metrics.items() if not math.isfinite(v)}

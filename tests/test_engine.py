@@ -4,13 +4,15 @@ import dataclasses
 import math
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import kdlab as kd
 from kdlab.checkpoints import CheckpointError
-from kdlab.engine import Trainer, TrainingDiverged
+from kdlab.engine import Trainer, TrainingDiverged, TrainingInterrupted
 
 
 def _config(**changes):
@@ -171,10 +173,12 @@ def test_interrupt_mid_step_saves_after_the_step_and_resume_is_exact(tmp_path, c
 
     step_fn, trainer, modules = _two_update_loop(tmp_path / "cut", interrupt_at=3)
     handler_before = signal.getsignal(signal.SIGINT)  # default_int_handler; SIG_IGN under `cmd &` in a script
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted) as stop:
         trainer.fit(step_fn)
-    assert "rerun to resume" in capsys.readouterr().out
     assert kd.checkpoints.metadata(trainer.state_path)["step"] == 4  # step 3 finished before stopping
+    assert (stop.value.step, stop.value.steps, stop.value.saved_step) == (4, 8, 4)
+    assert str(stop.value) == (f"train: interrupted after step 4 of 8; training state saved to {trainer.state_path}; "
+                               "run the cell again to resume")
     step_fn, trainer, modules = _two_update_loop(tmp_path / "cut")  # a fresh kernel: new objects, same file
     history = trainer.fit(step_fn)
     assert history == full_history
@@ -197,10 +201,78 @@ def test_a_second_interrupt_stops_a_step_at_once_and_the_handler_is_restored(tmp
 
     handler_before = signal.getsignal(signal.SIGINT)
     trainer = Trainer(_config(steps=3, seed=0), modules={"m": model}, optimizers={}, run={"kind": "toy"})
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted, match=r"during step 1 of 3 \(that step is lost\); nothing saved"):
         trainer.fit(hanging_step)
     assert reached == ["after first"]
     assert signal.getsignal(signal.SIGINT) is handler_before
+
+
+def test_stop_button_in_jupyter_shows_one_line_and_the_state_resumes(tmp_path):
+    """Jupyter's stop button (SIGINT, sent here from a callback) after step 5: the step finishes,
+    the state is saved, and IPython shows the exception as the one line of ``_render_traceback_``."""
+    model, opt, step_fn = _toy()
+    full = _toy_trainer(model, opt, steps=8).fit(step_fn)
+    model, opt, step_fn = _toy()
+    trainer = _toy_trainer(model, opt, steps=8, state_path=tmp_path / "s.safetensors", checkpoint_every=3)
+    trainer.add_callback("on_step_end", lambda tr: tr.step == 4 and os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt) as stop:  # still a KeyboardInterrupt for code that catches those
+        trainer.fit(step_fn)
+    assert isinstance(stop.value, TrainingInterrupted) and kd.checkpoints.metadata(trainer.state_path)["step"] == 5
+    assert stop.value._render_traceback_() == [
+        f"TrainingInterrupted: train: interrupted after step 5 of 8; training state saved to {trainer.state_path}; "
+        "run the cell again to resume"]
+    model, opt, step_fn = _toy(seed=3)  # "run the cell again": new objects, the same file
+    assert _toy_trainer(model, opt, steps=8, state_path=trainer.state_path).fit(step_fn) == full
+
+
+def test_an_interrupt_inside_a_step_names_the_last_saved_state(tmp_path):
+    """A KeyboardInterrupt raised at once (a second Ctrl-C, here from a callback before step 5's
+    update) saves nothing half-done: the message points at the state of step 3, and resuming from
+    it gives the uninterrupted run."""
+    model, opt, step_fn = _toy()
+    full = _toy_trainer(model, opt, steps=8).fit(step_fn)
+
+    def stop(tr):
+        if tr.step == 4:
+            raise KeyboardInterrupt
+
+    for state_path, checkpoint_every, message in (
+            (tmp_path / "s.safetensors", 3, "train: interrupted during step 5 of 8 (that step is lost); the training state "
+                                            f"of step 3 is in {tmp_path / 's.safetensors'}; run the cell again to resume "
+                                            "from there"),
+            (tmp_path / "t.safetensors", 10, "train: interrupted during step 5 of 8 (that step is lost); no training state "
+                                             f"saved yet ({tmp_path / 't.safetensors'}); run the cell again to start afresh"),
+            (None, 3, "train: interrupted during step 5 of 8 (that step is lost); nothing saved (no state_path); run the "
+                      "cell again to start afresh")):
+        model, opt, step_fn = _toy()
+        trainer = _toy_trainer(model, opt, steps=8, state_path=state_path, checkpoint_every=checkpoint_every)
+        trainer.add_callback("on_step_start", stop)
+        with pytest.raises(TrainingInterrupted) as info:
+            trainer.fit(step_fn)
+        assert str(info.value) == message and info.value.__cause__ is None
+    assert kd.checkpoints.metadata(tmp_path / "s.safetensors")["step"] == 3 and not (tmp_path / "t.safetensors").exists()
+    model, opt, step_fn = _toy(seed=3)
+    assert _toy_trainer(model, opt, steps=8, state_path=tmp_path / "s.safetensors").fit(step_fn) == full
+
+
+def test_ipython_prints_an_interrupted_training_as_one_line(tmp_path):
+    """What a notebook shows: IPython runs a cell whose training is interrupted and prints the
+    exception's one line, no traceback (checked in a fresh interpreter, IPython's shell is global)."""
+    code = f"""
+import os, signal, torch
+from IPython.core.interactiveshell import InteractiveShell
+import kdlab as kd
+model = torch.nn.Linear(1, 1)
+trainer = kd.engine.Trainer(kd.TrainConfig(steps=9, device="cpu", progress=False, state_path={str(tmp_path / "s.safetensors")!r}),
+                            modules={{"m": model}}, optimizers={{}}, run={{"kind": "toy"}}, desc="toy")
+trainer.add_callback("on_step_end", lambda tr: tr.step == 1 and os.kill(os.getpid(), signal.SIGINT))
+shell = InteractiveShell.instance(colors="nocolor")
+shell.push({{"trainer": trainer}})
+shell.run_cell("trainer.fit(lambda s, g: {{'loss': 0.0}})")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.strip() == (f"TrainingInterrupted: toy: interrupted after step 2 of 9; training state saved to "
+                           f"{tmp_path / 's.safetensors'}; run the cell again to resume")
 
 
 # ---------------------------------------------------------------------------- non-finite stop, refusals
