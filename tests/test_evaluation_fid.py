@@ -1,4 +1,6 @@
 """The shipped FID classifier and reference statistics."""
+import warnings
+
 import pytest
 import torch
 
@@ -45,5 +47,20 @@ def test_fid_rejects_bad_input(scorer):
         scorer(torch.zeros(1, 1, 28, 28))
     with pytest.raises(ValueError, match=r"got shape \[4, 3, 32, 32\]"):
         scorer(torch.zeros(4, 3, 32, 32))
-    with pytest.warns(UserWarning, match=r"\[0, 1\]"):
-        scorer(torch.rand(4, 1, 28, 28))
+
+
+def test_fid_warns_about_digits_in_0_1_and_only_about_those(scorer, split):
+    _, test_x, _ = split
+    for misuse in ((test_x + 1) / 2, (test_x[:2] + 1) / 2):  # the whole set, or a tiny subset, in [0, 1]
+        with pytest.warns(UserWarning, match=r"look like digits in \[0, 1\].*pass 2 \* x - 1"):
+            scorer(misuse)
+    g = torch.Generator().manual_seed(0)
+    legitimate = (test_x[:2],  # real digits in [-1, 1]
+                  0.15 * torch.rand(100, 1, 28, 28, generator=g),  # a barely trained generator: faint gray, all >= 0
+                  0.6 + 0.4 * torch.rand(2, 1, 28, 28, generator=g))  # two bright crops of strokes
+    for images in legitimate:
+        assert images.min() >= 0 or images is legitimate[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            scorer(images)
+    assert not fid.looks_like_unit_range(test_x) and fid.looks_like_unit_range((test_x + 1) / 2)

@@ -43,6 +43,15 @@ def accuracy(classifier: models.Classifier, images: torch.Tensor, labels: torch.
     return (classifier(images.to(dev)).argmax(1).cpu() == labels).float().mean().item()
 
 
+def looks_like_unit_range(images: torch.Tensor) -> bool:
+    """Whether ``images`` ``[N, C, H, W]`` look like digits scaled to [0, 1] instead of kdlab's [-1, 1]:
+    no pixel below 0, a background at 0 (the median pixel is below 0.1: digits are mostly
+    background) and bright strokes (a pixel above 0.5). "No pixel below 0" alone is no evidence: a
+    barely trained generator's images in [-1, 1] can all be a faint gray just above 0."""
+    x = images.detach().float()
+    return bool(x.min() >= 0 and x.max() > 0.5 and x.median() < 0.1)
+
+
 class FID:
     """``FID.load()`` reads the shipped classifier and reference statistics; ``fid(images)`` scores
     images ``[N, 1, 28, 28]`` in [-1, 1] (N >= 2) against the mnist5k training digits."""
@@ -60,6 +69,7 @@ class FID:
     def __call__(self, images: torch.Tensor) -> float:
         if images.dim() != 4 or images.shape[0] < 2 or tuple(images.shape[1:]) != (1, 28, 28):
             raise ValueError(f"FID needs images [N >= 2, 1, 28, 28] in [-1, 1], got shape {list(images.shape)}")
-        if images.min() >= 0:
-            warnings.warn("FID: no pixel is below 0; kdlab images live in [-1, 1], not [0, 1]", stacklevel=2)
+        if looks_like_unit_range(images):
+            warnings.warn("FID: these images look like digits in [0, 1] (no pixel below 0, background at 0); kdlab "
+                          "images live in [-1, 1]: pass 2 * x - 1", stacklevel=2)
         return frechet_distance(*gaussian_stats(embed(self.classifier, images)), self.mu, self.sigma)
