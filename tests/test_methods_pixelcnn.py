@@ -108,6 +108,16 @@ def test_pixelcnn_loss_decreases(mnist5k_train):
     assert 0 < bpd < 0.8 * start
 
 
+def test_the_progress_bar_names_the_model_being_trained(small_images, monkeypatch, capsys):
+    """Notebook 03's data-only student is trained by the teacher's loop: its bar says what it is."""
+    monkeypatch.setenv("KDLAB_PROGRESS", "text")
+    model = _pixelcnn(1, hidden=8, n_blocks=1)
+    pc.train_pixelcnn(model, small_images, _config(steps=2, batch_size=4, progress=True), desc="data-only student")
+    pc.train_pixelcnn(model, small_images, _config(steps=1, batch_size=4, progress=True))
+    err = capsys.readouterr().err
+    assert "data-only student: 100%" in err and "PixelCNN (maximum likelihood): 100%" in err and "teacher" not in err
+
+
 def test_bits_per_dim_is_the_mean_of_the_models_bits(teacher, small_images):
     x = kd.data.quantize(small_images, teacher.levels)
     with torch.no_grad():

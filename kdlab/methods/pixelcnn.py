@@ -32,12 +32,14 @@ def mle_step(model: nn.Module, x: torch.Tensor, opt: torch.optim.Optimizer) -> d
     return {"bits_per_dim": nll.detach() / math.log(2)}
 
 
-def train_pixelcnn(model: nn.Module, images: torch.Tensor, config: TrainConfig) -> History:
+def train_pixelcnn(model: nn.Module, images: torch.Tensor, config: TrainConfig,
+                   desc: str = "PixelCNN (maximum likelihood)") -> History:
     """:func:`mle_step` for ``config.steps`` steps on ``images`` ``[N, 1, H, W]`` in [-1, 1] (quantised
-    to ``model.levels``), Adam with ``config.lr``. History key ``bits_per_dim``."""
+    to ``model.levels``), Adam with ``config.lr``. ``desc`` labels the progress bar and messages
+    (which model this is: a teacher, a data-only student). History key ``bits_per_dim``."""
     check_images(images, model)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    trainer = Trainer(config, modules={"model": model}, optimizers={"opt": opt}, desc="PixelCNN (maximum likelihood)",
+    trainer = Trainer(config, modules={"model": model}, optimizers={"opt": opt}, desc=desc,
                       run={"kind": "pixelcnn", "model": models.architecture(model)})
 
     def step(s: int, g: torch.Generator):
