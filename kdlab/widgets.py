@@ -6,6 +6,7 @@ carries the notebook."""
 from __future__ import annotations
 
 import importlib
+import math
 import os
 
 import matplotlib.pyplot as plt
@@ -36,18 +37,28 @@ def _ipywidgets(caller: str):
         return None
 
 
-def temperature_explorer(teacher_logits: torch.Tensor, student_logits: dict[str, torch.Tensor],
-                         t_min: float = 0.25, t_max: float = 16.0):
-    """A log-scale temperature slider redrawing :func:`kdlab.viz.plot_pixel_distributions` for one
-    pixel's teacher logits ``[K]`` and student logits ``{name: [K]}``. Returns the widget (``None``
-    without ipywidgets)."""
+def temperatures(t_min: float = 0.25, t_max: float = 16.0) -> list[float]:
+    """The temperatures the explorer's slider offers: ``2 ** (k / 2)`` in ``[t_min, t_max]``, each
+    rounded to 2 significant digits (0.25, 0.35, 0.5, 0.71, 1, 1.4, 2, 2.8, 4, 5.7, 8, 11, 16). The
+    figure is drawn at the rounded value itself, so the slider's readout and the figure's title
+    (both ``f"{T:g}"``) show the same number."""
     if not 0 < t_min < t_max:
         raise ValueError(f"expected 0 < t_min < t_max, got t_min={t_min!r}, t_max={t_max!r}")
+    lo, hi = math.ceil(2 * math.log2(t_min) - 1e-9), math.floor(2 * math.log2(t_max) + 1e-9)
+    return sorted({float(f"{2 ** (k / 2):.2g}") for k in range(lo, hi + 1)})
+
+
+def temperature_explorer(teacher_logits: torch.Tensor, student_logits: dict[str, torch.Tensor],
+                         t_min: float = 0.25, t_max: float = 16.0):
+    """A log-spaced temperature slider (:func:`temperatures`) redrawing
+    :func:`kdlab.viz.plot_pixel_distributions` for one pixel's teacher logits ``[K]`` and student
+    logits ``{name: [K]}``. Returns the widget (``None`` without ipywidgets)."""
+    values = temperatures(t_min, t_max)
     widgets = _ipywidgets("temperature_explorer")
     if widgets is None:
         return None
-    slider = widgets.FloatLogSlider(value=1.0, base=2, min=torch.tensor(t_min).log2().item(),
-                                    max=torch.tensor(t_max).log2().item(), step=0.25, description="T")
+    slider = widgets.SelectionSlider(options=[(f"{t:g}", t) for t in values], value=min(values, key=lambda t: abs(t - 1)),
+                                     description="T")
 
     def draw(temperature: float) -> None:
         fig = viz.plot_pixel_distributions(teacher_logits, student_logits, temperature)

@@ -2,6 +2,7 @@
 with KDLAB_WIDGETS=0 (the headless default of the tests, see conftest.py)."""
 import sys
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
@@ -31,3 +32,20 @@ def test_explorers_without_ipywidgets_print_a_note_and_return_none(monkeypatch, 
         monkeypatch.setenv("KDLAB_WIDGETS", off)
         assert kd.widgets.student_explorer(teacher, {"tiny": teacher}) is None
     assert capsys.readouterr().out.count("explorers are off (KDLAB_WIDGETS=0") == 2
+
+
+def test_temperature_slider_readout_equals_the_figure_title(monkeypatch):
+    """The slider offers rounded log-spaced temperatures and the figure is drawn at exactly the value
+    the readout shows (not at 13.4543 under a readout of 13.5)."""
+    assert kd.widgets.temperatures() == [0.25, 0.35, 0.5, 0.71, 1.0, 1.4, 2.0, 2.8, 4.0, 5.7, 8.0, 11.0, 16.0]
+    with pytest.raises(ValueError, match="0 < t_min < t_max"):
+        kd.widgets.temperatures(2.0, 1.0)
+    monkeypatch.setenv("KDLAB_WIDGETS", "1")
+    pytest.importorskip("ipywidgets")
+    teacher, students = torch.randn(4), {"s": torch.randn(4)}
+    slider = kd.widgets.temperature_explorer(teacher, students).children[0]
+    assert slider.description == "T" and slider.value == 1.0
+    for label, value in slider.options:
+        fig = kd.viz.plot_pixel_distributions(teacher, students, value)
+        assert fig.axes[0].get_title() == f"T = {label}"
+        plt.close(fig)
