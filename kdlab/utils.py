@@ -125,15 +125,30 @@ def non_negative(value: Any) -> bool:
 
 
 def run_dir(notebook: str, out_dir: str | os.PathLike = "") -> Path:
-    """Create and return the output folder of one notebook run.
+    """Create and return the output folder of one notebook run (checkpoints, training states,
+    figures, ``metrics.json``).
 
-    ``out_dir=""`` gives ``<runs>/<timestamp>-<host>-<pid>/<notebook>``, unique per process so
-    concurrent runs never share a folder, where ``<runs>`` is :func:`kdlab.paths.runs_root`; any
-    other value is used as given.
+    ``out_dir=""`` gives ``<runs>/<name>/<notebook>``, where ``<runs>`` is :func:`kdlab.paths.runs_root`
+    and ``<name>`` is
+
+    - the environment variable ``KDLAB_RUN_NAME`` when it is set (one folder name, e.g. ``mine``):
+      every run with that name uses the same folder, so a rerun loads the training states it finds
+      there (finished training is not repeated, interrupted training resumes) and overwrites the
+      figures and ``metrics.json`` instead of adding a folder;
+    - otherwise ``<timestamp>-<host>-<pid>``: a new folder for every run, unique per process so
+      concurrent runs never share one (a default run of one notebook writes 3 to 25 MB; old
+      folders can be deleted).
+
+    Any other ``out_dir`` is used as given (a relative one from the current folder: in Jupyter, the
+    notebook's folder).
     """
     if not out_dir:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out_dir = runs_root() / f"{stamp}-{socket.gethostname()}-{os.getpid()}" / notebook
+        name = os.environ.get("KDLAB_RUN_NAME", "").strip()
+        if name in (".", "..") or "/" in name or os.sep in name:
+            raise ValueError(f"KDLAB_RUN_NAME={name!r} is not valid; expected one folder name such as 'mine' "
+                             f"(the run goes to {runs_root()}/<name>/{notebook})")
+        name = name or f"{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname()}-{os.getpid()}"
+        out_dir = runs_root() / name / notebook
     path = Path(out_dir).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path

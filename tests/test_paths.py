@@ -1,6 +1,7 @@
 """Where kdlab finds its data and writes its runs (kdlab.paths): the environment variables, the
 repository the package was imported from, a repository found from the current folder upwards,
 and the error / fallback when there is none."""
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def no_env(monkeypatch):
     monkeypatch.delenv("KDLAB_DATA", raising=False)
     monkeypatch.delenv("KDLAB_RUNS", raising=False)
+    monkeypatch.delenv("KDLAB_RUN_NAME", raising=False)
 
 
 def _fake_repository(folder: Path) -> Path:
@@ -41,6 +43,22 @@ def test_environment_variables_override(monkeypatch, tmp_path):
     assert run.is_dir() and run.parent.parent == tmp_path / "r" and run.name == "nb"
     monkeypatch.setenv("KDLAB_RUNS", "")  # empty counts as unset
     assert paths.runs_root() == ROOT / "runs"
+
+
+def test_run_folders_are_new_per_run_unless_kdlab_run_name_names_one(monkeypatch, tmp_path, no_env):
+    monkeypatch.setenv("KDLAB_RUNS", str(tmp_path))
+    first = kd.utils.run_dir("05_x")
+    assert first.parent.name.endswith(f"-{os.getpid()}") and first.name == "05_x"  # <timestamp>-<host>-<pid>
+    monkeypatch.setenv("KDLAB_RUN_NAME", "mine")
+    mine = kd.utils.run_dir("05_x")
+    (mine / "state.safetensors").write_bytes(b"kept")
+    assert mine == tmp_path / "mine" / "05_x" and kd.utils.run_dir("05_x") == mine  # a rerun: the same folder
+    assert (mine / "state.safetensors").read_bytes() == b"kept"
+    assert kd.utils.run_dir("05_x", tmp_path / "explicit") == tmp_path / "explicit"  # out_dir still wins
+    for bad in ("a/b", "..", "."):
+        monkeypatch.setenv("KDLAB_RUN_NAME", bad)
+        with pytest.raises(ValueError, match=r"KDLAB_RUN_NAME=.* is not valid; expected one folder name"):
+            kd.utils.run_dir("05_x")
 
 
 def test_a_repository_is_found_from_the_current_folder_upwards(monkeypatch, tmp_path, no_env):
