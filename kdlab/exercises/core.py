@@ -90,7 +90,9 @@ class _Recorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in self.ops:
-            self.seen.append(getattr(func, "__qualname__", getattr(func, "__name__", repr(func))))
+            qualname = getattr(func, "__qualname__", "")
+            owner = "Tensor" if "Tensor" in qualname.split(".")[0] else (getattr(func, "__module__", None) or "torch")
+            self.seen.append(f"{owner}.{getattr(func, '__name__', repr(func))}")
         return func(*args, **(kwargs or {}))
 
 
