@@ -1,282 +1,190 @@
-"""The exercise checks (kdlab.exercises) accept correct solutions, catch typical mistakes with a
-helpful message, and the exercise notebooks run end to end with a solution injected."""
-import json
+"""The assignment checks (kdlab.exercises) accept the tutorials' own steps, catch typical mistakes
+with a message that names them, refuse (in their hidden variant) solutions that call the routine an
+exercise is about, and show learners the message alone. The assignments' solutions are the
+tutorials' steps: a test fails when they drift apart."""
+import ast
 import math
-import textwrap
-from pathlib import Path
+import re
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import kdlab as kd
 from kdlab.exercises import ExerciseError
+from kdlab.methods import diffusion as dm
 
-EXERCISES = Path(__file__).resolve().parent.parent / "notebooks" / "exercises"
+from assignment_sources import ASSIGNMENTS, functions, solutions, tutorial_functions
 
-
-# ---------------------------------------------------------------- solutions, written independently of kdlab
-def kl_solution(s, t, temperature=1.0, direction="forward"):
-    log_q, log_p = F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1)
-    a, b = (log_p, log_q) if direction == "forward" else (log_q, log_p)
-    return (a.exp() * (a - b)).sum(1).mean() * temperature ** 2
-
-
-SOLUTIONS = {
-    "01_exercises.ipynb": """
-        def bits_per_dim(log_prob, num_pixels):
-            return -log_prob / (num_pixels * math.log(2))
-    """,
-    "02_exercises.ipynb": """
-        def distill_step(student, teacher, z, optimizer):
-            with torch.no_grad():
-                target = teacher(z)
-            loss = ((student(z) - target) ** 2).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            return loss.item()
-    """,
-    "03_exercises.ipynb": """
-        def my_kl(student_logits, teacher_logits, temperature=1.0, direction="forward"):
-            log_q = torch.log_softmax(student_logits / temperature, 1)
-            log_p = torch.log_softmax(teacher_logits / temperature, 1)
-            a, b = (log_p, log_q) if direction == "forward" else (log_q, log_p)
-            return (a.exp() * (a - b)).sum(1).mean() * temperature ** 2
-    """,
-    "04_exercises.ipynb": """
-        def attention_map(features):
-            a = (features ** 2).mean(1).flatten(1)
-            return a / a.norm(dim=1, keepdim=True)
-    """,
-    "05_exercises.ipynb": """
-        def radial_spectrum(images, n_bins):
-            x = images - images.mean((-2, -1), keepdim=True)
-            power = (torch.fft.fft2(x).abs() ** 2).mean((0, 1)).flatten()
-            h, w = images.shape[-2:]
-            fy, fx = torch.fft.fftfreq(h), torch.fft.fftfreq(w)
-            ring = ((fy[:, None] ** 2 + fx[None, :] ** 2).sqrt() * 2 * n_bins).round().long().clamp(max=n_bins).flatten()
-            total = torch.zeros(n_bins + 1, dtype=power.dtype).index_add_(0, ring, power)
-            count = torch.zeros(n_bins + 1, dtype=power.dtype).index_add_(0, ring, torch.ones_like(power))
-            return total / count.clamp(min=1)
-    """,
-    "06_exercises.ipynb": """
-        def distillation_target(z_t, z_t2, t, t2):
-            a_t, s_t = torch.cos(math.pi * t / 2).view(-1, 1, 1, 1), torch.sin(math.pi * t / 2).view(-1, 1, 1, 1)
-            a_2, s_2 = torch.cos(math.pi * t2 / 2).view(-1, 1, 1, 1), torch.sin(math.pi * t2 / 2).view(-1, 1, 1, 1)
-            return (z_t2 - s_2 / s_t * z_t) / (a_2 - s_2 / s_t * a_t)
-    """,
-    "07_exercises.ipynb": """
-        def online_logsumexp(x):
-            m = torch.full(x.shape[:-1], -math.inf, dtype=x.dtype)
-            l = torch.zeros(x.shape[:-1], dtype=x.dtype)
-            for k in range(x.shape[-1]):
-                m_new = torch.maximum(m, x[..., k])
-                l = l * torch.exp(m - m_new) + torch.exp(x[..., k] - m_new)
-                m = m_new
-            return m + torch.log(l)
-    """,
+CHECKS = {  # function the learner writes -> its check
+    "my_gan_step": kd.exercises.check_gan_step, "my_mle_step": kd.exercises.check_mle_step,
+    "my_distill_step": kd.exercises.check_distill_step, "my_kl_step": kd.exercises.check_kl_step,
+    "my_feature_terms": kd.exercises.check_feature_terms, "my_band_energies": kd.exercises.check_band_energies,
+    "my_two_step_target": kd.exercises.check_two_step_target,
+    "my_progressive_step": kd.exercises.check_progressive_step,
+    "kernel_logsumexp": kd.exercises.check_kernel_logsumexp, "online_logsumexp": kd.exercises.check_online_logsumexp,
 }
-WRONG = {  # one typical mistake per notebook, and the hint the check must give
-    "01_exercises.ipynb": ("def bits_per_dim(log_prob, num_pixels):\n    return -log_prob / num_pixels", "convert to bits"),
-    "02_exercises.ipynb": ("def distill_step(student, teacher, z, optimizer):\n    return 0.0", "did not change"),
-    "03_exercises.ipynb": ("def my_kl(s, t, temperature=1.0, direction='forward'):\n"
-                           "    p, q = torch.log_softmax(t / temperature, 1), torch.log_softmax(s / temperature, 1)\n"
-                           "    a, b = (p, q) if direction == 'forward' else (q, p)\n"
-                           "    return (a.exp() * (a - b)).sum(1).mean()", "T^2"),
-    "04_exercises.ipynb": ("def attention_map(features):\n    return (features ** 2).mean(1).flatten(1)", "L2 norm 1"),
-    "05_exercises.ipynb": (textwrap.dedent(SOLUTIONS["05_exercises.ipynb"]).replace(
-        "x = images - images.mean((-2, -1), keepdim=True)", "x = images"), "DC"),
-    "06_exercises.ipynb": ("def distillation_target(z_t, z_t2, t, t2):\n    return z_t2", "teacher's z_t2"),
-    "07_exercises.ipynb": ("def online_logsumexp(x):\n    return torch.log(torch.exp(x).sum(-1))", "+-1000"),
-}
+TUTORIAL = {name: a for a in ASSIGNMENTS for src in solutions(a).values() for name in functions(src)}
 
 
-def test_checks_accept_correct_solutions():
-    ns = {"math": math, "torch": torch}
-    for src in SOLUTIONS.values():
-        exec(textwrap.dedent(src), ns)
-    assert kd.exercises.check_bits_per_dim(ns["bits_per_dim"])
-    assert kd.exercises.check_distill_step(ns["distill_step"])
-    assert kd.exercises.check_kl(ns["my_kl"]) and kd.exercises.check_kl(kl_solution)
-    assert kd.exercises.check_attention_map(ns["attention_map"])
-    assert kd.exercises.check_radial_spectrum(ns["radial_spectrum"])
-    assert kd.exercises.check_distillation_target(ns["distillation_target"])
-    assert kd.exercises.check_online_logsumexp(ns["online_logsumexp"])
-    assert kd.exercises.check_online_logsumexp(lambda x: torch.logsumexp(x, -1))
-    with pytest.raises(ExerciseError, match="rescaled"):
-        kd.exercises.check_online_logsumexp(lambda x: x.max(-1).values)
-    with pytest.raises(ExerciseError, match="rescaling|rescaled"):  # forgetting exp(m - m')
-        kd.exercises.check_online_logsumexp(lambda x: x.max(-1).values + torch.log(torch.exp(x - x[..., :1]).sum(-1)))
+def namespace() -> dict:
+    return {"math": math, "torch": torch, "F": F, "nn": nn, "kd": kd, "dm": dm, "copy": __import__("copy")}
 
 
-@pytest.mark.parametrize("wrong, hint", [
-    (lambda s, t, T=1.0, d="forward": kl_solution(s, t, T, d) / T ** 2, "T^2"),
-    (lambda s, t, T=1.0, d="forward": kl_solution(s, t, T, "reverse" if d == "forward" else "forward"), "KL(student || teacher)"),
-    (lambda s, t, T=1.0, d="forward": kl_solution(s, t, 1.0, d) * T ** 2, "softmax(logits / T)"),
-    (lambda s, t, T=1.0, d="forward": kl_solution(s, t, T, d) * len(s), "summed over positions"),
-    (lambda s, t, T=1.0, d="forward": (kl_solution(s, t, T, d) * 0 + 1), "differs"),
-    (lambda s, t, T=1.0, d="forward": _naive_kl(s, t, T, d), "log_softmax"),
-    (lambda s, t, T=1.0, d="forward": torch.tensor(kl_solution(s, t, T, d).item(), dtype=s.dtype), "gradient"),
-    (lambda s, t, T=1.0, d="forward": _kl_last_axis(s, t, T, d), "dim 1"),
-])
-def test_kl_check_catches_typical_mistakes(wrong, hint):
-    with pytest.raises(ExerciseError, match=hint.replace("(", r"\(").replace(")", r"\)").replace("|", r"\|").replace("^", r"\^")):
-        kd.exercises.check_kl(wrong)
+def tutorial_step(name: str, replace: tuple[str, str] | None = None, ns: dict | None = None):
+    """The tutorial's function ``name`` (with one text replacement: a typical mistake), defined in ``ns``."""
+    ns = namespace() if ns is None else ns
+    src = tutorial_functions(TUTORIAL[name])[name]
+    if replace is not None:
+        assert replace[0] in src, f"the mistake {replace[0]!r} no longer applies to the tutorial's {name}"
+        src = src.replace(*replace)
+    exec(src, ns)
+    return ns[name]
 
 
-def _naive_kl(s, t, T, d):  # log(softmax(...)) overflows to -inf for extreme logits
-    p, q = torch.softmax(t / T, 1), torch.softmax(s / T, 1)
-    a, b = (p, q) if d == "forward" else (q, p)
-    return (a * (a.log() - b.log())).sum(1).mean() * T ** 2
+def test_every_assignment_function_has_a_check():
+    assert set(TUTORIAL) == set(CHECKS)
 
 
-def _kl_last_axis(s, t, T, d):  # softmax over the last axis: right for [N, K], wrong for [N, K, H, W]
-    log_q, log_p = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
-    a, b = (log_p, log_q) if d == "forward" else (log_q, log_p)
-    return (a.exp() * (a - b)).sum(-1).mean() * T ** 2
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_assignment_solutions_are_the_tutorials_steps(assignment):
+    """No third copy: each solution function in an assignment's source is, token for token, the
+    function of that name its tutorial writes out (comments and layout aside)."""
+    steps = tutorial_functions(assignment)
+    for grade_id, src in solutions(assignment).items():
+        for name, node in functions(src).items():
+            assert name in steps, f"{assignment}: {name} (cell {grade_id}) is not written out in the tutorial"
+            assert ast.dump(node) == ast.dump(ast.parse(steps[name]).body[0]), (
+                f"{assignment}: the solution of {name} and the tutorial's step have drifted apart")
 
 
-def test_other_checks_catch_typical_mistakes():
-    with pytest.raises(ExerciseError, match="sign"):
-        kd.exercises.check_bits_per_dim(lambda lp, d: lp / (d * math.log(2)))
-    with pytest.raises(ExerciseError, match="number of pixels"):
-        kd.exercises.check_bits_per_dim(lambda lp, d: -lp / math.log(2))
-    with pytest.raises(ExerciseError, match="num_pixels"):
-        kd.exercises.check_bits_per_dim(lambda lp, d: -lp / (784 * math.log(2)))
-
-    def updates_teacher(student, teacher, z, opt):
-        loss = ((student(z) - teacher(z)) ** 2).mean()
-        torch.optim.SGD(teacher.parameters(), lr=0.1).zero_grad()
-        loss.backward()
-        opt.step()
-        for p in teacher.parameters():
-            p.data -= 0.1 * p.grad
-        return loss.item()
-
-    with pytest.raises(ExerciseError, match="teacher is frozen"):
-        kd.exercises.check_distill_step(updates_teacher)
-
-    def teacher_in_train_mode(student, teacher, z, opt):
-        teacher.train()  # BatchNorm now updates its running statistics from this batch
-        with torch.no_grad():
-            target = teacher(z)
-        loss = ((student(z) - target) ** 2).mean()
-        opt.zero_grad(); loss.backward(); opt.step()
-        return loss.item()
-
-    with pytest.raises(ExerciseError, match="BatchNorm statistics"):
-        kd.exercises.check_distill_step(teacher_in_train_mode)
-
-    def different_noise(student, teacher, z, opt):
-        with torch.no_grad():
-            target = teacher(torch.randn_like(z))
-        loss = ((student(z) - target) ** 2).mean()
-        opt.zero_grad(); loss.backward(); opt.step()
-        return loss.item()
-
-    with pytest.raises(ExerciseError, match="same noise"):
-        kd.exercises.check_distill_step(different_noise)
-    with pytest.raises(ExerciseError, match=r"\|F\|"):
-        kd.exercises.check_attention_map(lambda f: F.normalize(f.abs().mean(1).flatten(1), dim=1))
-    with pytest.raises(ExerciseError, match=r"\[N, H\*W\]"):
-        kd.exercises.check_attention_map(lambda f: F.normalize((f ** 2).mean(1), dim=(1, 2)))
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_checks_accept_the_tutorials_steps_visible_and_hidden(name, capsys):
+    ns = namespace()
+    if name == "my_progressive_step":
+        tutorial_step("my_two_step_target", ns=ns)
+    fn = tutorial_step(name, ns=ns)
+    assert CHECKS[name](fn) is None  # nothing to echo in a notebook cell
+    CHECKS[name](fn, hidden=True)
+    out = capsys.readouterr().out
+    assert out.count("✓") >= 2 and "hidden checks pass" in out
 
 
-def _spectrum(images, n_bins, amplitude=False, first_only=False, cycles_per_image=False):
-    """A float64 radial spectrum written with NumPy, with one mistake switched on."""
-    x = images.numpy()[:1] if first_only else images.numpy()
-    x = x - x.mean(axis=(-2, -1), keepdims=True)
-    power = (np.abs(np.fft.fft2(x)) ** (1 if amplitude else 2)).mean(axis=(0, 1))
-    h, w = x.shape[-2:]
-    fy, fx = np.fft.fftfreq(h, d=1 / h if cycles_per_image else 1), np.fft.fftfreq(w, d=1 / w if cycles_per_image else 1)
-    ring = np.minimum(np.round(np.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2) * 2 * n_bins), n_bins).astype(int)
-    total = np.bincount(ring.ravel(), power.ravel(), minlength=n_bins + 1)
-    count = np.bincount(ring.ravel(), minlength=n_bins + 1)
-    return torch.from_numpy(total / np.maximum(count, 1))
+MISTAKES = [  # (function, text replaced in the tutorial's step, hint the check must give)
+    ("my_gan_step", ("torch.ones_like(d_real))", "torch.zeros_like(d_real))"), None),
+    ("my_gan_step", ("loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))",
+                     "loss_g = -F.binary_cross_entropy_with_logits(d_gen, torch.zeros_like(d_gen))"), "saturating"),
+    ("my_mle_step", ("nll.item() / math.log(2)", "nll.item()"), "nats"),
+    ("my_distill_step", ("(fake - target).pow(2).mean() if", "(fake - target).pow(2).mean().sqrt() if"), "root"),
+    ("my_distill_step", ("target = teacher(z)", "target = teacher(torch.randn_like(z))"), "same noise"),
+    ("my_distill_step", ("loss = loss + w * F", "loss = loss + F"), "not weighted"),
+    ("my_kl_step", ("(kl * T ** 2).mean()", "kl.mean()"), "T^2"),
+    ("my_kl_step", ("(log_p, log_q) if direction", "(log_q, log_p) if direction"), "KL(student || teacher)"),
+    ("my_kl_step", ("(kl * T ** 2).mean()", "(kl * T ** 2).sum()"), "summed"),
+    ("my_kl_step", ("log_q = F.log_softmax(logits / T, dim=1)", "log_q = torch.softmax(logits / T, dim=1).log()"),
+     "log_softmax"),
+    ("my_feature_terms", ("F.normalize(f.pow(2).mean(1).flatten(1), dim=1)", "f.pow(2).mean(1).flatten(1)"), "unit L2 norm"),
+    ("my_feature_terms", ("hint = (r - ft).pow(2).mean()", "hint = (r - ft).pow(2).sum()"), "do not sum"),
+    ("my_feature_terms", (" / (f.shape[2] * f.shape[3])", ""), "H W"),
+    ("my_band_energies", ("images.double() - images.double().mean((-2, -1), keepdim=True)", "images.double()"), "DC"),
+    ("my_band_energies", ("/ (h * w) ** 2", "/ (h * w)"), "too large"),
+    ("my_band_energies", ("(radius >= lo) & (radius < hi)", "(radius > lo) & (radius <= hi)"), "split across bands"),
+    ("my_two_step_target", ("col(s_2 / s_t)", "col(s_t / s_2)"), "inverted"),
+    ("my_two_step_target", ("t1, t2 = t - 0.5 / N, t - 1.0 / N", "t1, t2 = t - 1.0 / N, t - 1.0 / N"), None),
+    ("my_progressive_step", ("loss = (student(z, t) - v_tilde).pow(2).mean()",
+                             "loss = (dm.predict_x(student, z, t, clip=False) - x_tilde).pow(2).mean()"), "regress v"),
+    ("kernel_logsumexp", ("(x - m).exp()", "x.exp()"), None),
+    ("online_logsumexp", ("l * torch.exp(m - m_new)", "l"), "rescal"),
+    ("online_logsumexp", ("return m + torch.log(l)", "return m"), "only the maximum"),
+]
 
 
-def test_spectrum_check_accepts_numpy_reference_and_catches_typical_mistakes():
-    assert kd.exercises.check_radial_spectrum(_spectrum)
-    for kwargs, hint in (({"amplitude": True}, "amplitude"), ({"first_only": True}, "all images"),
-                         ({"cycles_per_image": True}, "cycles per pixel")):
-        with pytest.raises(ExerciseError, match=hint):
-            kd.exercises.check_radial_spectrum(lambda x, n, kw=kwargs: _spectrum(x, n, **kw))
-    with pytest.raises(ExerciseError, match="n_bins \\+ 1"):
-        kd.exercises.check_radial_spectrum(lambda x, n: _spectrum(x, n)[1:])
-    with pytest.raises(ExerciseError, match="sum grows"):
-        kd.exercises.check_radial_spectrum(lambda x, n: _spectrum(x, n) * torch.bincount(
-            torch.from_numpy(np.minimum(np.round(np.sqrt(np.fft.fftfreq(x.shape[-2])[:, None] ** 2
-                                                          + np.fft.fftfreq(x.shape[-1])[None, :] ** 2) * 2 * n), n)
-                             .astype(np.int64).ravel()), minlength=n + 1))
-
-
-def test_distillation_target_check_catches_typical_mistakes():
-    ab = lambda t: [v.view(-1, 1, 1, 1) for v in kd.methods.diffusion.alpha_sigma(t)]
-
-    def inverted(z, z2, t, t2):
-        (a_t, s_t), (a_2, s_2) = ab(t), ab(t2)
-        return (z2 - s_t / s_2 * z) / (a_2 - s_t / s_2 * a_t)
-
-    def no_denominator(z, z2, t, t2):
-        (_, s_t), (_, s_2) = ab(t), ab(t2)
-        return z2 - s_2 / s_t * z
-
-    def alpha_ratio(z, z2, t, t2):
-        (a_t, s_t), (a_2, s_2) = ab(t), ab(t2)
-        return (z2 - a_2 / a_t * z) / (s_2 - a_2 / a_t * s_t)
-
-    for wrong, hint in ((inverted, "inverted|inf or nan"), (no_denominator, "divide by"), (alpha_ratio, "does not land")):
-        with pytest.raises(ExerciseError, match=hint):
-            kd.exercises.check_distillation_target(wrong)
-
-
-def _with_solution(path: Path, src: str, dest: Path) -> Path:
-    nb = json.loads(path.read_text())
-    cells = [c for c in nb["cells"] if "exercise" in c["metadata"].get("tags", [])]
-    assert len(cells) == 1, "each exercise notebook has one cell tagged 'exercise'"
-    assert "raise NotImplementedError" in "".join(cells[0]["source"])  # the learner's starting point
-    cells[0]["source"] = textwrap.dedent(src).strip()
-    dest.write_text(json.dumps(nb))
-    return dest
-
-
-def _check_in_process(path: Path, src: str) -> None:
-    """Run an exercise notebook's imports, parameters, exercise cell (with ``src``) and the check cell
-    that follows it in this process: the path a wrong answer takes, without starting a kernel."""
-    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
-    at = next(i for i, c in enumerate(cells) if "exercise" in c["metadata"].get("tags", []))
-    check = next(c for c in cells[at + 1:] if "kd.exercises.check_" in "".join(c["source"]))
-    ns: dict = {}
-    for source in ("".join(cells[0]["source"]), "".join(cells[1]["source"]), textwrap.dedent(src), "".join(check["source"])):
-        exec("\n".join(line for line in source.splitlines() if not line.startswith("%")), ns)
-
-
-@pytest.mark.notebook
-@pytest.mark.parametrize("name", sorted(SOLUTIONS))
-def test_exercise_notebook_runs_with_a_solution_and_stops_on_a_wrong_one(name, tmp_path):
-    import papermill as pm
-
-    path = EXERCISES / name
-    ok = _with_solution(path, SOLUTIONS[name], tmp_path / f"ok_{name}")
-    pm.execute_notebook(str(ok), str(tmp_path / f"ok_out_{name}"), kernel_name="python3", cwd=str(EXERCISES),
-                        progress_bar=False, execution_timeout=300)
-    executed = json.loads((tmp_path / f"ok_out_{name}").read_text())
-    text = json.dumps(executed["cells"])
-    assert "all " in text and "checks pass" in text
-    wrong_src, hint = WRONG[name]
+@pytest.mark.parametrize("name, mistake, hint", MISTAKES, ids=[f"{m[0]}-{i}" for i, m in enumerate(MISTAKES)])
+def test_checks_catch_typical_mistakes(name, mistake, hint):
+    ns = namespace()
+    if name == "my_progressive_step":
+        tutorial_step("my_two_step_target", ns=ns)
+    fn = tutorial_step(name, mistake, ns)
     with pytest.raises(ExerciseError) as err:
-        _check_in_process(path, wrong_src)
-    assert hint in str(err.value)
+        CHECKS[name](fn)
+    if hint is not None:
+        assert hint in str(err.value)
 
 
-@pytest.mark.parametrize("name", sorted(SOLUTIONS))
-def test_exercise_notebooks_have_a_parameters_cell_after_the_imports(name):
-    code = [c for c in json.loads((EXERCISES / name).read_text())["cells"] if c["cell_type"] == "code"]
-    assert "import kdlab as kd" in "".join(code[0]["source"])
-    assert code[1]["metadata"].get("tags") == ["parameters"]  # papermill can rerun it with other values
+def test_a_wrong_part_fails_alone():
+    """Points per part: a step without T^2 passes the other parts of the KL check."""
+    fn = tutorial_step("my_kl_step", ("(kl * T ** 2).mean()", "kl.mean()"))
+    for part in ("forward", "reverse", "stable"):
+        kd.exercises.check_kl_step(fn, part)
+    with pytest.raises(ExerciseError, match="T\\^2"):
+        kd.exercises.check_kl_step(fn, "temperature")
+    with pytest.raises(ValueError, match="has parts"):
+        kd.exercises.check_kl_step(fn, "direction")
 
 
-def test_exercise_notebooks_are_the_ones_we_have_solutions_for():
-    assert sorted(p.name for p in EXERCISES.glob("*.ipynb")) == sorted(SOLUTIONS)
+DELEGATING = {  # solutions that hand the work to kdlab or torch: the visible check passes, the hidden one refuses
+    "my_kl_step": ("def my_kl_step(student, x, teacher_logits, opt, T=1.0, direction='forward'):\n"
+                   "    return kd.methods.pixelcnn.kl_step(student, x, teacher_logits, opt, T, direction)['kl'].item()",
+                   "pixelcnn.kl_step"),
+    "my_distill_step": ("from kdlab.methods.gan import distill_step as ds\n"
+                        "def my_distill_step(student, teacher, z, opt, kind='mse', real=None, D=None, opt_d=None, w=0.0):\n"
+                        "    return ds(student, teacher, z, opt, kind)['loss'].item()", "gan.distill_step"),
+    "my_feature_terms": ("def my_feature_terms(fs, ft, adapter):\n"
+                         "    L = kd.feature_losses\n"
+                         "    return {'hint': L.hint_loss(adapter(fs), ft), 'attention': L.attention_transfer(fs, ft),\n"
+                         "            'gram': L.gram_loss(adapter(fs), ft)}", "feature_losses"),
+    "online_logsumexp": ("def online_logsumexp(x):\n    return x.logsumexp(-1)", "Tensor.logsumexp"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DELEGATING))
+def test_hidden_checks_refuse_solutions_that_call_the_reference(name):
+    src, called = DELEGATING[name]
+    ns = namespace()
+    exec(src, ns)
+    part = {"my_distill_step": "mse", "my_feature_terms": "hint"}.get(name)
+    CHECKS[name](ns[name], part)  # the visible check cannot tell
+    with pytest.raises(ExerciseError, match=f"calls .*{re.escape(called)}.*score 0"):
+        CHECKS[name](ns[name], part, hidden=True)
+
+
+def test_the_guard_sees_aliases_and_tensor_methods_but_not_allowed_calls():
+    forbidden = kd.exercises.Forbidden("x", python=(kd.losses.kl_distillation,), torch_ops=(torch.logsumexp, torch.Tensor.logsumexp))
+    from kdlab.losses import kl_distillation as alias
+    s = torch.randn(2, 3)
+    for call, expect in ((lambda: alias(s, s), True), (lambda: s.logsumexp(-1), True), (lambda: torch.logsumexp(s, 1), True),
+                         (lambda: torch.log_softmax(s, 1), False), (lambda: kd.losses.output_distillation(s, s), False)):
+        with kd.exercises.recording(forbidden) as seen:
+            call()
+        assert bool(seen) is expect
+
+
+def test_learners_see_the_message_alone():
+    """IPython shows an exception's _render_traceback_ instead of the traceback into kdlab's checks."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.user_ns.update(kd=kd, math=math, torch=torch, F=F)
+    shell.run_cell(tutorial_functions("03_kl_derivation")["my_kl_step"].replace("(kl * T ** 2).mean()", "kl.mean()"))
+    result = shell.run_cell('kd.exercises.check_kl_step(my_kl_step, "temperature")')
+    assert isinstance(result.error_in_exec, ExerciseError)
+    lines = ExerciseError("off by T^2")._render_traceback_()
+    assert len(lines) == 1 and "off by T^2" in lines[0] and "exercises" not in lines[0].replace("ExerciseError", "")
+
+
+def test_prediction_helper_measures_the_gradient_against_float64_autograd():
+    step = tutorial_step("my_kl_step")
+    g = torch.Generator().manual_seed(0)
+    s, t = 3 * torch.randn(1, 10, 1, 1, generator=g, dtype=torch.float64), 3 * torch.randn(1, 10, 1, 1, generator=g, dtype=torch.float64)
+    for T, norm in zip((1.0, 4.0), kd.exercises.kl_step.gradient_norms(step, (1.0, 4.0))):
+        x = s.clone().requires_grad_(True)
+        p, q = torch.softmax(t / T, 1), torch.softmax(x / T, 1)
+        (T ** 2 * (p * (p.log() - q.log())).sum()).backward()
+        assert math.isclose(norm, x.grad.norm().item(), rel_tol=1e-6)  # the step casts the teacher's logits to float32
+
+
+def test_exercise_notebooks_are_generated_from_the_sources_only():
+    from pathlib import Path
+    released = sorted(p.name for p in (Path(__file__).resolve().parent.parent / "notebooks" / "exercises").glob("*.ipynb"))
+    assert released == sorted(f"{a[:2]}_exercises.ipynb" for a in ASSIGNMENTS)

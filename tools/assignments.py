@@ -13,6 +13,7 @@ checksums it restores at grading; the released notebooks are what ``notebooks/ex
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -43,36 +44,49 @@ def nbgrader(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+def course_copy(work: Path, course: Path = COURSE, only: list[str] | None = None) -> Path:
+    """A scratch course folder in ``work``: the config and the sources (of ``only`` these assignments)."""
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copy(course / "nbgrader_config.py", work)
+    for assignment in only or assignments(course):
+        shutil.copytree(course / "source" / assignment, work / "source" / assignment)
+    return work
+
+
+def released(work: Path, assignment: str) -> dict[str, str]:
+    """``nbgrader generate_assignment`` in a course copy; returns ``{file name: cleaned JSON}``."""
+    nbgrader("generate_assignment", assignment, "--force", cwd=work)
+    return {nb.name: nbclean.dumps(nbclean.clean(json.loads(nb.read_text())))
+            for nb in sorted((work / "release" / assignment).glob("*.ipynb"))}
+
+
 def generate(course: Path = COURSE) -> dict[str, str]:
-    """Generate every assignment in a scratch copy of the course; returns ``{file name: cleaned JSON}``."""
-    out = {}
+    """Every assignment's released notebooks, generated in a scratch copy of the course."""
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        shutil.copytree(course / "source", work / "source")
-        shutil.copy(course / "nbgrader_config.py", work)
-        for assignment in assignments(course):
-            nbgrader("generate_assignment", assignment, "--force", cwd=work)
-            for nb in sorted((work / "release" / assignment).glob("*.ipynb")):
-                out[nb.name] = nbclean.dumps(nbclean.clean(nbclean.json.loads(nb.read_text())))
-    return out
+        work = course_copy(Path(tmp), course)
+        return {name: text for assignment in assignments(course) for name, text in released(work, assignment).items()}
+
+
+def stale(generated: dict[str, str]) -> list[str]:
+    """What keeps ``notebooks/exercises/`` from matching ``generated`` (empty when in sync)."""
+    out = [f"notebooks/exercises/{name} differs from its source: run `make assignments`"
+           for name, text in generated.items()
+           if not (EXERCISES / name).is_file() or (EXERCISES / name).read_text() != text]
+    return out + [f"notebooks/exercises/{name} has no source in notebooks/course/source/"
+                  for name in sorted({p.name for p in EXERCISES.glob("*.ipynb")} - set(generated))]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only compare notebooks/exercises/ with the sources")
     args = ap.parse_args(argv)
-    released = generate()
+    generated = generate()
     if args.check:
-        stale = [name for name, text in released.items()
-                 if not (EXERCISES / name).is_file() or (EXERCISES / name).read_text() != text]
-        extra = sorted({p.name for p in EXERCISES.glob("*.ipynb")} - set(released))
-        for name in stale:
-            print(f"notebooks/exercises/{name} differs from its source: run `make assignments`")
-        for name in extra:
-            print(f"notebooks/exercises/{name} has no source in notebooks/course/source/")
-        return 1 if stale or extra else 0
+        problems = stale(generated)
+        print("\n".join(problems) or "notebooks/exercises/ matches notebooks/course/source/")
+        return 1 if problems else 0
     EXERCISES.mkdir(exist_ok=True)
-    for name, text in released.items():
+    for name, text in generated.items():
         (EXERCISES / name).write_text(text)
         print(f"notebooks/exercises/{name}")
     return 0

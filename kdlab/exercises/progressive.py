@@ -60,7 +60,8 @@ def _x_tilde(fn, seed: int) -> int:
     if x_tilde.shape != z.shape:
         raise ExerciseError(f"x_tilde must have the images' shape {list(z.shape)}, got {list(x_tilde.shape)}")
     if not torch.isfinite(x_tilde).all():
-        raise ExerciseError("inf or nan in x_tilde: sigma_t > 0 for t > 0; check the denominator")
+        raise ExerciseError("inf or nan in x_tilde: sigma_t'' is 0 at the last step (t'' = 0), so divide by sigma_t "
+                            "(> 0 for t > 0), never by sigma_t'': is the ratio inverted, or the denominator wrong?")
     if close(x_tilde, ref_z2, 1e-6, 1e-9):
         raise ExerciseError("x_tilde is not the teacher's z_t'' itself: solve the DDIM step from z_t for its x")
     landed = dm.ddim_step(z, t, t - 1 / N, x_tilde.double())

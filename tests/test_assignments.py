@@ -1,0 +1,151 @@
+"""nbgrader end to end: the released assignments are generated from the sources, and autograding
+three sample submissions per assignment records full, partial and zero scores in the gradebook.
+
+The submissions: the tutorial's own step (full marks); a typical mistake (partial credit: only the
+parts it breaks score 0); and one that deletes a check cell and hands the work to kdlab's reference
+(0: nbgrader restores nothing it can grade from a deleted cell, and the hidden checks refuse the
+reference in every other part)."""
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from assignment_sources import ASSIGNMENTS, REPO, solutions
+
+sys.path.insert(0, str(REPO / "tools"))
+import assignments as tool  # noqa: E402
+
+pytestmark = pytest.mark.notebook
+
+MISTAKES = {  # assignment -> (solution cell, text replaced, the parts that must lose their points)
+    "01_teacher_pretraining": ("my_gan_step", ("loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))",
+                                               "loss_g = -F.binary_cross_entropy_with_logits(d_gen, torch.zeros_like(d_gen))"),
+                               {"check_my_gan_step_generator"}),
+    "02_output_distillation": ("my_distill_step", ("loss = loss + w * F", "loss = loss + F"), {"check_my_distill_step_joint"}),
+    "03_kl_derivation": ("my_kl_step", ("(kl * T ** 2).mean()", "kl.mean()"), {"check_my_kl_step_temperature"}),
+    "04_feature_distillation": ("my_feature_terms", ("F.normalize(f.pow(2).mean(1).flatten(1), dim=1)",
+                                                     "f.pow(2).mean(1).flatten(1)"), {"check_my_feature_terms_attention"}),
+    "05_signal_preservation": ("my_band_energies", ("(radius >= lo) & (radius < hi)", "(radius > lo) & (radius <= hi)"),
+                               {"check_my_band_energies_parseval"}),
+    "06_diffusion_step_distillation": ("my_two_step_target", ("col(s_2 / s_t)", "col(s_t / s_2)"),
+                                       {"check_my_two_step_target_x_tilde", "check_my_progressive_step_step"}),
+    "07_fused_kernels": ("online_logsumexp", ("l * torch.exp(m - m_new)", "l"),  # the hidden row needs the rescaling
+                         {"check_online_logsumexp_values", "check_online_logsumexp_stable"}),
+}
+REFERENCE = {  # solution cell -> a body that calls kdlab's own implementation
+    "my_gan_step": "def my_gan_step(G, D, real, z, opt_g, opt_d):\n"
+                   "    out = kd.methods.gan.gan_step(G, D, real, z, opt_g, opt_d)\n"
+                   "    return out['loss_d'].item(), out['loss_g'].item()",
+    "my_mle_step": "def my_mle_step(model, x, opt):\n    return kd.methods.pixelcnn.mle_step(model, x, opt)['bits_per_dim'].item()",
+    "my_distill_step": "def my_distill_step(student, teacher, z, opt, kind='mse', real=None, D=None, opt_d=None, w=0.0):\n"
+                       "    adv = None if D is None else kd.methods.gan.Adversary(D, w, 0.1)\n"
+                       "    if adv is not None:\n        adv.opt = opt_d\n"
+                       "    return kd.methods.gan.distill_step(student, teacher, z, opt, kind, real, adv)['loss'].item()",
+    "my_kl_step": "def my_kl_step(student, x, teacher_logits, opt, T=1.0, direction='forward'):\n"
+                  "    return kd.methods.pixelcnn.kl_step(student, x, teacher_logits, opt, T, direction)['kl'].item()",
+    "my_feature_terms": "def my_feature_terms(fs, ft, adapter):\n    L = kd.feature_losses\n"
+                        "    return {'hint': L.hint_loss(adapter(fs), ft), 'attention': L.attention_transfer(fs, ft),\n"
+                        "            'gram': L.gram_loss(adapter(fs), ft)}",
+    "my_band_energies": "def my_band_energies(images, bands):\n    return kd.evaluation.metrics.band_energies(images, bands)",
+    "my_two_step_target": "def my_two_step_target(teacher, z, t, N):\n    return dm.two_step_target(teacher, z, t, N)",
+    "my_progressive_step": "def my_progressive_step(student, teacher, x, t, eps, opt, N):\n"
+                           "    return dm.progressive_step(student, teacher, x, t, eps, opt, N)['loss'].item()",
+    "kernel_logsumexp": "def kernel_logsumexp(x):\n    return torch.logsumexp(x, -1)",
+    "online_logsumexp": "def online_logsumexp(x):\n    return torch.logsumexp(x, -1)",
+}
+
+
+def _grade(c: dict) -> dict:
+    return c["metadata"].get("nbgrader", {})
+
+
+def _submission(release: dict, assignment: str, kind: str) -> dict:
+    nb = copy.deepcopy(release)
+    sols = solutions(assignment)
+    cell_id, (old, new), _ = MISTAKES[assignment]
+    dropped = False
+    kept = []
+    for c in nb["cells"]:
+        g = _grade(c)
+        if g.get("solution") and c["cell_type"] == "code":
+            src = sols[g["grade_id"]]
+            if kind == "mistake" and g["grade_id"] == cell_id:
+                assert old in src, f"{assignment}: the sample mistake no longer applies"
+                src = src.replace(old, new)
+            c["source"] = REFERENCE[g["grade_id"]] if kind == "reference" else src
+        elif g.get("solution"):
+            c["source"] = "My answer."
+        elif g.get("grade") and kind == "reference" and not dropped:
+            dropped = True  # delete the first check cell
+            continue
+        kept.append(c)
+    nb["cells"] = kept
+    return nb
+
+
+def _autograde(assignment: str, work: Path) -> dict:
+    """Generate, submit three notebooks, autograde; returns the gradebook's scores and the graded notebooks."""
+    from nbgrader.api import Gradebook
+
+    course = tool.course_copy(work, only=[assignment])
+    released = tool.released(course, assignment)
+    (name,) = released
+    release = json.loads((course / "release" / assignment / name).read_text())
+    for kind in ("correct", "mistake", "reference"):
+        path = course / "submitted" / kind / assignment / name
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(_submission(release, assignment, kind)))
+    tool.nbgrader("autograde", assignment, cwd=course)
+    scores = {}
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        for kind in ("correct", "mistake", "reference"):
+            nb = gb.find_submission(assignment, kind).notebooks[0]
+            scores[kind] = {g.name: (g.auto_score, g.max_score) for g in nb.grades if g.cell.cell_type == "code"}
+    graded = {kind: json.loads((course / "autograded" / kind / assignment / name).read_text()) for kind in scores}
+    return {"released": released, "scores": scores, "graded": graded}
+
+
+@pytest.fixture(scope="module")
+def autograded(tmp_path_factory):
+    """All assignments, two at a time (each autograde is mostly kernel start-up and imports)."""
+    root = tmp_path_factory.mktemp("course")
+    with ThreadPoolExecutor(2) as pool:
+        futures = {a: pool.submit(_autograde, a, root / a) for a in ASSIGNMENTS}
+        return {a: f.result() for a, f in futures.items()}
+
+
+def test_exercise_notebooks_are_in_sync_with_the_sources(autograded):
+    generated = {name: text for r in autograded.values() for name, text in r["released"].items()}
+    assert tool.stale(generated) == []
+    for text in generated.values():  # nbgrader removed the solutions, the hidden tests and the model answers
+        assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text and "hidden=True" not in text
+        assert "raise NotImplementedError()" in text and "YOUR ANSWER HERE" in text
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_autograde_scores_full_partial_and_zero(autograded, assignment):
+    scores = autograded[assignment]["scores"]
+    full = {cell: m for cell, (_, m) in scores["correct"].items()}
+    assert sum(full.values()) >= 3 and all(m > 0 for m in full.values())
+    assert {cell: s for cell, (s, _) in scores["correct"].items()} == full
+    lost = MISTAKES[assignment][2]
+    assert {cell: s for cell, (s, _) in scores["mistake"].items()} == {c: 0.0 if c in lost else m for c, m in full.items()}
+    assert sum(s or 0 for s, _ in scores["reference"].values()) == 0
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_graded_feedback_shows_the_checks_message_not_a_traceback(autograded, assignment):
+    nb = autograded[assignment]["graded"]["mistake"]
+    errors = [o for c in nb["cells"] if _grade(c).get("grade") for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert errors, "the typical mistake must fail a check"
+    for e in errors:
+        text = "\n".join(e["traceback"])
+        assert e["ename"] == "ExerciseError" and len(e["traceback"]) == 1 and "kdlab/exercises" not in text
+    reference = autograded[assignment]["graded"]["reference"]
+    messages = [o.get("evalue", "") for c in reference["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert any("score 0" in m for m in messages), "the hidden checks say why a solution that calls the reference scores 0"
