@@ -9,7 +9,7 @@ RUN    := $(shell echo "$$(date +%Y%m%d-%H%M%S)-$$$$")
 P      ?=
 PYTEST_ARGS ?=
 
-.PHONY: tutorial test test-fast lint lab figures clean-notebooks refresh-references
+.PHONY: tutorial test test-fast lint lab figures clean-notebooks refresh-references assignments
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,3 +64,7 @@ refresh-references: $(STAMP)
 	  KDLAB_SMOKE=1 KDLAB_PROGRESS=text KDLAB_WIDGETS=0 KDLAB_RUNS=$$(mktemp -d) $(BIN)/papermill $$nb $$nb --cwd notebooks -k python3 || exit 1; \
 	done
 	$(MAKE) clean-notebooks
+
+## Generate the learners' assignments (notebooks/exercises/) from notebooks/course/source/ with nbgrader.
+assignments: $(STAMP)
+	$(BIN)/python tools/assignments.py

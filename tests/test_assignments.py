@@ -23,8 +23,8 @@ import assignments as tool  # noqa: E402
 pytestmark = pytest.mark.notebook
 
 MISTAKES = {  # assignment -> (solution cell, text replaced, the parts that must lose their points)
-    "01_teacher_pretraining": ("my_gan_step", ("loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))",
-                                               "loss_g = -F.binary_cross_entropy_with_logits(d_gen, torch.zeros_like(d_gen))"),
+    "01_teacher_pretraining": ("my_gan_step", ("F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))",
+                                               "-F.binary_cross_entropy_with_logits(d_gen, torch.zeros_like(d_gen))"),
                                {"check_my_gan_step_generator"}),
     "02_output_distillation": ("my_distill_step", ("loss = loss + w * F", "loss = loss + F"), {"check_my_distill_step_joint"}),
     "03_kl_derivation": ("my_kl_step", ("(kl * T ** 2).mean()", "kl.mean()"), {"check_my_kl_step_temperature"}),
@@ -41,7 +41,8 @@ REFERENCE = {  # solution cell -> a body that calls kdlab's own implementation
     "my_gan_step": "def my_gan_step(G, D, real, z, opt_g, opt_d):\n"
                    "    out = kd.methods.gan.gan_step(G, D, real, z, opt_g, opt_d)\n"
                    "    return out['loss_d'].item(), out['loss_g'].item()",
-    "my_mle_step": "def my_mle_step(model, x, opt):\n    return kd.methods.pixelcnn.mle_step(model, x, opt)['bits_per_dim'].item()",
+    "my_mle_step": "def my_mle_step(model, x, opt):\n"
+                   "    return kd.methods.pixelcnn.mle_step(model, x, opt)['bits_per_dim'].item()",
     "my_distill_step": "def my_distill_step(student, teacher, z, opt, kind='mse', real=None, D=None, opt_d=None, w=0.0):\n"
                        "    adv = None if D is None else kd.methods.gan.Adversary(D, w, 0.1)\n"
                        "    if adv is not None:\n        adv.opt = opt_d\n"

@@ -150,7 +150,8 @@ def test_hidden_checks_refuse_solutions_that_call_the_reference(name):
 
 
 def test_the_guard_sees_aliases_and_tensor_methods_but_not_allowed_calls():
-    forbidden = kd.exercises.Forbidden("x", python=(kd.losses.kl_distillation,), torch_ops=(torch.logsumexp, torch.Tensor.logsumexp))
+    forbidden = kd.exercises.Forbidden("x", python=(kd.losses.kl_distillation,),
+                                       torch_ops=(torch.logsumexp, torch.Tensor.logsumexp))
     from kdlab.losses import kl_distillation as alias
     s = torch.randn(2, 3)
     for call, expect in ((lambda: alias(s, s), True), (lambda: s.logsumexp(-1), True), (lambda: torch.logsumexp(s, 1), True),
@@ -176,7 +177,7 @@ def test_learners_see_the_message_alone():
 def test_prediction_helper_measures_the_gradient_against_float64_autograd():
     step = tutorial_step("my_kl_step")
     g = torch.Generator().manual_seed(0)
-    s, t = 3 * torch.randn(1, 10, 1, 1, generator=g, dtype=torch.float64), 3 * torch.randn(1, 10, 1, 1, generator=g, dtype=torch.float64)
+    s, t = (3 * torch.randn(1, 10, 1, 1, generator=g, dtype=torch.float64) for _ in range(2))
     for T, norm in zip((1.0, 4.0), kd.exercises.kl_step.gradient_norms(step, (1.0, 4.0))):
         x = s.clone().requires_grad_(True)
         p, q = torch.softmax(t / T, 1), torch.softmax(x / T, 1)

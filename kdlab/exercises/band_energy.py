@@ -42,7 +42,8 @@ def _grating(fn, seed: int) -> int:
     if close(out, want * size, rtol=1e-6) or close(out, want * size * size, rtol=1e-6):
         raise ExerciseError("the energy is too large by H W or (H W)^2: divide |FFT|^2 by (H W)^2, so that the bands "
                             "sum to the pixel variance (Parseval)")
-    if close(out, want.sqrt() * size / math.sqrt(2), rtol=1e-6) or close(out[1:2], torch.tensor([amp * size ** 2 / 2]), rtol=1e-6):
+    amplitude = want.sqrt() * size / math.sqrt(2)
+    if close(out, amplitude, rtol=1e-6) or close(out[1:2], torch.tensor([amp * size ** 2 / 2]), rtol=1e-6):
         raise ExerciseError("this is the amplitude |FFT|; the energy uses the power |FFT|^2")
     if not close(out, want, rtol=1e-6, atol=1e-9):
         raise ExerciseError(f"a cosine grating of {f:.3g} cycles/pixel and amplitude {amp} must put {amp ** 2 / 2:.4g} "

@@ -150,5 +150,5 @@ def check_kl_step(fn, part: str | None = None, hidden: bool = False) -> None:
 def gradient_norms(fn, temperatures=(1.0, 2.0, 4.0, 8.0), seed: int = 0) -> list[float]:
     """The size of the gradient the learner's step applies to one row of logits at each temperature."""
     g = torch.Generator().manual_seed(seed)
-    s, t = 3 * torch.randn(1, 10, 1, 1, generator=g, dtype=torch.float64), 3 * torch.randn(1, 10, 1, 1, generator=g, dtype=torch.float64)
+    s, t = (3 * torch.randn(1, 10, 1, 1, generator=g, dtype=torch.float64) for _ in range(2))
     return [loss_and_gradient(fn, s, t, T, "forward")[1].norm().item() for T in temperatures]
