@@ -8,6 +8,7 @@ reference in every other part)."""
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -108,7 +109,10 @@ def _autograde(assignment: str, work: Path) -> dict:
             nb = gb.find_submission(assignment, kind).notebooks[0]
             scores[kind] = {g.name: (g.auto_score, g.max_score) for g in nb.grades if g.cell.cell_type == "code"}
     graded = {kind: json.loads((course / "autograded" / kind / assignment / name).read_text()) for kind in scores}
-    return {"released": released, "scores": scores, "graded": graded}
+    tool.nbgrader("export", cwd=course)  # the gradebook as CSV, as an instructor exports it
+    with open(course / "grades.csv", newline="") as f:
+        exported = {row["student_id"]: row for row in csv.DictReader(f)}
+    return {"released": released, "scores": scores, "graded": graded, "exported": exported}
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +141,8 @@ def test_autograde_scores_full_partial_and_zero(autograded, assignment):
     lost = MISTAKES[assignment][2]
     assert {cell: s for cell, (s, _) in scores["mistake"].items()} == {c: 0.0 if c in lost else m for c, m in full.items()}
     assert sum(s or 0 for s, _ in scores["reference"].values()) == 0
+    exported = autograded[assignment]["exported"]  # nbgrader export: the same totals, hand-graded answers still at 0
+    assert {k: float(exported[k]["raw_score"]) for k in scores} == {k: sum(s or 0 for s, _ in v.values()) for k, v in scores.items()}
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
