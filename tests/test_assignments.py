@@ -142,7 +142,8 @@ def test_autograde_scores_full_partial_and_zero(autograded, assignment):
     assert {cell: s for cell, (s, _) in scores["mistake"].items()} == {c: 0.0 if c in lost else m for c, m in full.items()}
     assert sum(s or 0 for s, _ in scores["reference"].values()) == 0
     exported = autograded[assignment]["exported"]  # nbgrader export: the same totals, hand-graded answers still at 0
-    assert {k: float(exported[k]["raw_score"]) for k in scores} == {k: sum(s or 0 for s, _ in v.values()) for k, v in scores.items()}
+    totals = {kind: sum(s or 0 for s, _ in cells.values()) for kind, cells in scores.items()}
+    assert {kind: float(exported[kind]["raw_score"]) for kind in scores} == totals
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
