@@ -1,5 +1,10 @@
-"""Plots used by the notebooks: image grids and loss curves (fixed figure sizes; each function
-returns its figure and closes nothing, so notebooks show it; pass ``path`` to also save a PNG)."""
+"""Plots used by the notebooks: image grids and loss curves (fixed figure sizes; pass ``path`` to
+also save a PNG).
+
+Each function returns its figure and closes nothing: Jupyter's inline backend shows every figure
+still open at the end of the cell, once. A figure that is also the cell's value is shown a second
+time, so a notebook line that ends a cell with one of these calls ends in ``;`` (or assigns the
+figure: ``fig = kd.viz.teacher_student_figure(...)``)."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -92,6 +92,26 @@ def test_notebook_conventions(path):
     assert "kd.write_metrics(OUT" in "".join(map(_source, code))
 
 
+FIGURE_FUNCTIONS = ("show_grids", "plot_history", "plot_pixel_distributions", "plot_spectra", "teacher_student_figure")
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.name)
+def test_no_cell_shows_a_figure_twice(path):
+    """kd.viz functions return their figure and the inline backend shows every open figure at the
+    end of the cell: a cell whose value is that figure would show it a second time (kdlab/viz.py)."""
+    twice = []
+    for i, cell in enumerate(_cells(path)):
+        source = "\n".join(line for line in _source(cell).splitlines() if not line.startswith(("%", "!")))
+        if cell["cell_type"] != "code" or not source.strip() or source.rstrip().endswith(";"):
+            continue
+        last = ast.parse(source).body[-1]
+        value = last.value if isinstance(last, ast.Expr) else None
+        func = value.func if isinstance(value, ast.Call) else None
+        if isinstance(value, ast.Name) and value.id == "fig" or getattr(func, "attr", None) in FIGURE_FUNCTIONS:
+            twice.append(i)
+    assert not twice, f"cells {twice} end with a figure as their value: end that line with ';'"
+
+
 TRAINING_LESSONS = ("01", "02", "03", "04", "06")  # 05 writes out a measurement, 07 the kernel's computation
 
 
@@ -158,6 +178,18 @@ def test_checked_outputs_match_the_committed_ones(path, executed):
     for cell in checked:
         assert cell["outputs"], f"a {MARKER} cell of {path.name} has no committed output: make refresh-references"
         assert _text_outputs(ran[_source(cell)]) == _text_outputs(cell), _source(cell)[:300]
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.name)
+def test_each_figure_is_displayed_once(path, executed):
+    """In the executed run: no figure comes back as a cell's value (it is displayed anyway), and no
+    cell displays the same image twice."""
+    nb, _, _ = executed(path.name)
+    for cell in (c for c in nb["cells"] if c["cell_type"] == "code"):
+        images = [o["data"]["image/png"] for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+        values = [o for o in cell.get("outputs", []) if o["output_type"] == "execute_result" and "image/png" in o["data"]]
+        assert not values and len(set(images)) == len(images), _source(cell)[:300]
 
 
 @pytest.mark.notebook
