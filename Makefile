@@ -1,15 +1,21 @@
 # kdlab: `make tutorial` runs every notebook headless, `make test` runs the test suite, `make lab`
-# opens JupyterLab. Each target creates .venv and installs kdlab into it when needed.
+# opens JupyterLab on a working copy of the notebooks (work/). Each target creates .venv and installs
+# kdlab into it when needed.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kdlab-installed
 LAB    := $(VENV)/.kdlab-lab-installed
+BROWSER := $(VENV)/.kdlab-browser-installed
+WORK   := work
+CHROMIUM ?= /usr/bin/chromium
+# JupyterLab refuses to run as root without --allow-root
+ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 RUN    := $(shell echo "$$(date +%Y%m%d-%H%M%S)-$$$$")
 P      ?=
 PYTEST_ARGS ?=
 
-.PHONY: tutorial test test-fast lint lab figures clean-notebooks refresh-references assignments
+.PHONY: tutorial test test-fast test-browser lint lab lab-reset figures clean-notebooks refresh-references assignments
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +25,10 @@ $(STAMP): pyproject.toml
 $(LAB): $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,lab]"
 	@touch $(LAB)
+
+$(BROWSER): $(LAB)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,lab,browser]"
+	@touch $(BROWSER)
 
 ## Execute every notebook on default parameters (pass more with P="-p name value ...").
 tutorial: $(STAMP)
@@ -40,15 +50,32 @@ test: $(STAMP)
 
 ## The unit tests and lint only: no notebook is executed (about a minute).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not notebook" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not notebook and not browser" $(PYTEST_ARGS)
+
+## The tutorials in JupyterLab in headless Chromium (smoke mode; needs $(CHROMIUM): apt-get install chromium).
+test-browser: $(BROWSER)
+	@test -x $(CHROMIUM) || { echo "make test-browser needs Chromium at $(CHROMIUM): apt-get install chromium (or CHROMIUM=/path/to/chromium)"; exit 1; }
+	KDLAB_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -m browser tests/test_browser_lab.py $(PYTEST_ARGS)
+	@echo "Screenshots: $${KDLAB_BROWSER_OUT:-runs/browser-test/latest/}"
 
 ## Lint the package, tools, tests and notebooks (ruff reads .ipynb).
 lint: $(STAMP)
 	$(BIN)/ruff check kdlab tools data tests notebooks
 
-## Open JupyterLab on the notebooks.
+## Open JupyterLab on work/, a working copy of the tutorials, exercises and figures in notebooks/ (it copies
+## only the files work/ lacks, so your edits stay; tracked notebooks stay clean).
 lab: $(LAB)
-	$(BIN)/jupyter lab notebooks/
+	@mkdir -p $(WORK)
+	@cd notebooks && find [0-9][0-9]_*.ipynb README.md exercises figures \( -name .ipynb_checkpoints -o -name __pycache__ \) -prune \
+	  -o -type f -print | while read -r f; do \
+	  if [ ! -e "../$(WORK)/$$f" ]; then mkdir -p "../$(WORK)/$$(dirname "$$f")" && cp -p "$$f" "../$(WORK)/$$f" && echo "copied notebooks/$$f to $(WORK)/"; fi; \
+	done
+	$(BIN)/jupyter lab $(WORK)/ $(ALLOW_ROOT)
+
+## Move work/ aside (to work.old-<date-time>/) and open JupyterLab on fresh copies of the notebooks.
+lab-reset:
+	@if [ -d $(WORK) ]; then old=$(WORK).old-$$(date +%Y%m%d-%H%M%S); mv $(WORK) $$old && echo "moved $(WORK)/ to $$old/"; fi
+	@$(MAKE) --no-print-directory lab
 
 ## Copy the default run's figures (runs/latest, from `make tutorial`) into notebooks/figures/.
 figures: $(STAMP)
