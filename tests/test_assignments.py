@@ -7,7 +7,6 @@ parts it breaks score 0); and one that deletes a check cell and hands the work t
 reference in every other part)."""
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from assignment_sources import ASSIGNMENTS, REPO, solutions
+from assignment_sources import ASSIGNMENTS, REPO, source_notebook
 
 sys.path.insert(0, str(REPO / "tools"))
 import assignments as tool  # noqa: E402
@@ -67,22 +66,21 @@ def _grade(c: dict) -> dict:
 
 
 def _submission(release: dict, assignment: str, kind: str) -> dict:
-    nb = copy.deepcopy(release)
-    sols = solutions(assignment)
+    """``correct``: the model solution; ``mistake``: one typical mistake in it; ``reference``: every
+    solution calls kdlab's own implementation and the first check cell is deleted."""
+    nb = tool.solved(release, json.loads(source_notebook(assignment).read_text()))
+    if kind == "correct":
+        return nb
     cell_id, (old, new), _ = MISTAKES[assignment]
-    dropped = False
-    kept = []
+    kept, dropped = [], False
     for c in nb["cells"]:
         g = _grade(c)
-        if g.get("solution") and c["cell_type"] == "code":
-            src = sols[g["grade_id"]]
-            if kind == "mistake" and g["grade_id"] == cell_id:
-                assert old in src, f"{assignment}: the sample mistake no longer applies"
-                src = src.replace(old, new)
-            c["source"] = REFERENCE[g["grade_id"]] if kind == "reference" else src
-        elif g.get("solution"):
-            c["source"] = "My answer."
-        elif g.get("grade") and kind == "reference" and not dropped:
+        if kind == "mistake" and g.get("grade_id") == cell_id:
+            assert old in c["source"], f"{assignment}: the sample mistake no longer applies"
+            c["source"] = c["source"].replace(old, new)
+        elif kind == "reference" and g.get("solution") and c["cell_type"] == "code":
+            c["source"] = REFERENCE[g["grade_id"]]
+        elif kind == "reference" and g.get("grade") and not g.get("solution") and not dropped:
             dropped = True  # delete the first check cell
             continue
         kept.append(c)

@@ -2,6 +2,7 @@
 
     python tools/assignments.py           # nbgrader generate_assignment -> notebooks/exercises/
     python tools/assignments.py --check   # exit 1 when notebooks/exercises/ is out of date
+    python tools/assignments.py --time 3  # autograde each assignment's model solution 3 times, timed
 
 ``notebooks/course/source/<assignment>/NN_exercises.ipynb`` holds each assignment once: the
 solution (the step its tutorial writes out, between ``### BEGIN SOLUTION`` / ``### END SOLUTION``),
@@ -15,10 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,10 +79,48 @@ def stale(generated: dict[str, str]) -> list[str]:
                   for name in sorted({p.name for p in EXERCISES.glob("*.ipynb")} - set(generated))]
 
 
+def solved(released_nb: dict, source_nb: dict) -> dict:
+    """A released notebook filled in with the source's solutions (markers removed) and model answers:
+    what a learner who wrote the tutorial's steps submits."""
+    answers = {c["metadata"]["nbgrader"]["grade_id"]: "".join(c["source"]) for c in source_nb["cells"]
+               if c["metadata"].get("nbgrader", {}).get("solution")}
+    nb = json.loads(json.dumps(released_nb))
+    for c in nb["cells"]:
+        g = c["metadata"].get("nbgrader", {})
+        if g.get("solution"):
+            c["source"] = re.sub(r"^\s*### (BEGIN|END) SOLUTION\s*$\n?", "", answers[g["grade_id"]], flags=re.M)
+    return nb
+
+
+def time_autograde(repeats: int) -> dict[str, list[float]]:
+    """Seconds to autograde one submission of the model solution, per assignment (kernel start included)."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = course_copy(Path(tmp))
+        for assignment in assignments():
+            (name,) = released(work, assignment)
+            source = json.loads((work / "source" / assignment / name).read_text())
+            path = work / "submitted" / "model" / assignment / name
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(solved(json.loads((work / "release" / assignment / name).read_text()), source)))
+            out[assignment] = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                nbgrader("autograde", assignment, "--force", cwd=work)
+                out[assignment].append(time.perf_counter() - start)
+            times = sorted(out[assignment])
+            print(f"{assignment}: median {times[len(times) // 2]:.1f} s (min {times[0]:.1f}, max {times[-1]:.1f})", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only compare notebooks/exercises/ with the sources")
+    ap.add_argument("--time", type=int, metavar="N", help="time N autogrades of each assignment's model solution")
     args = ap.parse_args(argv)
+    if args.time:
+        time_autograde(args.time)
+        return 0
     generated = generate()
     if args.check:
         problems = stale(generated)
