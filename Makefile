@@ -68,7 +68,7 @@ lab: $(LAB)
 	@mkdir -p $(WORK)
 	@cd notebooks && find [0-9][0-9]_*.ipynb README.md exercises figures \( -name .ipynb_checkpoints -o -name __pycache__ \) -prune \
 	  -o -type f -print | while read -r f; do \
-	  if [ ! -e "../$(WORK)/$$f" ]; then mkdir -p "../$(WORK)/$$(dirname "$$f")" && cp -p "$$f" "../$(WORK)/$$f" && echo "copied notebooks/$$f to $(WORK)/"; fi; \
+	  if [ ! -e "$(abspath $(WORK))/$$f" ]; then mkdir -p "$(abspath $(WORK))/$$(dirname "$$f")" && cp -p "$$f" "$(abspath $(WORK))/$$f" && echo "copied notebooks/$$f to $(WORK)/"; fi; \
 	done
 	$(BIN)/jupyter lab $(WORK)/ $(ALLOW_ROOT)
 

@@ -17,6 +17,11 @@ It also fills in the nbgrader solution cell of ``exercises/03_exercises.ipynb`` 
 ``my_kl_step`` of tutorial 03 (once as written there, once without its ``T ** 2`` factor) and checks
 that the right answer passes and that the wrong one makes the check print its message alone.
 
+And it runs `make lab` itself as a user does (issue 17), with WORK in a temporary folder: as root the
+server starts (the Makefile's ``--allow-root``; without it, it exits at once), and tutorial 07, run
+and saved from the File menu, is saved with its outputs into WORK while the tracked notebooks stay
+unchanged and clean.
+
 ``KDLAB_BROWSER_NOTEBOOKS=<folder>`` checks another copy of notebooks/ (an older commit's, for one).
 Screenshots go to ``runs/browser-test/<date-time>/`` (``runs/browser-test/latest``), or to
 ``KDLAB_BROWSER_OUT``; the server's log is there too. Chromium is Debian's ``/usr/bin/chromium``
@@ -27,6 +32,8 @@ a check fails.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -154,11 +161,15 @@ class Lab:
                 self.shutdown_sessions()
             except Exception:  # noqa: BLE001 - the server may already be broken; the signals below still stop it
                 pass
-            self.proc.send_signal(signal.SIGTERM)  # the server shuts down its kernels on SIGTERM
+            # the whole process group (started with start_new_session): the server, or `make lab` and the server it
+            # runs; the server shuts down its kernels on SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=30)
         # kernels run in their own sessions: whatever the server left behind goes now
         alive = [p for p in self.seen.values() if p.is_running()]
@@ -176,15 +187,11 @@ class Lab:
         self.seen.clear()
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory, out_dir):
-    pytest.importorskip("jupyterlab", reason="JupyterLab is not installed (pip install -e '.[lab,browser]')")
-    pytest.importorskip("psutil")
-    base = tmp_path_factory.mktemp("lab")
-    root = base / "notebooks"
-    shutil.copytree(NOTEBOOKS, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+def _lab_env(base: Path) -> dict:
+    """The environment of a lab server under ``base``: smoke mode, run folders, JupyterLab's settings and
+    workspaces, Jupyter's config, data and runtime folders and IPython's all in ``base``; JupyterLab
+    settings: every cell in the page (no virtual scrolling, so every output can be inspected), no news."""
     settings = base / "settings"
-    # every cell in the page (no virtual scrolling, so every output can be inspected); no news pop-up
     for plugin, values in {"@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
                            "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False}
                            }.items():
@@ -197,16 +204,13 @@ def lab(tmp_path_factory, out_dir):
                JUPYTERLAB_WORKSPACES_DIR=str(base / "workspaces"), JUPYTER_CONFIG_DIR=str(base / "config"),
                JUPYTER_DATA_DIR=str(base / "data"), JUPYTER_RUNTIME_DIR=str(base / "runtime"),
                IPYTHONDIR=str(base / "ipython"))
-    port, token = _free_port(), secrets.token_hex(16)
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-           "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-           "--LabApp.expose_app_in_browser=True"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        cmd.append("--allow-root")
-    log = out_dir / "jupyterlab.log"
-    with open(log, "w") as log_file:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Lab(f"http://127.0.0.1:{port}", token, root, proc, log)
+    return env
+
+
+@contextlib.contextmanager
+def _stopped_at_the_end(server: Lab):
+    """Yield ``server``; stop it (and everything it started) at the end, also on a failed check, Ctrl-C, a
+    SIGTERM or an exit before the teardown."""
     atexit.register(server.stop)  # also when pytest is interrupted before the teardown below
     previous = signal.getsignal(signal.SIGTERM)
     if previous == signal.SIG_DFL:  # a SIGTERM (`timeout`, CI cancelling) stops pytest as Ctrl-C does, with teardown
@@ -216,23 +220,48 @@ def lab(tmp_path_factory, out_dir):
 
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"JupyterLab exited with {proc.returncode} at start:\n{log.read_text()[-3000:]}")
-            try:
-                server.api("GET", "/api/status")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"JupyterLab did not answer within 120 s:\n{log.read_text()[-3000:]}")
-                time.sleep(0.5)
         yield server
     finally:
         server.stop()
         atexit.unregister(server.stop)
         if previous == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_until_up(server: Lab, timeout: float, what: str = "JupyterLab") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.proc.poll() is not None:
+            pytest.fail(f"{what} exited with {server.proc.returncode} at start:\n{server.log.read_text()[-3000:]}")
+        try:
+            server.api("GET", "/api/status")
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} did not answer within {timeout:.0f} s:\n{server.log.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, out_dir):
+    pytest.importorskip("jupyterlab", reason="JupyterLab is not installed (pip install -e '.[lab,browser]')")
+    pytest.importorskip("psutil")
+    base = tmp_path_factory.mktemp("lab")
+    root = base / "notebooks"
+    shutil.copytree(NOTEBOOKS, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    env = _lab_env(base)
+    port, token = _free_port(), secrets.token_hex(16)
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+           "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+           "--LabApp.expose_app_in_browser=True"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")
+    log = out_dir / "jupyterlab.log"
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    with _stopped_at_the_end(Lab(f"http://127.0.0.1:{port}", token, root, proc, log)) as server:
+        _wait_until_up(server, 120)
+        yield server
 
 
 # -- the browser -------------------------------------------------------------------------------------
@@ -313,9 +342,10 @@ def _dismiss_dialogs(page) -> None:
         page.locator(".jp-Dialog .jp-mod-accept").first.click()
 
 
-def run_notebook(lab: Lab, browser, path: str, out_dir: Path, explore: bool = True) -> Run:
+def run_notebook(lab: Lab, browser, path: str, out_dir: Path, explore: bool = True, file_menu_save: bool = False) -> Run:
     """Open ``path`` (relative to the lab's root) in a fresh page, run all cells from the Run menu,
-    save, collect what every cell shows, move every explorer's controls, then shut its kernel down."""
+    save (from the File menu as a user does with ``file_menu_save``, else with JupyterLab's save command),
+    collect what every cell shows, move every explorer's controls, then shut its kernel down."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     stem = _stem(path)
@@ -342,7 +372,11 @@ def run_notebook(lab: Lab, browser, path: str, out_dir: Path, explore: bool = Tr
             page.screenshot(path=str(out_dir / f"{stem}-timeout.png"))
             raise
         seconds = time.monotonic() - t0
-        page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+        if file_menu_save:
+            page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^File$")).click()
+            page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Save Notebook$")).click()
+        else:
+            page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
         saved_file = lab.root / path
         deadline = time.monotonic() + 60
         while True:  # the save has landed once the file has execution counts
@@ -598,3 +632,104 @@ def test_exercise_03_missing_T2_shows_the_message_alone(lab, browser, out_dir):
         assert re.search(r"T\s*\^\s*2|T\s*\*\*\s*2|T²", shown), f"{path} cell {i}: the message does not name T^2:\n{shown}"
         assert not re.search(r"Traceback|kdlab[/\\]exercises|^\s*File \"|^-+>|Cell In\[", shown, re.M), (
             f"{path} cell {i}: the output shows traceback frames, not the check's message alone:\n{shown}")
+
+
+# -- `make lab` as a user runs it (issue 17) ---------------------------------------------------------
+
+LAB_TUTORIAL = "07_fused_kernels.ipynb"  # the quickest tutorial
+LAB_STAMP = ".venv/.kdlab-lab-installed"  # what `make lab` needs first (the Makefile's $(LAB)): JupyterLab installed
+
+
+def _shell_env(env: dict) -> dict:
+    """``env`` as in a shell, not in a sub-make of `make test-browser` (no MAKEFLAGS, no jobserver)."""
+    return {k: v for k, v in env.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+
+
+def _tracked_notebooks() -> dict[str, str]:
+    """Every file git tracks under notebooks/, with a hash of its content."""
+    files = subprocess.run(["git", "ls-files", "-z", "--", "notebooks/"], cwd=ROOT, capture_output=True, check=True)
+    return {f: hashlib.sha256((ROOT / f).read_bytes()).hexdigest()
+            for f in files.stdout.decode().split("\0") if f and (ROOT / f).is_file()}
+
+
+def _make_lab(work: Path, base: Path, port: int, token: str, log: Path, *args: str) -> subprocess.Popen:
+    """Start ``make lab WORK=<work>`` from the repository root in a process group of its own, on ``port`` and
+    ``token`` (jupyter_server reads JUPYTER_PORT and JUPYTER_TOKEN), with Jupyter's folders in ``base``."""
+    env = _shell_env(_lab_env(base))
+    env.update(JUPYTER_PORT=str(port), JUPYTER_PORT_RETRIES="0", JUPYTER_TOKEN=token)
+    config = Path(env["JUPYTER_CONFIG_DIR"])
+    config.mkdir(parents=True, exist_ok=True)
+    # what a headless test needs and a user does not: no browser of the server's own; window.jupyterapp for the checks
+    (config / "jupyter_server_config.json").write_text(json.dumps({"ServerApp": {"open_browser": False}}))
+    (config / "jupyter_lab_config.json").write_text(json.dumps({"LabApp": {"expose_app_in_browser": True}}))
+    with open(log, "w") as f:
+        return subprocess.Popen(["make", "lab", f"WORK={work}", *args], cwd=ROOT, env=env, stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_make_lab_runs_and_saves_into_work(browser, out_dir, tmp_path):
+    """`make lab` itself, as a user runs it (issue 17): as root it does not exit at start (``--allow-root``,
+    which the Makefile adds when ``id -u`` is 0, is what lets it start: without it, it exits at once), and a
+    tutorial run and saved in the lab is saved into the working copy (WORK), never into the tracked
+    notebooks/, which stay clean. Uses notebooks/ of this checkout, whatever KDLAB_BROWSER_NOTEBOOKS says."""
+    pytest.importorskip("jupyterlab", reason="JupyterLab is not installed (pip install -e '.[lab,browser]')")
+    pytest.importorskip("psutil")
+    if not shutil.which("make") or not shutil.which("git"):
+        pytest.skip("needs make and git")
+    if subprocess.run(["make", "-q", LAB_STAMP], cwd=ROOT, env=_shell_env(dict(os.environ))).returncode != 0:
+        pytest.fail(f"`make lab` would first install into .venv ({LAB_STAMP} is out of date): run `make test-browser`")
+    before = _tracked_notebooks()
+    clean_before = subprocess.run(["git", "diff", "--quiet", "--", "notebooks/"], cwd=ROOT).returncode == 0
+    as_root = os.geteuid() == 0
+    shots = out_dir / "make-lab"
+    shots.mkdir(exist_ok=True)
+    work = tmp_path / "work"  # an absolute WORK
+
+    if as_root:  # the same command without --allow-root (ALLOW_ROOT emptied) exits at once, as before issue 17
+        log = shots / "make-lab-without-allow-root.log"
+        proc = _make_lab(tmp_path / "work-without", tmp_path / "jupyter-without", _free_port(), secrets.token_hex(16),
+                         log, "ALLOW_ROOT=")
+        try:
+            rc = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            rc = None
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        assert rc not in (None, 0) and "Running as root is not recommended" in log.read_text(), (
+            f"as root, `make lab ALLOW_ROOT=` should exit at once with JupyterLab's root message; it "
+            f"{'kept running' if rc is None else f'exited with {rc}'}:\n{log.read_text()[-2000:]}")
+
+    port, token = _free_port(), secrets.token_hex(16)
+    log = shots / "make-lab.log"
+    proc = _make_lab(work, tmp_path / "jupyter", port, token, log)
+    with _stopped_at_the_end(Lab(f"http://127.0.0.1:{port}", token, work, proc, log)) as server:
+        _wait_until_up(server, 60, "`make lab`")  # fails with make's output if the server exits (as root: no --allow-root)
+        server.remember_children()
+        servers = [p.cmdline() for p in server.seen.values() if f"{work}/" in p.cmdline()]
+        assert len(servers) == 1, f"expected one JupyterLab serving {work}/ under make, found: {servers}"
+        assert ("--allow-root" in servers[0]) == as_root, (
+            f"uid {os.geteuid()}: `make lab` ran {' '.join(servers[0])}")
+        assert (work / LAB_TUTORIAL).is_file(), f"`make lab WORK={work}` did not copy {LAB_TUTORIAL} there:\n{log.read_text()}"
+        run = run_notebook(server, browser, LAB_TUTORIAL, shots, explore=False, file_menu_save=True)
+        assert proc.poll() is None, f"`make lab` exited during the run with {proc.returncode}:\n{log.read_text()[-3000:]}"
+    # the server has stopped: whatever it was going to write (autosave included) is written
+    errors = _errors(run.saved)
+    assert not errors, f"{LAB_TUTORIAL} in `make lab`: error outputs:\n" + "\n\n".join(f"[{i}] {t}" for i, t in errors)
+    saved = json.loads((work / LAB_TUTORIAL).read_text())
+    code = [c for c in saved["cells"] if c["cell_type"] == "code"]
+    assert all(c.get("execution_count") for c in code if "".join(c["source"]).strip()) and any(c.get("outputs") for c in code), (
+        f"{work / LAB_TUTORIAL}: the copy in WORK was not saved with its outputs")
+    after = _tracked_notebooks()
+    changed = sorted(f for f in before.keys() | after.keys() if before.get(f) != after.get(f))
+    assert not changed, f"`make lab` wrote into tracked files under notebooks/: {changed}"
+    if clean_before:  # (a checkout with edits of its own in notebooks/ is checked by the hashes above only)
+        diff = subprocess.run(["git", "diff", "--stat", "--", "notebooks/"], cwd=ROOT, capture_output=True, text=True)
+        assert subprocess.run(["git", "diff", "--quiet", "--", "notebooks/"], cwd=ROOT).returncode == 0, (
+            f"`git diff --quiet -- notebooks/` fails after `make lab`:\n{diff.stdout}")
+    check = subprocess.run([sys.executable, "tools/nbclean.py", "--check", f"notebooks/{LAB_TUTORIAL}"], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, f"notebooks/{LAB_TUTORIAL} is not clean after `make lab`:\n{check.stdout}{check.stderr}"
+    print(f"make lab (uid {os.geteuid()}): {LAB_TUTORIAL} ran in {run.seconds:.0f} s and was saved into {work}; "
+          "notebooks/ unchanged")
