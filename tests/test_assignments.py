@@ -1,10 +1,10 @@
 """nbgrader end to end: the released assignments are generated from the sources, and autograding
 three sample submissions per assignment records full, partial and zero scores in the gradebook.
 
-The submissions: the tutorial's own step (full marks); a typical mistake (partial credit: only the
-parts it breaks score 0); and one that deletes a check cell and hands the work to kdlab's reference
-(0: nbgrader restores nothing it can grade from a deleted cell, and the hidden checks refuse the
-reference in every other part)."""
+The submissions: the tutorial's own step (full marks); a typical mistake whose broken checks were
+edited to ``pass`` (partial credit: nbgrader restores the checks, and only the parts the mistake
+breaks score 0); one that hands the work to kdlab's reference (0 in every part: the checks refuse
+it); and, for one assignment, the model solution with every check cell deleted (0)."""
 from __future__ import annotations
 
 import csv
@@ -61,27 +61,37 @@ REFERENCE = {  # solution cell -> a body that calls kdlab's own implementation
 }
 
 
+KINDS = ("correct", "mistake", "reference")
+DELETED = "03_kl_derivation"  # nbgrader's handling of deleted cells is the same everywhere: one assignment shows it
+
+
+def _kinds(assignment: str) -> tuple[str, ...]:
+    return KINDS + ("deleted",) * (assignment == DELETED)
+
+
 def _grade(c: dict) -> dict:
     return c["metadata"].get("nbgrader", {})
 
 
 def _submission(release: dict, assignment: str, kind: str) -> dict:
-    """``correct``: the model solution; ``mistake``: one typical mistake in it; ``reference``: every
-    solution calls kdlab's own implementation and the first check cell is deleted."""
+    """``correct``: the model solution. ``mistake``: one typical mistake in it, and the check cells of
+    the parts it breaks edited to ``pass`` (nbgrader restores them). ``reference``: every solution
+    calls kdlab's own implementation (the checks refuse it). ``deleted``: the model solution with
+    every check cell deleted."""
     nb = tool.solved(release, json.loads(source_notebook(assignment).read_text()))
-    if kind == "correct":
-        return nb
-    cell_id, (old, new), _ = MISTAKES[assignment]
-    kept, dropped = [], False
+    cell_id, (old, new), lost = MISTAKES[assignment]
+    kept = []
     for c in nb["cells"]:
         g = _grade(c)
+        is_check = g.get("grade") and not g.get("solution")
         if kind == "mistake" and g.get("grade_id") == cell_id:
             assert old in c["source"], f"{assignment}: the sample mistake no longer applies"
             c["source"] = c["source"].replace(old, new)
+        elif kind == "mistake" and g.get("grade_id") in lost:
+            c["source"] = "pass  # no check here"
         elif kind == "reference" and g.get("solution") and c["cell_type"] == "code":
             c["source"] = REFERENCE[g["grade_id"]]
-        elif kind == "reference" and g.get("grade") and not g.get("solution") and not dropped:
-            dropped = True  # delete the first check cell
+        elif kind == "deleted" and is_check:
             continue
         kept.append(c)
     nb["cells"] = kept
@@ -96,14 +106,14 @@ def _autograde(assignment: str, work: Path) -> dict:
     released = tool.released(course, assignment)
     (name,) = released
     release = json.loads((course / "release" / assignment / name).read_text())
-    for kind in ("correct", "mistake", "reference"):
+    for kind in _kinds(assignment):
         path = course / "submitted" / kind / assignment / name
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(_submission(release, assignment, kind)))
     tool.nbgrader("autograde", assignment, cwd=course)
     scores = {}
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        for kind in ("correct", "mistake", "reference"):
+        for kind in _kinds(assignment):
             nb = gb.find_submission(assignment, kind).notebooks[0]
             scores[kind] = {g.name: (g.auto_score, g.max_score) for g in nb.grades if g.cell.cell_type == "code"}
     graded = {kind: json.loads((course / "autograded" / kind / assignment / name).read_text()) for kind in scores}
@@ -138,7 +148,9 @@ def test_autograde_scores_full_partial_and_zero(autograded, assignment):
     assert {cell: s for cell, (s, _) in scores["correct"].items()} == full
     lost = MISTAKES[assignment][2]
     assert {cell: s for cell, (s, _) in scores["mistake"].items()} == {c: 0.0 if c in lost else m for c, m in full.items()}
-    assert sum(s or 0 for s, _ in scores["reference"].values()) == 0
+    assert {cell: s for cell, (s, _) in scores["reference"].items()} == {c: 0.0 for c in full}  # refused, part by part
+    if assignment == DELETED:
+        assert sum(s or 0 for s, _ in scores["deleted"].values()) == 0
     exported = autograded[assignment]["exported"]  # nbgrader export: the same totals, hand-graded answers still at 0
     totals = {kind: sum(s or 0 for s, _ in cells.values()) for kind, cells in scores.items()}
     assert {kind: float(exported[kind]["raw_score"]) for kind in scores} == totals

@@ -28,7 +28,7 @@ MARKER = "NBVAL_CHECK_OUTPUT"
 MAX_CELL_LINES = 25
 
 ROOT = Path(__file__).resolve().parent.parent
-GRADING = {"release", "submitted", "autograded", "feedback"}  # nbgrader's git-ignored course folders
+GRADING = {"release", "submitted", "autograded", "feedback", "downloaded"}  # nbgrader's git-ignored course folders
 NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").rglob("*.ipynb")
                    if ".ipynb_checkpoints" not in p.parts and not GRADING & set(p.relative_to(ROOT / "notebooks").parts[:2]))
 TUTORIALS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))

@@ -2,6 +2,7 @@
 graded in, and the guard that stops a solution from calling the routine the exercise is about."""
 from __future__ import annotations
 
+import inspect
 import sys
 import types
 from contextlib import contextmanager
@@ -50,46 +51,56 @@ def number(out, what: str = "your function") -> float:
 
 # ---------------------------------------------------------------- no delegation
 def _codes(things: Iterable) -> set[types.CodeType]:
-    """The code objects of functions, and of every function and method defined in modules."""
+    """The code objects of functions, of classes' methods, and of every function and method defined
+    in modules and their submodules. Decorated functions count by their innermost function only (a
+    decorator's wrapper, such as ``torch.no_grad``'s, is shared with code a solution may use)."""
     codes = set()
 
     def add(f):
-        f = getattr(f, "__func__", f)
-        while hasattr(f, "__wrapped__"):
-            codes.add(getattr(f, "__code__", None))
-            f = f.__wrapped__
-        codes.add(getattr(f, "__code__", None))
+        f = inspect.unwrap(getattr(f, "__func__", f))
+        if isinstance(f, type):
+            for member in vars(f).values():
+                add(member)
+        elif isinstance(f, property):
+            add(f.fget)
+        elif hasattr(f, "__code__"):
+            codes.add(f.__code__)
 
     for thing in things:
-        if isinstance(thing, types.ModuleType):
-            for obj in vars(thing).values():
-                if getattr(obj, "__module__", None) != thing.__name__:
-                    continue
-                if isinstance(obj, type):
-                    for member in vars(obj).values():
-                        add(member)
-                elif callable(obj):
-                    add(obj)
-        else:
+        if not isinstance(thing, types.ModuleType):
             add(thing)
-    codes.discard(None)
+            continue
+        prefix = thing.__name__ + "."
+        for module in [m for name, m in list(sys.modules.items()) if name == thing.__name__ or name.startswith(prefix)]:
+            for obj in vars(module).values():
+                if getattr(obj, "__module__", None) == module.__name__ and (isinstance(obj, type) or callable(obj)):
+                    add(obj)
     return codes
 
 
 class Forbidden(NamedTuple):
-    """What a solution may not call: Python functions (or whole modules) and torch operations."""
+    """What a solution may not call: Python functions (or whole modules, submodules included) and
+    torch operations; ``reductions`` are torch operations refused only in their reducing form (one
+    tensor, or a ``dim``), so that the elementwise ``torch.max(a, b)`` stays allowed."""
     what: str  # e.g. "kdlab's KL losses or torch's kl_div"
-    python: tuple = ()  # functions or modules, matched by code object however they were imported
+    python: tuple = ()  # functions, classes or modules, matched by code object however they were imported
     torch_ops: tuple = ()  # torch functions and Tensor methods, matched through TorchFunctionMode
+    reductions: tuple = ()
+
+
+def _reduces(func, args, kwargs) -> bool:
+    """``torch.max(x)``, ``x.max()``, ``torch.max(x, dim)``: yes; ``torch.max(a, b)``, ``a.max(b)``: no."""
+    other = args[1] if len(args) > 1 else kwargs.get("other")
+    return not isinstance(other, torch.Tensor)
 
 
 class _Recorder(TorchFunctionMode):
-    def __init__(self, ops, seen):
+    def __init__(self, forbidden: Forbidden, seen):
         super().__init__()
-        self.ops, self.seen = ops, seen
+        self.ops, self.reductions, self.seen = set(forbidden.torch_ops), set(forbidden.reductions), seen
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in self.ops:
+        if func in self.ops or (func in self.reductions and _reduces(func, args, kwargs or {})):
             qualname = getattr(func, "__qualname__", "")
             owner = "Tensor" if "Tensor" in qualname.split(".")[0] else (getattr(func, "__module__", None) or "torch")
             self.seen.append(f"{owner}.{getattr(func, '__name__', repr(func))}")
@@ -109,7 +120,7 @@ def recording(forbidden: Forbidden):
 
     sys.setprofile(profile)
     try:
-        with _Recorder(set(forbidden.torch_ops), seen):
+        with _Recorder(forbidden, seen):
             yield seen
     finally:
         sys.setprofile(previous)
@@ -118,26 +129,35 @@ def recording(forbidden: Forbidden):
 def guarded(fn: Callable, forbidden: Forbidden) -> Callable:
     """``fn`` that raises :class:`ExerciseError` after it calls anything in ``forbidden``."""
     def call(*args, **kwargs):
+        def refuse():
+            return ExerciseError(f"your function calls {seen[0]}: this exercise asks you to write that computation "
+                                 f"yourself, without {forbidden.what}. Graded parts that call it score 0.")
+
         with recording(forbidden) as seen:
-            out = fn(*args, **kwargs)
+            try:
+                out = fn(*args, **kwargs)
+            except Exception as e:  # a solution that fails after delegating: the delegation is the news
+                if seen:
+                    raise refuse() from e
+                raise
         if seen:
-            raise ExerciseError(f"your function calls {seen[0]}: this exercise asks you to write that computation "
-                                f"yourself, without {forbidden.what}. Graded parts that call it score 0.")
+            raise refuse()
         return out
     return call
 
 
 def run_parts(fn: Callable, parts: dict[str, Part], part: str | None, hidden: bool, forbidden: Forbidden,
               name: str) -> None:
-    """Run one part (or all), printing a line per passed part. ``hidden``: the graders' variant, on
-    other inputs (seed 1) and with ``forbidden`` calls refused."""
+    """Run one part (or all), printing a line per passed part. Calls to ``forbidden`` are refused in
+    both variants (so a learner sees it before grading does); ``hidden``, the graders' variant, runs
+    on other inputs (seed 1)."""
     if not callable(fn):
         raise ExerciseError(f"expected your function, got {type(fn).__name__}")
     if part is not None and part not in parts:
         raise ValueError(f"{name} has parts {', '.join(parts)}; got part={part!r}")
     for key in [part] if part is not None else list(parts):
         title, check = parts[key]
-        n = check(guarded(fn, forbidden) if hidden else fn, 1 if hidden else 0)
+        n = check(guarded(fn, forbidden), 1 if hidden else 0)
         print(f"✓ {name}, {title}: {'hidden checks' if hidden else f'all {n} checks'} pass")
 
 
@@ -147,4 +167,6 @@ def sgd(module: torch.nn.Module, lr: float = 0.1) -> torch.optim.Optimizer:
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module, rtol: float = 1e-5, atol: float = 1e-8) -> bool:
-    return all(close(p, q, rtol, atol) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    """Same parameters (not buffers: a step that runs a BatchNorm model twice updates its running
+    statistics twice, which is not what these checks grade)."""
+    return all(close(p, q, rtol, atol) for p, q in zip(a.parameters(), b.parameters()))

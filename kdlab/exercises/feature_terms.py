@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import feature_losses, kernels
+from .. import bench, feature_losses, kernels
 from ..methods import gan
 from .core import ExerciseError, Forbidden, Part, close, run_parts, tensor
 
-FORBIDDEN = Forbidden("kdlab's feature losses", python=(feature_losses, kernels, gan.FeatureTerm))
+FORBIDDEN = Forbidden("kdlab's feature losses", python=(feature_losses, kernels, bench, gan.FeatureTerm))
 REFERENCE = {"hint": lambda fs, ft, r: feature_losses.hint_loss(r(fs), ft),
              "attention": lambda fs, ft, r: feature_losses.attention_transfer(fs, ft),
              "gram": lambda fs, ft, r: feature_losses.gram_loss(r(fs), ft)}
@@ -40,7 +40,10 @@ def _value_and_grads(term, fs, ft, adapter):
 def _part(name: str, hints):
     def check(fn, seed: int) -> int:
         fs, ft, adapter = _setup(seed)
-        out = fn(fs.clone().requires_grad_(True), ft, adapter)
+        ft_before, r_before = ft.clone(), [p.detach().clone() for p in adapter.parameters()]
+        out = fn(fs.clone().requires_grad_(True), ft.clone(), adapter)
+        if not torch.equal(ft, ft_before) or any(not torch.equal(p, q) for p, q in zip(adapter.parameters(), r_before)):
+            raise ExerciseError("the teacher's features or the adapter changed: compute the terms, change nothing")
         if not isinstance(out, dict) or set(out) != set(REFERENCE):
             raise ExerciseError(f"return a dict with the keys {sorted(REFERENCE)}, got "
                                 f"{sorted(out) if isinstance(out, dict) else type(out).__name__}")

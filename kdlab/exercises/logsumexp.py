@@ -16,12 +16,15 @@ from .. import kernels, losses
 from .core import ExerciseError, Forbidden, Part, close, run_parts, tensor
 
 _LSE_OPS = (torch.logsumexp, torch.Tensor.logsumexp, torch.special.logsumexp, torch.log_softmax, torch.Tensor.log_softmax,
-            F.log_softmax, torch.softmax, torch.Tensor.softmax, F.softmax, torch.special.log_softmax, torch.special.softmax)
-TWO_PASS = Forbidden("torch's log-sum-exp or softmax", python=(kernels, losses), torch_ops=_LSE_OPS)
-ONE_PASS = Forbidden("torch's log-sum-exp or softmax, or a maximum over the whole row (the one-pass version "
-                     "keeps a running maximum)", python=(kernels, losses),
-                     torch_ops=_LSE_OPS + (torch.max, torch.Tensor.max, torch.amax, torch.Tensor.amax, torch.sort,
-                                           torch.Tensor.sort, torch.cummax, torch.Tensor.cummax))
+            F.log_softmax, torch.softmax, torch.Tensor.softmax, F.softmax, torch.special.log_softmax, torch.special.softmax,
+            torch.logcumsumexp, torch.Tensor.logcumsumexp, torch.logaddexp, torch.Tensor.logaddexp)
+_ROW_MAX = (torch.amax, torch.Tensor.amax, torch.argmax, torch.Tensor.argmax, torch.topk, torch.Tensor.topk, torch.kthvalue,
+            torch.Tensor.kthvalue, torch.sort, torch.Tensor.sort, torch.cummax, torch.Tensor.cummax, torch.aminmax,
+            torch.Tensor.aminmax)
+TWO_PASS = Forbidden("torch's log-sum-exp, softmax or logaddexp", python=(kernels, losses), torch_ops=_LSE_OPS)
+ONE_PASS = Forbidden("torch's log-sum-exp, softmax or logaddexp, or a maximum over the whole row (the one-pass "
+                     "version keeps a running maximum; the elementwise torch.maximum(a, b) is fine)",
+                     python=(kernels, losses), torch_ops=_LSE_OPS + _ROW_MAX, reductions=(torch.max, torch.Tensor.max))
 
 
 def _rows(seed: int) -> torch.Tensor:
@@ -29,9 +32,16 @@ def _rows(seed: int) -> torch.Tensor:
     return torch.randn(4, 37 if seed == 0 else 23, generator=g, dtype=torch.float64) * 5
 
 
+def _same_dtype(out: torch.Tensor, x: torch.Tensor) -> None:
+    if out.dtype != x.dtype:
+        raise ExerciseError(f"the result is {out.dtype} for {x.dtype} logits: compute in the input's dtype (these checks "
+                            "compare to 1e-9, which float32 cannot reach)")
+
+
 def _values(fn, seed: int) -> int:
     x = _rows(seed)
     out = tensor(fn(x))
+    _same_dtype(out, x)
     ref = torch.logsumexp(x, -1)
     if out.shape != ref.shape:
         raise ExerciseError(f"expected one value per row, shape {list(ref.shape)}; got {list(out.shape)}")
@@ -44,9 +54,11 @@ def _values(fn, seed: int) -> int:
 
 
 def _stable(fn, seed: int) -> int:
-    big = torch.tensor([[1000.0, -1000.0, 999.0], [-1000.0, -1001.0, -999.5]], dtype=torch.float64)
-    big = big if seed == 0 else big.flip(-1)
+    rows = [[1000.0, -1000.0, 999.0], [-1000.0, -1001.0, -999.5]] if seed == 0 else \
+        [[-998.0, 1000.0, -1000.0, 1000.0], [-1003.0, -1000.5, -1001.0, -999.0]]  # the maximum comes late
+    big = torch.tensor(rows, dtype=torch.float64)
     out = tensor(fn(big))
+    _same_dtype(out, big)
     if not torch.isfinite(out).all():
         raise ExerciseError("logits of +-1000 give inf or nan: subtract the (running) maximum inside exp(...), never "
                             "exponentiate a raw logit")

@@ -27,6 +27,7 @@ def _setup(seed: int):
     g = torch.Generator().manual_seed(seed)
     N = 4 if seed == 0 else 8
     t = torch.randint(1, N + 1, (3,), generator=g).double() / N  # times on the student's grid, (B,)
+    t[0] = 1 / N  # the last step, which ends at t'' = 0 (sigma = 0)
     z = torch.randn(3, 1, 28, 28, generator=g, dtype=torch.float64)
     return teacher, z, t, N
 
@@ -41,13 +42,14 @@ def _target(fn, z, teacher, t, N):
 def _teacher_steps(fn, seed: int) -> int:
     teacher, z, t, N = _setup(seed)
     _, z2 = _target(fn, z, teacher, t, N)
-    ref_x, ref_z2 = dm.two_step_target(teacher, z, t, N)
+    _, ref_z2 = dm.two_step_target(teacher, z, t, N)
     if z2.shape != z.shape:
         raise ExerciseError(f"z_t'' must have the images' shape {list(z.shape)}, got {list(z2.shape)}")
     if not close(z2, ref_z2, 1e-6, 1e-9):
         z1 = dm.ddim_step(z, t, t - 1 / N, dm.predict_x(teacher, z, t))
         if close(z2, z1, 1e-6, 1e-9):
-            raise ExerciseError("z_t'' is a single teacher step of 1/N: the teacher takes two steps of 1/(2N)")
+            raise ExerciseError("z_t'' is where one DDIM step of 1/N from z_t lands: the teacher takes two steps of "
+                                "1/(2N), the second with its own x prediction at t' (dm.predict_x(teacher, z_t', t'))")
         raise ExerciseError("z_t'' differs from the teacher's two DDIM steps t -> t - 1/(2N) -> t - 1/N, each with "
                             "the teacher's x prediction at its own start (dm.predict_x)")
     return 2
@@ -55,8 +57,8 @@ def _teacher_steps(fn, seed: int) -> int:
 
 def _x_tilde(fn, seed: int) -> int:
     teacher, z, t, N = _setup(seed)
-    x_tilde, z2 = _target(fn, z, teacher, t, N)
-    ref_x, ref_z2 = dm.two_step_target(teacher, z, t, N)
+    x_tilde, _ = _target(fn, z, teacher, t, N)
+    _, ref_z2 = dm.two_step_target(teacher, z, t, N)
     if x_tilde.shape != z.shape:
         raise ExerciseError(f"x_tilde must have the images' shape {list(z.shape)}, got {list(x_tilde.shape)}")
     if not torch.isfinite(x_tilde).all():

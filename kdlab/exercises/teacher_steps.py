@@ -67,13 +67,23 @@ def _discriminator(fn, seed: int) -> int:
 
 
 def _generator(fn, seed: int) -> int:
-    (G, D, _, loss_g), (G0, D0, G1, D1, _, ref_g), (_, z) = _run_gan(fn, seed)
+    """Graded against the learner's own discriminator after its step, so a wrong D step costs only
+    the discriminator's part."""
+    (G, D, _, loss_g), (G0, D0, _, _, _, _), (_, z) = _run_gan(fn, seed)
     if same_weights(G, G0, 0, 0):
         raise ExerciseError("the generator did not move: opt_g.zero_grad(), loss_g.backward(), opt_g.step()")
+    ref_G, judge = copy.deepcopy(G0), copy.deepcopy(D)  # judge: the learner's D after its step
+    logits = judge(ref_G(z))
+    ref = losses.generator_adversarial(logits)  # L_G = -mean log sigmoid(D(G(z)))
+    opt = sgd(ref_G)
+    opt.zero_grad()
+    ref.backward()
+    opt.step()
+    ref_g = ref.item()
     if abs(loss_g - ref_g) > 1e-6 * max(1, abs(ref_g)):
         with torch.no_grad():
             fake = copy.deepcopy(G0)(z)
-            after, before = D1(fake), D0(fake)
+            after, before = copy.deepcopy(D)(fake), copy.deepcopy(D0)(fake)
             saturating = -F.binary_cross_entropy_with_logits(after, torch.zeros_like(after)).item()
             stale = F.binary_cross_entropy_with_logits(before, torch.ones_like(before)).item()
         if abs(loss_g - saturating) < 1e-6 * max(1, abs(saturating)):
@@ -84,7 +94,7 @@ def _generator(fn, seed: int) -> int:
                                 "opt_d.step(), as notebook 01 does")
         raise ExerciseError(f"loss_g = {loss_g:.5f}, expected L_G = -mean log sigmoid(D(G(z))) = {ref_g:.5f}, with D "
                             "after its step")
-    if not same_weights(G, G1):
+    if not same_weights(G, ref_G):
         raise ExerciseError("loss_g is right but the generator's update is not: one opt_g step on L_G (clear the "
                             "gradients L_D left first)")
     return 3

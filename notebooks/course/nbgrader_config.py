@@ -1,10 +1,11 @@
 """nbgrader's settings for the kdlab course (run nbgrader from this folder, or use `make assignments`).
 
 source/<assignment>/NN_exercises.ipynb  the instructor's versions: solutions, hidden tests, points
-release/<assignment>/                   what learners get (generated; `make assignments` also copies
-                                        them to notebooks/exercises/)
+release/<assignment>/                   what learners get (`nbgrader generate_assignment`; `make
+                                        assignments` generates the same in a scratch folder and writes
+                                        it to notebooks/exercises/)
 submitted/<student>/<assignment>/       collected submissions; autograded/ and feedback/ follow
-gradebook.db                            nbgrader's gradebook (SQLite)
+gradebook.db, grades.csv                nbgrader's gradebook (SQLite) and `nbgrader export`'s table
 """
 c = get_config()  # noqa: F821 (nbgrader provides get_config)
 
