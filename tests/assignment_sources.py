@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import ast
 import json
-import re
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "notebooks" / "course" / "source"
+sys.path.insert(0, str(REPO / "tools"))
+from assignments import strip_markers  # noqa: E402
+
 ASSIGNMENTS = sorted(p.name for p in SOURCE.iterdir() if p.is_dir())
 
 
@@ -25,10 +28,6 @@ def source_notebook(assignment: str) -> Path:
 def tutorial(assignment: str) -> Path:
     """Each assignment folder is named for its tutorial."""
     return REPO / "notebooks" / f"{assignment}.ipynb"
-
-
-def strip_markers(src: str) -> str:
-    return re.sub(r"^\s*### (BEGIN|END) SOLUTION\s*$\n?", "", src, flags=re.M)
 
 
 def solutions(assignment: str) -> dict[str, str]:

@@ -581,12 +581,9 @@ def test_no_figure_shown_twice(name, lab, browser, out_dir):
 # -- the exercise: nbgrader student version of 03 ----------------------------------------------------
 
 def _tutorial_function(tutorial: str, name: str) -> str:
-    nb = json.loads((NOTEBOOKS / tutorial).read_text())
-    for cell in nb["cells"]:
-        src = "".join(cell["source"])
-        if cell["cell_type"] == "code" and re.search(rf"^def {name}\(", src, re.M):
-            return src.strip() + "\n"
-    raise AssertionError(f"{tutorial} defines no {name}()")
+    from assignment_sources import tutorial_functions
+
+    return tutorial_functions(tutorial.removesuffix(".ipynb"))[name] + "\n"
 
 
 def _solution_cells(nb: dict) -> list[int]:

@@ -79,6 +79,11 @@ def stale(generated: dict[str, str]) -> list[str]:
                   for name in sorted({p.name for p in EXERCISES.glob("*.ipynb")} - set(generated))]
 
 
+def strip_markers(src: str) -> str:
+    """A solution cell's code without nbgrader's ``### BEGIN SOLUTION`` / ``### END SOLUTION`` lines."""
+    return re.sub(r"^\s*### (BEGIN|END) SOLUTION\s*$\n?", "", src, flags=re.M)
+
+
 def solved(released_nb: dict, source_nb: dict) -> dict:
     """A released notebook filled in with the source's solutions (markers removed) and model answers:
     what a learner who wrote the tutorial's steps submits."""
@@ -88,7 +93,7 @@ def solved(released_nb: dict, source_nb: dict) -> dict:
     for c in nb["cells"]:
         g = c["metadata"].get("nbgrader", {})
         if g.get("solution"):
-            c["source"] = re.sub(r"^\s*### (BEGIN|END) SOLUTION\s*$\n?", "", answers[g["grade_id"]], flags=re.M)
+            c["source"] = strip_markers(answers[g["grade_id"]])
     return nb
 
 
