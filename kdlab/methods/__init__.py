@@ -8,8 +8,9 @@ module                     step functions                              loops
 :mod:`.gan`                ``gan_step``, ``distill_step``              ``train_gan``, ``distill``
 :mod:`.pixelcnn`           ``mle_step``, ``kl_step``                   ``train_pixelcnn``, ``distill_pixelcnn``
 :mod:`.diffusion`          ``diffusion_step``, ``progressive_step``    ``train_diffusion``, ``distill_round``
+:mod:`.consistency`        ``consistency_step``                        ``distill_consistency``
 =========================  ==========================================  ===========================
 """
-from . import diffusion, gan, pixelcnn
+from . import consistency, diffusion, gan, pixelcnn
 
-__all__ = ["diffusion", "gan", "pixelcnn"]
+__all__ = ["consistency", "diffusion", "gan", "pixelcnn"]
