@@ -9,8 +9,9 @@ module                     step functions                              loops
 :mod:`.pixelcnn`           ``mle_step``, ``kl_step``                   ``train_pixelcnn``, ``distill_pixelcnn``
 :mod:`.diffusion`          ``diffusion_step``, ``progressive_step``    ``train_diffusion``, ``distill_round``
 :mod:`.consistency`        ``consistency_step``                        ``distill_consistency``
+:mod:`.dmd`                ``generator_step``, ``fake_score_step``     ``distill_dmd``
 =========================  ==========================================  ===========================
 """
-from . import consistency, diffusion, gan, pixelcnn
+from . import consistency, diffusion, dmd, gan, pixelcnn
 
-__all__ = ["consistency", "diffusion", "gan", "pixelcnn"]
+__all__ = ["consistency", "diffusion", "dmd", "gan", "pixelcnn"]

@@ -1,0 +1,130 @@
+"""Distribution-matching distillation (Yin et al. 2024, arXiv 2311.18828; the variant here follows
+DMD2, arXiv 2405.14867: no regression loss, the fake score updated several times per generator step,
+and, for now, without DMD2's GAN term) of the diffusion teacher of notebook 06 into a one-step
+generator.
+
+Schedule and notation as in :mod:`kdlab.methods.diffusion`. A v-prediction network ``m`` gives the
+score of its diffused distribution at ``z_t``:
+
+    x_hat = alpha_t z - sigma_t v(z, t),    score(z, t) = grad_z log p_t(z) = -(z - alpha_t x_hat) / sigma_t^2
+
+The generator maps noise to images in one evaluation, ``x = G(z) = x_hat_G(z, t = 1) = -v_G(z, 1)``. Its
+distribution diffused to time ``t`` is ``p_fake,t``; the teacher's is ``p_real,t``. For ``x_t = alpha_t x +
+sigma_t eps`` the reparameterised gradient of ``KL(p_fake,t || p_real,t)`` with respect to the generator's
+parameters is (the paper's eq. 7; the score-of-parameters term has zero mean)
+
+    grad_theta KL = E[ (score_fake(x_t) - score_real(x_t)) d x_t / d theta ]
+                  = E[ alpha_t (score_fake - score_real) d x / d theta ]
+
+so each generated image is pushed along ``-alpha_t (score_fake - score_real)``. The teacher supplies
+``score_real``; ``score_fake`` comes from a second network (a copy of the teacher) trained online with
+the ordinary diffusion loss on the generator's own images. The paper's weighting divides by the mean
+absolute gap between ``x`` and the teacher's prediction per image, which makes the step size
+independent of ``t``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import models
+from ..engine import History, Trainer, TrainConfig, freeze
+from ..utils import check_int
+from .diffusion import _bc, alpha_sigma, diffuse, diffusion_step, predict_x
+
+T_RANGE = (0.02, 0.98)  # times the generator's images are diffused to (the paper: 2% to 98% of the schedule)
+
+
+def score(model: nn.Module, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``grad_z log p_t(z) = -(z - alpha_t x_hat) / sigma_t^2`` of a v-prediction ``model`` at noisy images
+    ``z`` ``[N, C, H, W]`` and times ``t`` ``[N]`` (``0 < t``), from its unclipped ``x_hat``."""
+    a, s = alpha_sigma(t)
+    return -(z - _bc(a, z) * predict_x(model, z, t, clip=False)) / _bc(s, z) ** 2
+
+
+def generate(generator: nn.Module, noise: torch.Tensor) -> torch.Tensor:
+    """One-step images ``G(z) = x_hat_G(z, 1)`` ``[N, C, H, W]`` (unclipped, differentiable)."""
+    return predict_x(generator, noise, torch.ones(len(noise), device=noise.device, dtype=noise.dtype), clip=False)
+
+
+@torch.no_grad()
+def matching_gradient(real: nn.Module, fake: nn.Module, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                      normalise: bool = True) -> torch.Tensor:
+    """The distribution-matching gradient at generated images ``x`` ``[N, C, H, W]``, one Monte Carlo
+    sample per image (times ``t`` ``[N]``, noise ``eps`` like ``x``): ``alpha_t (score_fake(x_t) -
+    score_real(x_t))`` at ``x_t = alpha_t x + sigma_t eps``. With ``normalise`` (the paper's weighting) it
+    is rescaled per image to ``(x_hat_fake - x_hat_real) / mean |x - x_hat_real|``, the same direction
+    (``alpha_t (score_fake - score_real) = alpha_t^2 (x_hat_fake - x_hat_real) / sigma_t^2``)."""
+    z = diffuse(x, t, eps)
+    if not normalise:
+        a, _ = alpha_sigma(t)
+        return _bc(a, x) * (score(fake, z, t) - score(real, z, t))
+    x_real, x_fake = predict_x(real, z, t, clip=False), predict_x(fake, z, t, clip=False)
+    scale = (x - x_real).abs().mean(dim=tuple(range(1, x.dim())), keepdim=True).clamp_min(1e-8)
+    return (x_fake - x_real) / scale
+
+
+def generator_step(generator: nn.Module, real: nn.Module, fake: nn.Module, noise: torch.Tensor, t: torch.Tensor,
+                   eps: torch.Tensor, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """One generator step: ``x = G(noise)``; the surrogate ``L = 0.5 mean (x - stopgrad(x - g))^2`` has
+    ``dL/dx = g / numel``, so the step follows the matching gradient ``g`` (:func:`matching_gradient`).
+    Returns the surrogate and the mean absolute gradient."""
+    x = generate(generator, noise)
+    g = matching_gradient(real, fake, x.detach(), t, eps)
+    loss = 0.5 * (x - (x - g).detach()).pow(2).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return {"loss": loss.detach(), "gradient": g.abs().mean()}
+
+
+def fake_score_step(fake: nn.Module, images: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                    opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Fit the fake score to the generator's (detached) ``images`` with the ordinary diffusion loss
+    (:func:`kdlab.methods.diffusion.diffusion_step`)."""
+    return diffusion_step(fake, images.detach(), t, eps, opt)
+
+
+def distill_dmd(generator: nn.Module, fake: nn.Module, teacher: nn.Module, config: TrainConfig, *,
+                fake_updates: int = 5, fake_lr: float | None = None, t_range: tuple[float, float] = T_RANGE
+                ) -> History:
+    """DMD2-style training (without its GAN term): each step fits the fake score ``fake_updates`` times
+    to fresh generator images (:func:`fake_score_step`; DMD2's two time-scale rule), then takes one
+    :func:`generator_step`. ``generator`` and ``fake`` are separate copies of ``teacher``; noise and
+    times come from the step's generator, ``config.batch_size`` images per update, Adam for both
+    (``config.lr``, and ``fake_lr`` for the fake score, default the same). No data images are needed:
+    the teacher stands for the data. History keys ``loss`` (the surrogate), ``gradient``, ``fake_loss``."""
+    check_int("fake_updates", fake_updates)
+    lo, hi = t_range
+    if not 0 < lo < hi < 1:
+        raise ValueError(f"t_range={t_range!r} is not valid; expected 0 < lo < hi < 1")
+    if generator is teacher or fake is teacher or fake is generator:
+        raise ValueError("generator, fake score and teacher must be three separate networks (copy.deepcopy(teacher))")
+    freeze(teacher, config.device)
+    for net in (generator, fake):
+        for p in net.parameters():  # copies of a frozen teacher start frozen too
+            p.requires_grad_(True)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr)
+    opt_f = torch.optim.Adam(fake.parameters(), lr=fake_lr or config.lr)
+    trainer = Trainer(config, modules={"generator": generator, "fake": fake}, optimizers={"g": opt_g, "f": opt_f},
+                      run={"kind": "distribution-matching", "fake_updates": fake_updates, "fake_lr": fake_lr,
+                           "t_range": list(t_range), "model": models.architecture(generator)},
+                      desc="distribution matching")
+    def draw(g: torch.Generator, like: torch.Tensor | None = None):
+        size = like.shape if like is not None else (config.batch_size, teacher.config["channels"],
+                                                    teacher.config["img_size"], teacher.config["img_size"])
+        return torch.randn(size, generator=g).to(trainer.device)
+
+    def times(g: torch.Generator) -> torch.Tensor:
+        return (lo + (hi - lo) * torch.rand(config.batch_size, generator=g)).to(trainer.device)
+
+    def step(s: int, g: torch.Generator):
+        fake_loss = 0.0
+        for _ in range(fake_updates):
+            with torch.no_grad():
+                images = generate(generator, draw(g))
+            fake_loss += fake_score_step(fake, images, times(g), draw(g, images), opt_f)["loss"].item() / fake_updates
+        out = generator_step(generator, teacher, fake, draw(g), times(g), draw(g), opt_g)
+        return {**out, "fake_loss": torch.tensor(fake_loss)}
+
+    return trainer.fit(step)
