@@ -23,10 +23,10 @@ class LinearV(nn.Module):
         return self.a * z + self.b * t.view(-1, 1, 1, 1)
 
 
-def _c_skip(t, t_min=cm.T_MIN, sd=0.5):
-    """EDM's c_skip on the VE-equivalent noise level tan(pi t / 2), written with math (float64)."""
+def _c_skip(t, t_min=cm.T_MIN, sd=0.5, k=10.0):
+    """c_skip on the VE-equivalent noise level tan(pi t / 2), scaled by k, written with math (float64)."""
     s, s_min = math.tan(math.pi * t / 2), math.tan(math.pi * t_min / 2)
-    return sd ** 2 / ((s - s_min) ** 2 + sd ** 2)
+    return sd ** 2 / ((k * (s - s_min)) ** 2 + sd ** 2)
 
 
 def test_skip_and_out_match_the_closed_form_and_the_boundary_exactly():
@@ -39,6 +39,7 @@ def test_skip_and_out_match_the_closed_form_and_the_boundary_exactly():
     assert torch.equal(c_skip + c_out, torch.ones_like(c_skip))
     at_one = cm.skip_out(torch.ones(1, dtype=torch.float64))[0].item()
     assert 0 <= at_one < 1e-20  # alpha_1 = 0: pure noise, nothing to skip
+    assert cm.skip_out(torch.tensor([0.2], dtype=torch.float64))[0].item() < 0.025  # f is the denoiser from t = 0.2 on
     for dtype in (torch.float32, torch.float64):  # the boundary holds in both precisions
         c, o = cm.skip_out(torch.full((2,), cm.T_MIN, dtype=dtype))
         assert torch.all(c == 1) and torch.all(o == 0)
@@ -89,6 +90,7 @@ def test_the_step_regresses_the_student_on_the_target_and_leaves_teacher_and_tar
     ref = copy.deepcopy(student)
     out = cm.consistency_step(student, target, teacher, x, eps, t, t_prev, torch.optim.SGD(student.parameters(), lr=0.1))
     assert all(m.state_dict()[k].equal(b[k]) for m, b in zip((teacher, target), before) for k in b)
+    assert all(p.grad is None for m in (teacher, target) for p in m.parameters())  # no gradient leaks into them
     z = kd.methods.diffusion.diffuse(x, t, eps)
     with torch.no_grad():
         y, _ = cm.consistency_target(teacher, target, z, t, t_prev)
@@ -109,6 +111,15 @@ def test_one_step_sampling_is_f_at_t_one_and_bad_schedules_are_refused():
     a = cm.sample(model, noise, [1.0, 0.5, 0.2], torch.Generator().manual_seed(3))
     b = cm.sample(model, noise, [1.0, 0.5, 0.2], torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and a.abs().max() <= 1
+    # two steps written out: x = f(noise, 1); z = alpha x + sigma eps (VP re-noising); x = f(z, 0.5)
+    g = torch.Generator().manual_seed(4)
+    two = cm.sample(model, noise, [1.0, 0.5], g)
+    eps = torch.randn(noise.shape, generator=torch.Generator().manual_seed(4)).double()  # drawn in float32, as sample does
+    x1 = want  # f(noise, 1), clipped
+    a5, s5 = math.cos(math.pi / 4), math.sin(math.pi / 4)
+    z = a5 * x1 + s5 * eps
+    x_hat = a5 * z - s5 * (0.2 * z + 0.1 * 0.5)  # F = alpha z - sigma v with v = 0.2 z + 0.1 t
+    assert torch.allclose(two, (_c_skip(0.5) * z + (1 - _c_skip(0.5)) * x_hat).clamp(-1, 1), rtol=1e-12, atol=1e-12)
     for bad in ([0.5], [1.0, 1.0], [1.0, 0.0], []):
         with pytest.raises(ValueError, match="times"):
             cm.sample(model, noise, bad)
@@ -124,6 +135,13 @@ def test_distill_consistency_averages_the_target_is_deterministic_and_resumes(tm
     images = kd.data.as_tensors(kd.data.load("mnist5k", "test"))[0][:32]
     torch.manual_seed(0)
     teacher = kd.models.UNet(widths=(4, 8, 8), emb_dim=8)
+    start = copy.deepcopy(teacher)
+    student = copy.deepcopy(teacher)  # one step with mu = 0.5: the target is halfway from the start to the student
+    target, _ = cm.distill_consistency(student, teacher, images, _config(steps=1, batch_size=4, seed=1),
+                                       n_grid=6, target_decay=0.5)
+    for p, q, r in zip(target.parameters(), start.parameters(), student.parameters()):
+        assert torch.allclose(p, 0.5 * q + 0.5 * r, rtol=1e-6, atol=1e-7)
+    assert any(not torch.equal(p, q) for p, q in zip(target.parameters(), start.parameters()))
     runs = []
     for _ in range(2):
         student = copy.deepcopy(teacher)
@@ -133,7 +151,6 @@ def test_distill_consistency_averages_the_target_is_deterministic_and_resumes(tm
     (s1, t1, h1), (s2, t2, h2) = runs
     assert h1 == h2 and len(h1["loss"]) == 4 and all(math.isfinite(v) for v in h1["loss"])
     assert all(torch.equal(p, q) for p, q in zip(t1.parameters(), t2.parameters()))
-    # the target is the EMA of the student: after 4 steps with mu = 0.5 it sits between start and student
     assert any(not torch.equal(p, q) for p, q in zip(t1.parameters(), s1.parameters()))
     with pytest.raises(ValueError, match="separate copy"):
         cm.distill_consistency(teacher, teacher, images, _config(steps=1, batch_size=2))

@@ -36,9 +36,10 @@ def test_score_of_a_v_network_is_the_gaussian_score():
     t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
     z = torch.tensor([-1.3, 0.2, 2.0], dtype=torch.float64).view(3, 1, 1, 1)
     got = dmd.score(GaussianV(0.4, 0.7), z, t)
-    a, s = math.cos(math.pi * t[1] / 2), math.sin(math.pi * t[1] / 2)
-    want = -(z[1] - a * 0.4) / (a ** 2 * 0.49 + s ** 2)  # grad log N(a m, a^2 s^2 + sigma^2)
-    assert torch.allclose(got[1], want, rtol=1e-12)
+    for i in range(3):
+        a, s = math.cos(math.pi * t[i] / 2), math.sin(math.pi * t[i] / 2)
+        want = -(z[i] - a * 0.4) / (a ** 2 * 0.49 + s ** 2)  # grad log N(a m, a^2 s^2 + sigma^2)
+        assert torch.allclose(got[i], want, rtol=1e-12)
 
 
 def test_matching_gradient_is_the_kl_gradient_closed_form_autograd_and_monte_carlo():
@@ -81,6 +82,12 @@ def test_the_normalised_gradient_points_the_same_way():
     for i in range(2):  # a positive multiple per image
         ratio = raw[i] / unit[i]
         assert torch.all(ratio > 0) and torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio), rtol=1e-10)
+    for i in range(2):  # and exactly (x_hat_fake - x_hat_real) / mean |x - x_hat_real| of its own image, in closed form
+        a, s = math.cos(math.pi * t[i] / 2), math.sin(math.pi * t[i] / 2)
+        z = a * x[i] + s * eps[i]
+        post = lambda m, sd: m + a * sd ** 2 * (z - a * m) / (a ** 2 * sd ** 2 + s ** 2)  # E[x | z_t], Gaussian data
+        x_real, x_fake = post(0.3, 0.5), post(-0.1, 0.9)
+        assert torch.allclose(unit[i], (x_fake - x_real) / (x[i] - x_real).abs().mean(), rtol=1e-10)
 
 
 def test_generator_step_moves_the_images_along_the_matching_gradient():
@@ -133,5 +140,7 @@ def test_distill_dmd_leaves_the_teacher_is_deterministic_and_resumes(tmp_path):
     assert all(torch.equal(p, q) for p, q in zip(gen.parameters(), g1.parameters()))
     with pytest.raises(ValueError, match="three separate"):
         dmd.distill_dmd(teacher, fake, teacher, kd.TrainConfig(steps=1, **cfg))
+    with pytest.raises(ValueError, match="fake_lr"):
+        dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=1, **cfg), fake_lr=0.0)
     with pytest.raises(ValueError, match="t_range"):
         dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=1, **cfg), t_range=(0.5, 0.2))

@@ -8,17 +8,21 @@ Time and schedule as in :mod:`kdlab.methods.diffusion`: ``t`` in [0, 1], ``alpha
 
     f(z, t) = c_skip(t) z + c_out(t) F(z, t),     F(z, t) = alpha_t z - sigma_t v(z, t)
 
-with ``F`` the network's ``x`` prediction from its v output (so a student copied from the teacher
-starts at the teacher's one-step denoiser). The boundary condition of the paper, ``f(z, t_min) = z``,
-holds exactly because ``c_skip(t_min) = 1`` and ``c_out(t_min) = 0`` exactly:
+with ``F`` the network's ``x`` prediction from its v output. The boundary condition of the paper,
+``f(z, t_min) = z``, holds exactly because ``c_skip(t_min) = 1`` and ``c_out(t_min) = 0`` exactly:
 
     s(t) = sigma_t / alpha_t                      (the noise level of z_t / alpha_t = x + s eps)
-    c_skip(t) = sigma_d^2 / ((s(t) - s(t_min))^2 + sigma_d^2),    c_out(t) = 1 - c_skip(t)
+    c_skip(t) = sigma_d^2 / ((k (s(t) - s(t_min)))^2 + sigma_d^2),    c_out(t) = 1 - c_skip(t)
 
-This ``c_skip`` is the paper's (its Appendix C, from EDM) written for the variance-preserving
-schedule through ``s``; ``c_out = 1 - c_skip`` replaces the paper's ``c_out`` because ``F`` here is an
-``x`` prediction in data units, not a unit-variance network output (the paper requires only the two
-boundary values and differentiability). ``sigma_d = 0.5``.
+The paper requires only those two boundary values and differentiability; its own choice (Appendix
+C, from EDM) pairs ``c_skip`` without the factor ``k`` with a unit-variance network output. Here ``F``
+is an ``x`` prediction in data units, so ``c_out = 1 - c_skip`` makes ``f = F`` wherever ``c_skip`` has
+fallen to 0, and the factor ``k = 10`` (as the latent consistency models' scheduler scales its time)
+makes it fall fast: ``c_skip`` is 0.23 at ``t = 0.06``, 0.024 at ``t = 0.2`` and 0.0025 at ``t = 0.5``
+(with ``k = 1``: 0.97, 0.71 and 0.20, so a teacher-initialised ``f`` would keep a large share of the
+noisy input up to mid times, and learn slowly at small ``t``, where ``c_out`` scales its gradient). So
+a student copied from the teacher starts at the teacher's one-step denoiser everywhere except a thin
+band above ``t_min``. ``sigma_d = 0.5``.
 
 Distillation (Algorithm 2): on the grid ``t_min = t_1 < ... < t_N = 1``, draw ``n``, noise a data image
 to ``z_{t_{n+1}}``, take **one** teacher DDIM step to ``t_n``, and regress the student's
@@ -38,6 +42,7 @@ from .diffusion import _bc, alpha_sigma, ddim_step, diffuse, predict_x
 
 T_MIN = 0.002  # the smallest time, where f is the identity
 SIGMA_DATA = 0.5  # sigma_d: the data's standard deviation in EDM's c_skip (images in [-1, 1])
+SKIP_SCALE = 10.0  # k: how fast c_skip falls from 1 at t_min (module docstring)
 
 
 def time_grid(n: int, t_min: float = T_MIN, dtype=torch.float64) -> torch.Tensor:
@@ -48,11 +53,12 @@ def time_grid(n: int, t_min: float = T_MIN, dtype=torch.float64) -> torch.Tensor
     return torch.linspace(t_min, 1.0, n, dtype=dtype)
 
 
-def skip_out(t: torch.Tensor, t_min: float = T_MIN, sigma_data: float = SIGMA_DATA) -> tuple[torch.Tensor, torch.Tensor]:
+def skip_out(t: torch.Tensor, t_min: float = T_MIN, sigma_data: float = SIGMA_DATA,
+             scale: float = SKIP_SCALE) -> tuple[torch.Tensor, torch.Tensor]:
     """``(c_skip(t), c_out(t))`` for times ``t`` ``[N]`` (module docstring); ``(1, 0)`` exactly at ``t_min``."""
     a, s = alpha_sigma(t)
     a_min, s_min = alpha_sigma(torch.full_like(t, t_min))
-    gap = s / a - s_min / a_min  # s(t) - s(t_min): exactly 0 at t_min (the same operations on the same number)
+    gap = scale * (s / a - s_min / a_min)  # k (s(t) - s(t_min)): exactly 0 at t_min (same operations, same number)
     c_skip = sigma_data ** 2 / (gap ** 2 + sigma_data ** 2)
     return c_skip, 1 - c_skip
 
@@ -112,7 +118,8 @@ def distill_consistency(student: nn.Module, teacher: nn.Module, images: torch.Te
     """Consistency distillation: :func:`consistency_step` on training ``images`` with ``n`` uniform over
     the ``n_grid - 1`` adjacent pairs of :func:`time_grid`, Adam with ``config.lr``, and the target
     network an :class:`EMA` of the student with decay ``target_decay`` (the paper's ``mu``) after every
-    step. ``student`` is a copy of ``teacher``. Returns ``(target network, history)``; key ``loss``."""
+    step. ``student`` is a copy of ``teacher``. Returns ``(target network, history)``; key ``loss``. Sampling
+    from the target network is a choice (the paper also keeps a slower average of the student)."""
     check_images(images, student)
     if student is teacher:
         raise ValueError("the student must be a separate copy of the teacher (copy.deepcopy(teacher))")

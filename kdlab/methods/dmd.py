@@ -18,9 +18,10 @@ parameters is (the paper's eq. 7; the score-of-parameters term has zero mean)
 
 so each generated image is pushed along ``-alpha_t (score_fake - score_real)``. The teacher supplies
 ``score_real``; ``score_fake`` comes from a second network (a copy of the teacher) trained online with
-the ordinary diffusion loss on the generator's own images. The paper's weighting divides by the mean
-absolute gap between ``x`` and the teacher's prediction per image, which makes the step size
-independent of ``t``.
+the ordinary diffusion loss on the generator's own images. The weighting (as in the authors' released
+DMD2 code) divides each image's gradient by the mean absolute gap between ``x`` and the teacher's
+prediction, which evens out its scale across ``t``; across a batch this reweights the images, so the
+parameters follow a reweighted KL gradient.
 """
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ def matching_gradient(real: nn.Module, fake: nn.Module, x: torch.Tensor, t: torc
     """The distribution-matching gradient at generated images ``x`` ``[N, C, H, W]``, one Monte Carlo
     sample per image (times ``t`` ``[N]``, noise ``eps`` like ``x``): ``alpha_t (score_fake(x_t) -
     score_real(x_t))`` at ``x_t = alpha_t x + sigma_t eps``. With ``normalise`` (the paper's weighting) it
-    is rescaled per image to ``(x_hat_fake - x_hat_real) / mean |x - x_hat_real|``, the same direction
-    (``alpha_t (score_fake - score_real) = alpha_t^2 (x_hat_fake - x_hat_real) / sigma_t^2``)."""
+    is rescaled per image to ``(x_hat_fake - x_hat_real) / mean |x - x_hat_real|``, the same direction for
+    each image (``alpha_t (score_fake - score_real) = alpha_t^2 (x_hat_fake - x_hat_real) / sigma_t^2``)."""
     z = diffuse(x, t, eps)
     if not normalise:
         a, _ = alpha_sigma(t)
@@ -95,6 +96,8 @@ def distill_dmd(generator: nn.Module, fake: nn.Module, teacher: nn.Module, confi
     (``config.lr``, and ``fake_lr`` for the fake score, default the same). No data images are needed:
     the teacher stands for the data. History keys ``loss`` (the surrogate), ``gradient``, ``fake_loss``."""
     check_int("fake_updates", fake_updates)
+    if fake_lr is not None and not 0 < fake_lr < float("inf"):
+        raise ValueError(f"fake_lr={fake_lr!r} is not valid; expected a finite number > 0 (or None: config.lr)")
     lo, hi = t_range
     if not 0 < lo < hi < 1:
         raise ValueError(f"t_range={t_range!r} is not valid; expected 0 < lo < hi < 1")
@@ -105,7 +108,7 @@ def distill_dmd(generator: nn.Module, fake: nn.Module, teacher: nn.Module, confi
         for p in net.parameters():  # copies of a frozen teacher start frozen too
             p.requires_grad_(True)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr)
-    opt_f = torch.optim.Adam(fake.parameters(), lr=fake_lr or config.lr)
+    opt_f = torch.optim.Adam(fake.parameters(), lr=config.lr if fake_lr is None else fake_lr)
     trainer = Trainer(config, modules={"generator": generator, "fake": fake}, optimizers={"g": opt_g, "f": opt_f},
                       run={"kind": "distribution-matching", "fake_updates": fake_updates, "fake_lr": fake_lr,
                            "t_range": list(t_range), "model": models.architecture(generator)},
