@@ -56,7 +56,7 @@ class GaussianDenoiser(nn.Module):
         self.mu, self.s = mu, s
 
     def forward(self, z, t):
-        a, sg = [dm._bc(v, z) for v in dm.alpha_sigma(t.to(z.dtype))]
+        a, sg = [dm.per_image(v, z) for v in dm.alpha_sigma(t.to(z.dtype))]
         x = self.mu + a * self.s ** 2 / (a ** 2 * self.s ** 2 + sg ** 2) * (z - a * self.mu)
         return dm.v_from_x(z, t.to(z.dtype), x)
 

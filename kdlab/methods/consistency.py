@@ -38,7 +38,7 @@ from torch import nn
 from .. import models
 from ..engine import EMA, History, Trainer, TrainConfig, check_images, freeze, sample_batch
 from ..utils import check_int
-from .diffusion import _bc, alpha_sigma, ddim_step, diffuse, predict_x
+from .diffusion import per_image, alpha_sigma, ddim_step, diffuse, predict_x
 
 T_MIN = 0.002  # the smallest time, where f is the identity
 SIGMA_DATA = 0.5  # sigma_d: the data's standard deviation in EDM's c_skip (images in [-1, 1])
@@ -67,7 +67,7 @@ def consistency_function(model: nn.Module, z: torch.Tensor, t: torch.Tensor, t_m
     """``f(z, t) = c_skip(t) z + c_out(t) F(z, t)`` for noisy images ``z`` ``[N, C, H, W]`` at times ``t``
     ``[N]`` (``t >= t_min``); ``F`` is ``model``'s (a v-prediction network's) unclipped ``x`` prediction."""
     c_skip, c_out = skip_out(t, t_min)
-    return _bc(c_skip, z) * z + _bc(c_out, z) * predict_x(model, z, t, clip=False)
+    return per_image(c_skip, z) * z + per_image(c_out, z) * predict_x(model, z, t, clip=False)
 
 
 @torch.no_grad()

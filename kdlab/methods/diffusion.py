@@ -35,7 +35,7 @@ def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cos(0.5 * math.pi * t), torch.sin(0.5 * math.pi * t)
 
 
-def _bc(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def per_image(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``a [N]`` -> ``[N, 1, 1, 1]`` (broadcast over images ``like``)."""
     return a.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
@@ -43,19 +43,19 @@ def _bc(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def diffuse(x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """``z_t = alpha_t x + sigma_t eps`` for images ``x`` ``[N, C, H, W]``, times ``t`` ``[N]``."""
     a, s = alpha_sigma(t)
-    return _bc(a, x) * x + _bc(s, x) * eps
+    return per_image(a, x) * x + per_image(s, x) * eps
 
 
 def v_target(x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """``v = alpha_t eps - sigma_t x``."""
     a, s = alpha_sigma(t)
-    return _bc(a, x) * eps - _bc(s, x) * x
+    return per_image(a, x) * eps - per_image(s, x) * x
 
 
 def x_eps_from_v(z: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x_hat, eps_hat) = (alpha_t z - sigma_t v, sigma_t z + alpha_t v)``."""
     a, s = alpha_sigma(t)
-    a, s = _bc(a, z), _bc(s, z)
+    a, s = per_image(a, z), per_image(s, z)
     return a * z - s * v, s * z + a * v
 
 
@@ -63,7 +63,7 @@ def v_from_x(z: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The v whose ``x_hat`` is ``x`` at ``z_t``: ``eps = (z - alpha_t x) / sigma_t``, ``v = alpha_t eps - sigma_t x``
     (``sigma_t > 0``, i.e. ``t > 0``)."""
     a, s = alpha_sigma(t)
-    a, s = _bc(a, z), _bc(s, z)
+    a, s = per_image(a, z), per_image(s, z)
     return a * (z - a * x) / s - s * x
 
 
@@ -72,8 +72,8 @@ def ddim_step(z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, x_hat: torch.Te
     ``z_s = alpha_s x_hat + sigma_s (z_t - alpha_t x_hat) / sigma_t``."""
     a_t, s_t = alpha_sigma(t)
     a_s, s_s = alpha_sigma(s)
-    eps_hat = (z - _bc(a_t, z) * x_hat) / _bc(s_t, z)
-    return _bc(a_s, z) * x_hat + _bc(s_s, z) * eps_hat
+    eps_hat = (z - per_image(a_t, z) * x_hat) / per_image(s_t, z)
+    return per_image(a_s, z) * x_hat + per_image(s_s, z) * eps_hat
 
 
 def predict_x(model: nn.Module, z: torch.Tensor, t: torch.Tensor, clip: bool = True) -> torch.Tensor:
@@ -114,8 +114,8 @@ def two_step_target(teacher: nn.Module, z: torch.Tensor, t: torch.Tensor, studen
     z2 = ddim_step(z1, t1, t2, predict_x(teacher, z1, t1, clip))
     a_t, s_t = alpha_sigma(t)
     a_2, s_2 = alpha_sigma(t2)
-    ratio = _bc(s_2 / s_t, z)
-    x_tilde = (z2 - ratio * z) / (_bc(a_2, z) - ratio * _bc(a_t, z))
+    ratio = per_image(s_2 / s_t, z)
+    x_tilde = (z2 - ratio * z) / (per_image(a_2, z) - ratio * per_image(a_t, z))
     return x_tilde, z2
 
 

@@ -31,7 +31,7 @@ from torch import nn
 from .. import models
 from ..engine import History, Trainer, TrainConfig, freeze
 from ..utils import check_int
-from .diffusion import _bc, alpha_sigma, diffuse, diffusion_step, predict_x
+from .diffusion import per_image, alpha_sigma, diffuse, diffusion_step, predict_x
 
 T_RANGE = (0.02, 0.98)  # times the generator's images are diffused to (the paper: 2% to 98% of the schedule)
 
@@ -40,7 +40,7 @@ def score(model: nn.Module, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """``grad_z log p_t(z) = -(z - alpha_t x_hat) / sigma_t^2`` of a v-prediction ``model`` at noisy images
     ``z`` ``[N, C, H, W]`` and times ``t`` ``[N]`` (``0 < t``), from its unclipped ``x_hat``."""
     a, s = alpha_sigma(t)
-    return -(z - _bc(a, z) * predict_x(model, z, t, clip=False)) / _bc(s, z) ** 2
+    return -(z - per_image(a, z) * predict_x(model, z, t, clip=False)) / per_image(s, z) ** 2
 
 
 def generate(generator: nn.Module, noise: torch.Tensor) -> torch.Tensor:
@@ -59,7 +59,7 @@ def matching_gradient(real: nn.Module, fake: nn.Module, x: torch.Tensor, t: torc
     z = diffuse(x, t, eps)
     if not normalise:
         a, _ = alpha_sigma(t)
-        return _bc(a, x) * (score(fake, z, t) - score(real, z, t))
+        return per_image(a, x) * (score(fake, z, t) - score(real, z, t))
     x_real, x_fake = predict_x(real, z, t, clip=False), predict_x(fake, z, t, clip=False)
     scale = (x - x_real).abs().mean(dim=tuple(range(1, x.dim())), keepdim=True).clamp_min(1e-8)
     return (x_fake - x_real) / scale
