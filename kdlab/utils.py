@@ -124,6 +124,11 @@ def non_negative(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float, np.number)) and 0 <= value < float("inf")
 
 
+def decay(value: Any) -> bool:
+    """a number with 0 <= value < 1 (an averaging decay)"""
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.number)) and 0 <= value < 1
+
+
 def run_dir(notebook: str, out_dir: str | os.PathLike = "") -> Path:
     """Create and return the output folder of one notebook run (checkpoints, training states,
     figures, ``metrics.json``).

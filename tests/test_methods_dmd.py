@@ -123,20 +123,22 @@ def test_distill_dmd_leaves_the_teacher_is_deterministic_and_resumes(tmp_path):
     torch.manual_seed(0)
     teacher = kd.models.UNet(widths=(4, 8, 8), emb_dim=8)
     before = [p.detach().clone() for p in teacher.parameters()]
+    reg = dict(pairs=dmd.regression_pairs(teacher, 5, torch.Generator().manual_seed(3), steps=2), reg_weight=0.5)
     cfg = dict(batch_size=3, seed=2, lr=1e-3, device="cpu", progress=False)
     runs = []
     for _ in range(2):
         gen, fake = copy.deepcopy(teacher), copy.deepcopy(teacher)
-        runs.append((gen, dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=3, **cfg), fake_updates=2)))
+        runs.append((gen, dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=3, **cfg), fake_updates=2, **reg)))
     (g1, h1), (g2, h2) = runs
     assert h1 == h2 and len(h1["loss"]) == 3 and all(math.isfinite(v) for v in h1["fake_loss"])
+    assert all(v > 0 for v in h1["regression"])
     assert all(torch.equal(p, q) for p, q in zip(g1.parameters(), g2.parameters()))
     assert any(not torch.equal(p, q) for p, q in zip(g1.parameters(), before))
     assert all(torch.equal(p, q) for p, q in zip(teacher.parameters(), before))
     state = tmp_path / "state.safetensors"
     gen, fake = copy.deepcopy(teacher), copy.deepcopy(teacher)
-    dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=2, state_path=state, **cfg), fake_updates=2)
-    assert dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=3, state_path=state, **cfg), fake_updates=2) == h1
+    dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=2, state_path=state, **cfg), fake_updates=2, **reg)
+    assert dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=3, state_path=state, **cfg), fake_updates=2, **reg) == h1
     assert all(torch.equal(p, q) for p, q in zip(gen.parameters(), g1.parameters()))
     with pytest.raises(ValueError, match="three separate"):
         dmd.distill_dmd(teacher, fake, teacher, kd.TrainConfig(steps=1, **cfg))
@@ -144,3 +146,29 @@ def test_distill_dmd_leaves_the_teacher_is_deterministic_and_resumes(tmp_path):
         dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=1, **cfg), fake_lr=0.0)
     with pytest.raises(ValueError, match="t_range"):
         dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=1, **cfg), t_range=(0.5, 0.2))
+    with pytest.raises(ValueError, match="needs pairs"):
+        dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=1, **cfg), reg_weight=1.0)
+    with pytest.raises(ValueError, match="same shape"):
+        dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=1, **cfg), pairs=(reg["pairs"][0], reg["pairs"][1][:2]))
+
+
+def test_regression_term_adds_the_gradient_of_the_squared_error_to_the_teachers_images():
+    """generator_step with pair = (z_ref, x_ref): the parameter change is SGD on <g, x> / numel plus
+    reg_weight * mean (G(z_ref) - x_ref)^2, each gradient computed separately by autograd."""
+    from kdlab.models import UNet
+    torch.manual_seed(1)
+    gen = UNet(widths=(4, 8, 8), emb_dim=8).double()
+    noise, z_ref = torch.randn(2, 1, 28, 28, dtype=torch.float64), torch.randn(3, 1, 28, 28, dtype=torch.float64)
+    x_ref = torch.rand(3, 1, 28, 28, dtype=torch.float64) * 2 - 1
+    t, eps = torch.tensor([0.3, 0.6], dtype=torch.float64), torch.randn(2, 1, 28, 28, dtype=torch.float64)
+    real, fake = GaussianV(0.0, 0.5), GaussianV(0.2, 0.6)
+    ref = [p.detach().clone() for p in gen.parameters()]
+    g = dmd.matching_gradient(real, fake, dmd.generate(gen, noise).detach(), t, eps)
+    grads_dmd = torch.autograd.grad((dmd.generate(gen, noise) * g).sum() / g.numel(), list(gen.parameters()))
+    mse = lambda: ((dmd.generate(gen, z_ref) - x_ref) ** 2).sum() / x_ref.numel()
+    grads_reg = torch.autograd.grad(mse(), list(gen.parameters()))
+    out = dmd.generator_step(gen, real, fake, noise, t, eps, torch.optim.SGD(gen.parameters(), lr=0.5),
+                             pair=(z_ref, x_ref), reg_weight=0.25)
+    for p, r, a, b in zip(gen.parameters(), ref, grads_dmd, grads_reg):
+        assert torch.allclose(p, r - 0.5 * (a + 0.25 * b), rtol=1e-10, atol=1e-13)
+    assert out["regression"] > 0

@@ -66,7 +66,7 @@ def executed(tmp_path_factory):
 
 # ---------------------------------------------------------------------------------------------- static
 def test_there_are_notebooks():
-    assert [p.name for p in TUTORIALS][:1] == ["01_teacher_pretraining.ipynb"] and len(TUTORIALS) == 7
+    assert [p.name for p in TUTORIALS][:1] == ["01_teacher_pretraining.ipynb"] and len(TUTORIALS) == 8
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
