@@ -36,6 +36,8 @@ MISTAKES = {  # assignment -> (solution cell, text replaced, the parts that must
                                        {"check_my_two_step_target_x_tilde", "check_my_progressive_step_step"}),
     "07_fused_kernels": ("online_logsumexp", ("l * torch.exp(m - m_new)", "l"),  # the hidden row needs the rescaling
                          {"check_online_logsumexp_values", "check_online_logsumexp_stable"}),
+    "08_one_step_distillation": ("my_consistency_function", ("gap = k * (s / a", "gap = (s / a"),  # k missing
+                                 {"check_my_consistency_function_weights"}),
 }
 REFERENCE = {  # solution cell -> a body that calls kdlab's own implementation
     "my_gan_step": "def my_gan_step(G, D, real, z, opt_g, opt_d):\n"
@@ -58,6 +60,10 @@ REFERENCE = {  # solution cell -> a body that calls kdlab's own implementation
                            "    return dm.progressive_step(student, teacher, x, t, eps, opt, N)['loss'].item()",
     "kernel_logsumexp": "def kernel_logsumexp(x):\n    return torch.logsumexp(x, -1)",
     "online_logsumexp": "def online_logsumexp(x):\n    return torch.logsumexp(x, -1)",
+    "my_consistency_function": "def my_consistency_function(model, z, t, t_min=cm.T_MIN, sigma_d=0.5, k=10.0):\n"
+                               "    return cm.consistency_function(model, z, t, t_min)",
+    "my_matching_gradient": "def my_matching_gradient(real, fake, x, t, eps, normalise=True):\n"
+                            "    return dmd.matching_gradient(real, fake, x, t, eps, normalise)",
 }
 
 

@@ -13,7 +13,9 @@ from torch import nn
 
 import kdlab as kd
 from kdlab.exercises import ExerciseError
+from kdlab.methods import consistency as cm
 from kdlab.methods import diffusion as dm
+from kdlab.methods import dmd
 
 from assignment_sources import ASSIGNMENTS, functions, solutions, tutorial_functions
 
@@ -24,12 +26,15 @@ CHECKS = {  # function the learner writes -> its check
     "my_two_step_target": kd.exercises.check_two_step_target,
     "my_progressive_step": kd.exercises.check_progressive_step,
     "kernel_logsumexp": kd.exercises.check_kernel_logsumexp, "online_logsumexp": kd.exercises.check_online_logsumexp,
+    "my_consistency_function": kd.exercises.check_consistency_function,
+    "my_matching_gradient": kd.exercises.check_matching_gradient,
 }
 TUTORIAL = {name: a for a in ASSIGNMENTS for src in solutions(a).values() for name in functions(src)}
 
 
 def namespace() -> dict:
-    return {"math": math, "torch": torch, "F": F, "nn": nn, "kd": kd, "dm": dm, "copy": __import__("copy")}
+    return {"math": math, "torch": torch, "F": F, "nn": nn, "kd": kd, "dm": dm, "cm": cm, "dmd": dmd,
+            "copy": __import__("copy")}
 
 
 def tutorial_step(name: str, replace=None, ns: dict | None = None):
@@ -102,6 +107,37 @@ MISTAKES = [  # (function, text replaced in the tutorial's step, hint the check 
                     ("teacher_logits.float() / T, dim=1)", "teacher_logits.float() / T, dim=-1)")], "wrong axis"),
     ("online_logsumexp", ("l * torch.exp(m - m_new)", "l"), "rescal"),
     ("online_logsumexp", ("return m + torch.log(l)", "return m"), "only the maximum"),
+    ("my_consistency_function", ("c_skip = sigma_d ** 2 / (gap ** 2 + sigma_d ** 2)\n    c_out = 1 - c_skip",
+                                 "c_out = sigma_d ** 2 / (gap ** 2 + sigma_d ** 2)\n    c_skip = 1 - c_out"), "swapped"),
+    ("my_consistency_function", ("gap = k * (s / a", "gap = (s / a"), "time scale k is missing"),
+    ("my_consistency_function", ("gap = k * (s / a", "gap = 10.0 * (s / a"), "ignores the argument k"),
+    ("my_consistency_function", ("gap = k * (s / a - s_min / a_min)", "gap = k * (s - s_min)"), "sigma_t / alpha_t"),
+    ("my_consistency_function", ("gap = k * (s / a - s_min / a_min)", "gap = k * s / a"), "exactly z"),
+    ("my_consistency_function", ("torch.full_like(t, t_min)", "torch.full_like(t, cm.T_MIN)"), "use the t_min argument"),
+    ("my_consistency_function", ("c_out = 1 - c_skip", "c_out = 1 - c_skip ** 2"), "c_out = 1 - c_skip"),
+    ("my_consistency_function", ("dm.predict_x(model, z, t, clip=False)", "model(z, t)"), "not its raw output v"),
+    ("my_consistency_function", ("dm.predict_x(model, z, t, clip=False)", "dm.predict_x(model, z, t)"), "unclipped"),
+    ("my_consistency_function", ("dm.predict_x(model, z, t, clip=False)", "(col(a) * z + col(s) * model(z, t))"), "sign of the v term"),
+    ("my_consistency_function", ("col(c_skip) * z", "c_skip * z"), "[B, 1, 1, 1]"),
+    ("my_matching_gradient", ("a ** 2 / s ** 2 * (x_fake - x_real)", "a ** 2 / s ** 2 * (x_real - x_fake)"), "sign is reversed"),
+    ("my_matching_gradient", ("a ** 2 / s ** 2", "a ** 2 / s"), "sigma_t is squared"),
+    ("my_matching_gradient", ("a ** 2 / s ** 2", "a / s ** 2"), "alpha_t^2 / sigma_t^2"),
+    ("my_matching_gradient", ("dm.predict_x(real, z, t, clip=False), dm.predict_x(fake, z, t, clip=False)",
+                              "real(z, t), fake(z, t)"), "the networks output v"),
+    ("my_matching_gradient", ("dm.predict_x(real, z, t, clip=False), dm.predict_x(fake, z, t, clip=False)",
+                              "dm.predict_x(real, z, t), dm.predict_x(fake, z, t)"), "unclipped"),
+    ("my_matching_gradient", ("z = dm.diffuse(x, t, eps)", "z = x"), "noisy x_t"),
+    ("my_matching_gradient", ("z = dm.diffuse(x, t, eps)", "z = dm.diffuse(x, t, torch.randn_like(eps))"), "given eps"),
+    ("my_matching_gradient", ("a ** 2 / s ** 2 * (x_fake - x_real)", "a ** 2 / s ** 2 * (x - x_real)"),
+     "not the image x itself"),
+    ("my_matching_gradient", ("(x - x_real).abs().mean(dim=(1, 2, 3), keepdim=True)", "(x - x_real).abs().mean()"),
+     "not over the whole batch"),
+    ("my_matching_gradient", ("(x - x_real).abs().mean(dim=(1, 2, 3), keepdim=True)", "(x - x_fake).abs().mean(dim=(1, 2, 3), keepdim=True)"),
+     "teacher's (real) prediction"),
+    ("my_matching_gradient", ("return (x_fake - x_real) / (x", "return a ** 2 / s ** 2 * (x_fake - x_real) / (x"),
+     "has no alpha_t^2 / sigma_t^2"),
+    ("my_matching_gradient", ("(x - x_real).abs().mean(dim=(1, 2, 3), keepdim=True)", "(x - x_real).abs()"), "pixel by pixel"),
+    ("my_matching_gradient", ("if not normalise:", "if True:"), "normalise=True (the default)"),
 ]
 
 
@@ -152,6 +188,19 @@ DELEGATING = {  # solutions that hand the work to kdlab or torch, and the call t
                           "    return (m + (x - m).exp().sum(-1, keepdim=True).log())[..., 0]", "topk"),
                          ("def online_logsumexp(x):\n    m = x.max(-1, keepdim=True).values\n"
                           "    return (m + (x - m).exp().sum(-1, keepdim=True).log())[..., 0]", "Tensor.max")],
+    "my_consistency_function": [("def my_consistency_function(model, z, t, t_min=cm.T_MIN, sigma_d=0.5, k=10.0):\n"
+                                 "    return cm.consistency_function(model, z, t, t_min)", "consistency_function"),
+                                ("from kdlab.methods.consistency import skip_out\n"
+                                 "def my_consistency_function(model, z, t, t_min=cm.T_MIN, sigma_d=0.5, k=10.0):\n"
+                                 "    c_skip, c_out = (c.view(-1, 1, 1, 1) for c in skip_out(t, t_min, sigma_d, k))\n"
+                                 "    return c_skip * z + c_out * dm.predict_x(model, z, t, clip=False)", "skip_out")],
+    "my_matching_gradient": [("def my_matching_gradient(real, fake, x, t, eps, normalise=True):\n"
+                              "    return dmd.matching_gradient(real, fake, x, t, eps, normalise)", "matching_gradient"),
+                             ("def my_matching_gradient(real, fake, x, t, eps, normalise=True):\n"
+                              "    z, (a, s) = dm.diffuse(x, t, eps), (v.view(-1, 1, 1, 1) for v in dm.alpha_sigma(t))\n"
+                              "    raw = a * (dmd.score(fake, z, t) - dmd.score(real, z, t))\n"
+                              "    scale = (x - dm.predict_x(real, z, t, clip=False)).abs().mean(dim=(1, 2, 3), keepdim=True)\n"
+                              "    return raw / (a ** 2 / s ** 2) / scale if normalise else raw", "dmd.score")],
 }
 
 
@@ -163,6 +212,39 @@ def test_checks_refuse_solutions_that_call_the_reference(name, src, called):
     for hidden in (False, True):  # learners see it before grading does
         with pytest.raises(ExerciseError, match=f"calls .*{re.escape(called)}.*score 0"):
             CHECKS[name](ns[name], part, hidden=hidden)
+
+
+def test_one_step_mistakes_cost_one_part():
+    """Assignment 08: the U-Net part mixes F with the learner's own c_skip and c_out, and the normalised
+    part compares with the exact raw gradient, so a mistake in one formula loses only its part."""
+    cases = [("my_consistency_function", ("gap = k * (s / a", "gap = (s / a"), "weights"),
+             ("my_consistency_function", ("dm.predict_x(model, z, t, clip=False)", "dm.predict_x(model, z, t)"), "network"),
+             ("my_consistency_function", ("dm.predict_x(model, z, t, clip=False)", "model(z, t)"), "weights"),
+             ("my_matching_gradient", ("a ** 2 / s ** 2", "a ** 2 / s"), "gaussian"),
+             ("my_matching_gradient", ("(x - x_real).abs().mean(dim=(1, 2, 3), keepdim=True)", "(x - x_real).abs().mean()"),
+              "normalised")]
+    for name, mistake, lost in cases:
+        fn = tutorial_step(name, mistake)
+        parts = kd.exercises.one_step.CONSISTENCY_PARTS if name == "my_consistency_function" else kd.exercises.one_step.MATCHING_PARTS
+        for part in parts:
+            if part == lost:
+                with pytest.raises(ExerciseError):
+                    CHECKS[name](fn, part, hidden=True)
+            else:
+                CHECKS[name](fn, part, hidden=True)
+
+
+def test_the_consistency_boundary_is_exact_for_any_network():
+    """The boundary part asks for torch.equal, which the tutorial's parameterisation meets whatever
+    the network predicts, in float32 too."""
+    f = tutorial_step("my_consistency_function")
+    torch.manual_seed(0)
+    net = kd.models.UNet(widths=(4, 8, 8), emb_dim=8).eval()
+    nn.init.normal_(net.head[-1].weight, std=0.5)  # the U-Net starts as the zero predictor
+    z = 3 * torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(f(net, z, torch.full((2,), cm.T_MIN)), z)
+        assert not torch.equal(dm.predict_x(net, z, torch.full((2,), cm.T_MIN), clip=False), z)  # sigma_t_min > 0
 
 
 def test_the_guard_lets_legitimate_calls_through():

@@ -15,10 +15,12 @@ from .core import ExerciseError, Forbidden, guarded, recording
 from .feature_terms import check_feature_terms
 from .kl_step import check_kl_step
 from .logsumexp import check_kernel_logsumexp, check_online_logsumexp
+from .one_step import check_consistency_function, check_matching_gradient
 from .output_step import check_distill_step
 from .progressive import check_progressive_step, check_two_step_target
 from .teacher_steps import check_gan_step, check_mle_step
 
-__all__ = ["ExerciseError", "Forbidden", "check_band_energies", "check_distill_step", "check_feature_terms",
-           "check_gan_step", "check_kernel_logsumexp", "check_kl_step", "check_mle_step", "check_online_logsumexp",
-           "check_progressive_step", "check_two_step_target", "guarded", "recording"]
+__all__ = ["ExerciseError", "Forbidden", "check_band_energies", "check_consistency_function", "check_distill_step",
+           "check_feature_terms", "check_gan_step", "check_kernel_logsumexp", "check_kl_step", "check_matching_gradient",
+           "check_mle_step", "check_online_logsumexp", "check_progressive_step", "check_two_step_target", "guarded",
+           "recording"]
