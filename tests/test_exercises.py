@@ -117,7 +117,8 @@ MISTAKES = [  # (function, text replaced in the tutorial's step, hint the check 
     ("my_consistency_function", ("c_out = 1 - c_skip", "c_out = 1 - c_skip ** 2"), "c_out = 1 - c_skip"),
     ("my_consistency_function", ("dm.predict_x(model, z, t, clip=False)", "model(z, t)"), "not its raw output v"),
     ("my_consistency_function", ("dm.predict_x(model, z, t, clip=False)", "dm.predict_x(model, z, t)"), "unclipped"),
-    ("my_consistency_function", ("dm.predict_x(model, z, t, clip=False)", "(col(a) * z + col(s) * model(z, t))"), "sign of the v term"),
+    ("my_consistency_function", ("dm.predict_x(model, z, t, clip=False)", "(col(a) * z + col(s) * model(z, t))"),
+     "sign of the v term"),
     ("my_consistency_function", ("col(c_skip) * z", "c_skip * z"), "[B, 1, 1, 1]"),
     ("my_matching_gradient", ("a ** 2 / s ** 2 * (x_fake - x_real)", "a ** 2 / s ** 2 * (x_real - x_fake)"), "sign is reversed"),
     ("my_matching_gradient", ("a ** 2 / s ** 2", "a ** 2 / s"), "sigma_t is squared"),
@@ -132,7 +133,8 @@ MISTAKES = [  # (function, text replaced in the tutorial's step, hint the check 
      "not the image x itself"),
     ("my_matching_gradient", ("(x - x_real).abs().mean(dim=(1, 2, 3), keepdim=True)", "(x - x_real).abs().mean()"),
      "not over the whole batch"),
-    ("my_matching_gradient", ("(x - x_real).abs().mean(dim=(1, 2, 3), keepdim=True)", "(x - x_fake).abs().mean(dim=(1, 2, 3), keepdim=True)"),
+    ("my_matching_gradient", ("(x - x_real).abs().mean(dim=(1, 2, 3), keepdim=True)",
+                              "(x - x_fake).abs().mean(dim=(1, 2, 3), keepdim=True)"),
      "teacher's (real) prediction"),
     ("my_matching_gradient", ("return (x_fake - x_real) / (x", "return a ** 2 / s ** 2 * (x_fake - x_real) / (x"),
      "has no alpha_t^2 / sigma_t^2"),
@@ -225,7 +227,8 @@ def test_one_step_mistakes_cost_one_part():
               "normalised")]
     for name, mistake, lost in cases:
         fn = tutorial_step(name, mistake)
-        parts = kd.exercises.one_step.CONSISTENCY_PARTS if name == "my_consistency_function" else kd.exercises.one_step.MATCHING_PARTS
+        one_step = kd.exercises.one_step
+        parts = one_step.CONSISTENCY_PARTS if name == "my_consistency_function" else one_step.MATCHING_PARTS
         for part in parts:
             if part == lost:
                 with pytest.raises(ExerciseError):

@@ -114,7 +114,7 @@ def test_no_cell_shows_a_figure_twice(path):
     assert not twice, f"cells {twice} end with a figure as their value: end that line with ';'"
 
 
-TRAINING_LESSONS = ("01", "02", "03", "04", "06")  # 05 writes out a measurement, 07 the kernel's computation
+TRAINING_LESSONS = ("01", "02", "03", "04", "06", "08")  # 05 writes out a measurement, 07 the kernel's computation
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.name)
@@ -381,3 +381,33 @@ def test_07_fused_kernels(executed):
         assert emulated["identical_under_3_schedules"] is True
     assert m["benchmark"] in ("measured", "not measured")
     assert (out / "benchmark.png").stat().st_size > 1000
+
+
+@pytest.mark.notebook
+def test_08_one_step_distillation(executed):
+    _, m, out = executed("08_one_step_distillation.ipynb")
+    assert m["smoke"] is True and m["cd_steps"] == 3 and m["dmd_steps"] == 3 and m["fid_samples"] == 100
+    assert m["teacher"]["steps"] == 64 and m["teacher"]["mse_to_teacher"] == 0
+    samplers = m["samplers"]
+    assert {k: sorted(map(int, v)) for k, v in samplers.items()} == {
+        "DDIM": [1, 2, 4], "progressive": [1, 2, 4], "consistency": [1, 2, 4], "DMD": [1]}
+    for table in samplers.values():
+        for n, r in table.items():
+            assert r["steps"] == int(n) and r["fid"] > 0 and r["ms_per_image"] > 0 and 0 <= r["recall"] <= 1
+            assert r["fid_ci"][0] <= r["fid"] <= r["fid_ci"][1]
+    # the shipped progressive students beat the teacher's own DDIM at the same step count, even on 100 samples
+    for n in ("1", "2"):
+        assert samplers["progressive"][n]["fid"] < samplers["DDIM"][n]["fid"]
+    gaps = m["fid_gap_to_progressive"]
+    assert set(gaps) == {"consistency_1", "consistency_2", "consistency_4", "DMD_1"}
+    for key, (est, lo, hi) in gaps.items():
+        name, n = key.rsplit("_", 1)
+        assert lo <= est <= hi
+        assert est == pytest.approx(samplers[name][n]["fid"] - samplers["progressive"][n]["fid"], rel=1e-6)
+        assert m["claims"][f"{name}_{n}_beats_progressive"] == (hi < 0)
+        assert m["claims"][f"progressive_beats_{name}_{n}"] == (lo > 0)
+    for name in ("consistency", "DMD"):
+        assert m["claims"][f"{name}_1_fid_over_teacher"] == pytest.approx(samplers[name]["1"]["fid"] / m["teacher"]["fid"])
+    assert m["train_seconds"]["consistency"] > 0 and m["train_seconds"]["dmd"] > 0
+    for png in ("fid_vs_steps.png", "samples.png"):
+        assert (out / png).stat().st_size > 1000

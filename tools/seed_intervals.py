@@ -1,4 +1,4 @@
-"""The headline comparisons of notebooks 02-06 over training seeds, as markdown tables for
+"""The headline comparisons of notebooks 02-06 and 08 over training seeds, as markdown tables for
 ``docs/results.md``.
 
 Usage (from the repository root)::
@@ -22,7 +22,7 @@ from pathlib import Path
 from kdlab.evaluation import intervals
 
 NOTEBOOKS = ("02_output_distillation", "03_kl_derivation", "04_feature_distillation", "05_signal_preservation",
-             "06_diffusion_step_distillation")
+             "06_diffusion_step_distillation", "08_one_step_distillation")
 
 
 def collect(roots: list[Path]) -> dict[str, dict[int, dict]]:
@@ -112,6 +112,16 @@ def tables(runs: dict[str, dict[int, dict]]) -> list[str]:
         for n in sorted(map(int, m06[seeds[0]]["distilled"]), reverse=True):
             vals = [m06[s]["fid_gap_distilled_minus_ddim"][str(n)][0] for s in seeds]
             out.append(row(f"{n} steps: distilled - DDIM", vals, True, "distilled", "DDIM"))
+        out.append("")
+    if len(m08 := runs.get("08_one_step_distillation", {})) >= 2:
+        seeds = sorted(m08)
+        out += header(f"08, seeds {seeds}", "FID of the consistency and DMD students minus notebook 06's shipped "
+                                           "progressive student (trained once, seed 0) at the same step count, "
+                                           "from the same noise")
+        for key in m08[seeds[0]]["fid_gap_to_progressive"]:
+            name, n = key.rsplit("_", 1)
+            vals = [m08[s]["fid_gap_to_progressive"][key][0] for s in seeds]
+            out.append(row(f"{n} step{'s' if n != '1' else ''}: {name} - progressive", vals, True, name, "progressive"))
         out.append("")
     return out
 
