@@ -4,7 +4,7 @@ notebook 08 can compare its one-step methods with them without rerunning noteboo
 
 Usage (from the repository root; the time is printed and recorded in each checkpoint)::
 
-    python data/make_progressive_students.py [--round-steps 500] [--seed 0]
+    OMP_NUM_THREADS=1 python data/make_progressive_students.py [--round-steps 500] [--seed 0]   # as shipped
 
 Exactly notebook 06's default run: the shipped diffusion teacher (channels-last) at 64 DDIM steps,
 halved six times (64 -> 32 -> ... -> 1) by :func:`kdlab.methods.diffusion.distill_round`, each round

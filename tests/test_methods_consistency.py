@@ -163,3 +163,13 @@ def test_distill_consistency_averages_the_target_is_deterministic_and_resumes(tm
                                              n_grid=6, target_decay=0.5)
     assert history == h1
     assert all(torch.equal(p, q) for p, q in zip(target.parameters(), t1.parameters()))
+
+
+def test_distill_consistency_names_bad_settings():
+    teacher = kd.models.UNet(widths=(4, 8, 8), emb_dim=8)
+    images = torch.zeros(4, 1, 28, 28)
+    config = kd.TrainConfig(steps=1, batch_size=2, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="n_grid=1"):
+        cm.distill_consistency(copy.deepcopy(teacher), teacher, images, config, n_grid=1)
+    with pytest.raises(ValueError, match="target_decay=1.0"):
+        cm.distill_consistency(copy.deepcopy(teacher), teacher, images, config, target_decay=1.0)

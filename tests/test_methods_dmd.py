@@ -148,8 +148,13 @@ def test_distill_dmd_leaves_the_teacher_is_deterministic_and_resumes(tmp_path):
         dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=1, **cfg), t_range=(0.5, 0.2))
     with pytest.raises(ValueError, match="needs pairs"):
         dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=1, **cfg), reg_weight=1.0)
-    with pytest.raises(ValueError, match="same shape"):
-        dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=1, **cfg), pairs=(reg["pairs"][0], reg["pairs"][1][:2]))
+    for bad in ((reg["pairs"][0], reg["pairs"][1][:2]), torch.stack(reg["pairs"]), (reg["pairs"][0][:0],) * 2,
+                (reg["pairs"][0].numpy(), reg["pairs"][1]), (reg["pairs"][0][..., :14, :14],) * 2):
+        with pytest.raises(ValueError, match="pairs must be"):
+            dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=1, **cfg), pairs=bad)
+    for bad in (True, "0.5", None, float("nan")):
+        with pytest.raises(ValueError, match="reg_weight="):
+            dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=1, **cfg), reg_weight=bad)
 
 
 def test_regression_term_adds_the_gradient_of_the_squared_error_to_the_teachers_images():

@@ -37,7 +37,7 @@ from torch import nn
 
 from .. import models
 from ..engine import EMA, History, Trainer, TrainConfig, check_images, freeze, sample_batch
-from ..utils import check_int
+from ..utils import check_int, decay
 from .diffusion import per_image, alpha_sigma, ddim_step, diffuse, predict_x
 
 T_MIN = 0.002  # the smallest time, where f is the identity
@@ -121,6 +121,9 @@ def distill_consistency(student: nn.Module, teacher: nn.Module, images: torch.Te
     step. ``student`` is a copy of ``teacher``. Returns ``(target network, history)``; key ``loss``. Sampling
     from the target network is a choice (the paper also keeps a slower average of the student)."""
     check_images(images, student)
+    check_int("n_grid", n_grid, 2)
+    if not decay(target_decay):
+        raise ValueError(f"target_decay={target_decay!r} is not valid; expected {decay.__doc__}")
     if student is teacher:
         raise ValueError("the student must be a separate copy of the teacher (copy.deepcopy(teacher))")
     grid = time_grid(n_grid, t_min)

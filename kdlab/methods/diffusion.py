@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import models
 from ..engine import EMA, History, Trainer, TrainConfig, check_images, freeze, sample_batch
-from ..utils import check_int
+from ..utils import check_int, progress_bar
 
 
 def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,12 +83,12 @@ def predict_x(model: nn.Module, z: torch.Tensor, t: torch.Tensor, clip: bool = T
 
 
 @torch.no_grad()
-def sample(model: nn.Module, noise: torch.Tensor, steps: int, clip: bool = True) -> torch.Tensor:
+def sample(model: nn.Module, noise: torch.Tensor, steps: int, clip: bool = True, desc: str | None = None) -> torch.Tensor:
     """DDIM with ``steps`` equal steps from ``t = 1`` (``z_1 = noise`` ``[N, C, H, W]``) to ``t = 0``;
-    returns ``x [N, C, H, W]``. One network evaluation per step."""
+    returns ``x [N, C, H, W]``. One network evaluation per step; ``desc``: show a progress bar."""
     check_int("steps", steps)
     z, n = noise, noise.shape[0]
-    for i in range(steps, 0, -1):
+    for i in progress_bar(range(steps, 0, -1), desc=desc, disable=desc is None, total=steps):
         t = torch.full((n,), i / steps, device=noise.device, dtype=noise.dtype)
         s = torch.full((n,), (i - 1) / steps, device=noise.device, dtype=noise.dtype)
         z = ddim_step(z, t, s, predict_x(model, z, t, clip))

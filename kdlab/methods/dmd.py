@@ -31,13 +31,14 @@ from torch import nn
 
 from .. import models
 from ..engine import History, Trainer, TrainConfig, freeze
-from ..utils import check_int
+from ..utils import check_int, non_negative
 from .diffusion import alpha_sigma, diffuse, diffusion_step, per_image, predict_x, sample
 
 T_RANGE = (0.02, 0.98)  # times the generator's images are diffused to (the paper: 2% to 98% of the schedule)
 # Adam's (beta1, beta2) for generator and fake score: less momentum than the default 0.9, as GANs use, because the two
-# chase each other. Measured 2026-11-30 (500-sample FID of one run every 250 steps, 750-2000): beta1 = 0.9 swung
-# between 126 and 242, 0 between 104 and 203, 0.5 stayed between 121 and 154.
+# chase each other. Measured 2026-11-30 on seed 0's evaluation noise (500-sample FID of one run every 250 steps from
+# step 750 on; docs/results.md): beta1 = 0.9 swung between 126 and 242 (to step 1,500), 0 between 104 and 203, 0.5
+# stayed between 121 and 154 (to step 2,000).
 BETAS = (0.5, 0.999)
 
 
@@ -58,7 +59,8 @@ def matching_gradient(real: nn.Module, fake: nn.Module, x: torch.Tensor, t: torc
                       normalise: bool = True) -> torch.Tensor:
     """The distribution-matching gradient at generated images ``x`` ``[N, C, H, W]``, one Monte Carlo
     sample per image (times ``t`` ``[N]``, noise ``eps`` like ``x``): ``alpha_t (score_fake(x_t) -
-    score_real(x_t))`` at ``x_t = alpha_t x + sigma_t eps``. With ``normalise`` (the paper's weighting) it
+    score_real(x_t))`` at ``x_t = alpha_t x + sigma_t eps``. With ``normalise`` (the weighting of the authors'
+    released code; the paper's ``w_t`` keeps a further factor ``alpha_t``) it
     is rescaled per image to ``(x_hat_fake - x_hat_real) / mean |x - x_hat_real|``, the same direction for
     each image (``alpha_t (score_fake - score_real) = alpha_t^2 (x_hat_fake - x_hat_real) / sigma_t^2``)."""
     z = diffuse(x, t, eps)
@@ -101,7 +103,7 @@ def regression_pairs(teacher: nn.Module, n: int, g: torch.Generator, steps: int 
     check_int("n", n)
     shape = (n, teacher.config["channels"], teacher.config["img_size"], teacher.config["img_size"])
     z = torch.randn(shape, generator=g).to(device)
-    return z, sample(teacher, z, steps)
+    return z, sample(teacher, z, steps, desc=f"teacher images for {n} regression pairs")
 
 
 def fake_score_step(fake: nn.Module, images: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
@@ -123,11 +125,16 @@ def distill_dmd(generator: nn.Module, fake: nn.Module, teacher: nn.Module, confi
     and ``fake_lr`` for the fake score, default the same; ``betas`` for both). No data images are needed:
     the teacher stands for the data. History keys ``loss``, ``gradient``, ``regression``, ``fake_loss``."""
     check_int("fake_updates", fake_updates)
-    if not 0 <= reg_weight < float("inf"):
+    if not non_negative(reg_weight):
         raise ValueError(f"reg_weight={reg_weight!r} is not valid; expected a finite number >= 0")
-    if pairs is not None and (len(pairs) != 2 or pairs[0].shape != pairs[1].shape or pairs[0].dim() != 4):
-        raise ValueError("pairs must be (z_ref, x_ref), two tensors of the same shape [R, C, H, W]; got "
-                         f"{[tuple(p.shape) for p in pairs] if isinstance(pairs, (tuple, list)) else type(pairs).__name__}")
+    image = (teacher.config["channels"], teacher.config["img_size"], teacher.config["img_size"])
+    if pairs is not None and not (isinstance(pairs, (tuple, list)) and len(pairs) == 2
+                                  and all(isinstance(p, torch.Tensor) and p.dim() == 4 and tuple(p.shape[1:]) == image
+                                          for p in pairs) and len(pairs[0]) == len(pairs[1]) > 0):
+        got = ([tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__ for p in pairs]
+               if isinstance(pairs, (tuple, list)) else type(pairs).__name__)
+        raise ValueError(f"pairs must be (z_ref, x_ref), two tensors of the same shape [R, {', '.join(map(str, image))}] "
+                         f"with R >= 1 (dmd.regression_pairs); got {got}")
     if reg_weight > 0 and pairs is None:
         raise ValueError(f"reg_weight={reg_weight!r} needs pairs=(z_ref, x_ref) (dmd.regression_pairs)")
     if fake_lr is not None and not 0 < fake_lr < float("inf"):
