@@ -4,6 +4,7 @@ generator and data distributions (closed form vs autograd vs Monte Carlo), and i
 generator matches the data."""
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -177,3 +178,90 @@ def test_regression_term_adds_the_gradient_of_the_squared_error_to_the_teachers_
     for p, r, a, b in zip(gen.parameters(), ref, grads_dmd, grads_reg):
         assert torch.allclose(p, r - 0.5 * (a + 0.25 * b), rtol=1e-10, atol=1e-13)
     assert out["regression"] > 0
+
+
+def _small_unet(seed: int):
+    from kdlab.models import UNet
+    torch.manual_seed(seed)
+    net = UNet(widths=(4, 8, 8), emb_dim=8).double()
+    for p in net.parameters():
+        nn.init.normal_(p, std=0.1)
+    return net
+
+
+def test_multistep_sample_and_backward_simulation_written_out():
+    """DMD2's sampler: x = G(z, 1), re-noise to t with fresh noise, x = G(z_t, t); the simulated input at
+    times[k] is the k-step sample re-noised to times[k]. Written out with cos/sin and the network's v."""
+    gen = _small_unet(0)
+    noise = torch.randn(2, 1, 28, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def x_of(z, t):  # x_hat = alpha z - sigma v, per image
+        a, s = math.cos(math.pi * t / 2), math.sin(math.pi * t / 2)
+        return a * z - s * gen(z, torch.full((2,), t, dtype=torch.float64))
+
+    def renoise(x, t, eps):
+        return math.cos(math.pi * t / 2) * x + math.sin(math.pi * t / 2) * eps
+
+    with torch.no_grad():
+        x1 = x_of(noise, 1.0).clamp(-1, 1)
+        g = torch.Generator().manual_seed(5)
+        e1, e2 = (torch.randn(noise.shape, generator=g).double() for _ in range(2))  # float32 draws, as the sampler makes
+        x2 = x_of(renoise(x1, 0.5, e1), 0.5).clamp(-1, 1)
+        x3 = x_of(renoise(x2, 0.25, e2), 0.25).clamp(-1, 1)
+        assert torch.allclose(dmd.multistep_sample(gen, noise, [1.0]), x1, rtol=0, atol=1e-12)
+        assert torch.allclose(dmd.multistep_sample(gen, noise, [1.0, 0.5, 0.25], g=torch.Generator().manual_seed(5)), x3,
+                              rtol=0, atol=1e-12)
+        times = [1.0, 0.5, 0.25]
+        assert torch.equal(dmd.simulated_input(gen, noise, times, 0, torch.Generator().manual_seed(5)), noise)
+        z2 = dmd.simulated_input(gen, noise, times, 2, torch.Generator().manual_seed(5))  # draws e1, then its re-noising
+        g = torch.Generator().manual_seed(5)
+        _, e_again = (torch.randn(noise.shape, generator=g).double() for _ in range(2))
+        assert torch.allclose(z2, renoise(x2, 0.25, e_again), rtol=0, atol=1e-12)
+    for bad in ([0.5], [1.0, 1.0], [1.0, 0.5, 0.6], [1.0, 0.0], []):
+        with pytest.raises(ValueError, match="sampling_times="):
+            dmd.multistep_sample(gen, noise, bad)
+    with pytest.raises(ValueError, match="k=3"):
+        dmd.simulated_input(gen, noise, times, 3, torch.Generator())
+
+
+def test_generator_step_at_a_later_time_backpropagates_through_g_at_that_time():
+    gen = _small_unet(2)
+    z_t = torch.randn(2, 1, 28, 28, dtype=torch.float64)
+    t, eps = torch.tensor([0.3, 0.6], dtype=torch.float64), torch.randn(2, 1, 28, 28, dtype=torch.float64)
+    real, fake = GaussianV(0.0, 0.5), GaussianV(0.2, 0.6)
+    ref = [p.detach().clone() for p in gen.parameters()]
+    x = dmd.generate(gen, z_t, 0.5)  # x_hat_G(z_t, 0.5)
+    g = dmd.matching_gradient(real, fake, x.detach(), t, eps)
+    grads = torch.autograd.grad((x * g).sum() / g.numel(), list(gen.parameters()))
+    dmd.generator_step(gen, real, fake, z_t, t, eps, torch.optim.SGD(gen.parameters(), lr=0.5), t_gen=0.5)
+    for p, r, d in zip(gen.parameters(), ref, grads):
+        assert torch.allclose(p, r - 0.5 * d, rtol=1e-10, atol=1e-13)
+
+
+def test_distill_dmd_multistep_is_deterministic_resumes_and_leaves_the_teacher(tmp_path):
+    import copy
+
+    import kdlab as kd
+
+    torch.manual_seed(0)
+    teacher = kd.models.UNet(widths=(4, 8, 8), emb_dim=8)
+    before = [p.detach().clone() for p in teacher.parameters()]
+    cfg = dict(batch_size=2, seed=4, lr=1e-3, device="cpu", progress=False)
+    kw = dict(fake_updates=1, sampling_times=(1.0, 0.5, 0.25))
+    runs = []
+    for _ in range(2):
+        gen, fake = copy.deepcopy(teacher), copy.deepcopy(teacher)
+        runs.append((gen, dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=4, **cfg), **kw)))
+    (g1, h1), (g2, h2) = runs
+    assert h1 == h2 and all(torch.equal(p, q) for p, q in zip(g1.parameters(), g2.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(teacher.parameters(), before))
+    state = tmp_path / "state.safetensors"
+    gen, fake = copy.deepcopy(teacher), copy.deepcopy(teacher)
+    dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=2, state_path=state, **cfg), **kw)
+    assert dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=4, state_path=state, **cfg), **kw) == h1
+    # a different schedule trains a different generator from the same seed
+    gen3, fake3 = copy.deepcopy(teacher), copy.deepcopy(teacher)
+    dmd.distill_dmd(gen3, fake3, teacher, kd.TrainConfig(steps=4, **cfg), fake_updates=1)
+    assert any(not torch.equal(p, q) for p, q in zip(gen3.parameters(), g1.parameters()))
+    with pytest.raises(ValueError, match="sampling_times="):
+        dmd.distill_dmd(gen, fake, teacher, kd.TrainConfig(steps=1, **cfg), sampling_times=(0.5,))

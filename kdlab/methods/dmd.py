@@ -2,7 +2,9 @@
 of notebook 06 into a one-step generator: the original DMD's matching gradient and regression term
 (a squared error to the teacher's own images for fixed noises, where the paper uses LPIPS), with
 DMD2's (arXiv 2405.14867) two time-scale rule, the fake score updated several times per generator
-step. ``reg_weight=0`` is DMD2 without its GAN term, which kdlab does not implement.
+step. ``reg_weight=0`` is DMD2 without its GAN term, which kdlab does not implement. DMD2's multi-step
+generator (``sampling_times``, :func:`multistep_sample`, :func:`simulated_input`: trained at several times
+on its own re-noised samples, "backward simulation") is here and tested, not yet used by notebook 08.
 
 Schedule and notation as in :mod:`kdlab.methods.diffusion`. A v-prediction network ``m`` gives the
 score of its diffused distribution at ``z_t``:
@@ -49,9 +51,48 @@ def score(model: nn.Module, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return -(z - per_image(a, z) * predict_x(model, z, t, clip=False)) / per_image(s, z) ** 2
 
 
-def generate(generator: nn.Module, noise: torch.Tensor) -> torch.Tensor:
-    """One-step images ``G(z) = x_hat_G(z, 1)`` ``[N, C, H, W]`` (unclipped, differentiable)."""
-    return predict_x(generator, noise, torch.ones(len(noise), device=noise.device, dtype=noise.dtype), clip=False)
+def generate(generator: nn.Module, noise: torch.Tensor, t: float = 1.0) -> torch.Tensor:
+    """One-step images ``G(z) = x_hat_G(z, 1)`` ``[N, C, H, W]`` (unclipped, differentiable); with ``t < 1``
+    the generator's image from a noisy input ``z_t`` (a step of :func:`multistep_sample`)."""
+    return predict_x(generator, noise, torch.full((len(noise),), t, device=noise.device, dtype=noise.dtype), clip=False)
+
+
+def check_sampling_times(times) -> list[float]:
+    """``times`` as floats, decreasing from 1.0 and all above 0, or ``ValueError``."""
+    times = [float(t) for t in times]
+    if not times or times[0] != 1.0 or any(b >= a for a, b in zip(times, times[1:])) or times[-1] <= 0:
+        raise ValueError(f"sampling_times={times!r} is not valid; expected decreasing times from 1.0, all > 0 "
+                         "(e.g. [1.0] or [1.0, 0.75, 0.5, 0.25])")
+    return times
+
+
+@torch.no_grad()
+def multistep_sample(generator: nn.Module, noise: torch.Tensor, times, g: torch.Generator | None = None) -> torch.Tensor:
+    """DMD2's multi-step sampling: ``x = G(noise, 1)``, then for each later time ``t`` re-noise ``z_t =
+    alpha_t x + sigma_t eps`` (fresh ``eps`` from ``g``) and ``x = G(z_t, t)``. ``noise`` ``[N, C, H, W]``;
+    one network evaluation per time; returns ``x`` clipped to [-1, 1]."""
+    times = check_sampling_times(times)
+    x = generate(generator, noise)
+    for t in times[1:]:
+        eps = torch.randn(noise.shape, generator=g).to(noise.device, noise.dtype)
+        x = generate(generator, diffuse(x.clamp(-1, 1), torch.full((len(noise),), t, device=noise.device,
+                                                                    dtype=noise.dtype), eps), t)
+    return x.clamp(-1, 1)
+
+
+@torch.no_grad()
+def simulated_input(generator: nn.Module, noise: torch.Tensor, times, k: int, g: torch.Generator) -> torch.Tensor:
+    """DMD2's backward simulation: the input the generator meets at ``times[k]`` when it samples, its own
+    ``k``-step sample from ``noise`` re-noised to ``times[k]`` (fresh noise from ``g``); ``noise`` itself for
+    ``k = 0``."""
+    times = check_sampling_times(times)
+    if not 0 <= k < len(times):
+        raise ValueError(f"k={k!r} is not valid; expected 0 <= k < {len(times)}")
+    if k == 0:
+        return noise
+    x = multistep_sample(generator, noise, times[:k], g)
+    eps = torch.randn(noise.shape, generator=g).to(noise.device, noise.dtype)
+    return diffuse(x, torch.full((len(noise),), times[k], device=noise.device, dtype=noise.dtype), eps)
 
 
 @torch.no_grad()
@@ -74,14 +115,15 @@ def matching_gradient(real: nn.Module, fake: nn.Module, x: torch.Tensor, t: torc
 
 def generator_step(generator: nn.Module, real: nn.Module, fake: nn.Module, noise: torch.Tensor, t: torch.Tensor,
                    eps: torch.Tensor, opt: torch.optim.Optimizer,
-                   pair: tuple[torch.Tensor, torch.Tensor] | None = None, reg_weight: float = 0.0
-                   ) -> dict[str, torch.Tensor]:
+                   pair: tuple[torch.Tensor, torch.Tensor] | None = None, reg_weight: float = 0.0,
+                   t_gen: float = 1.0) -> dict[str, torch.Tensor]:
     """One generator step: ``x = G(noise)``; the surrogate ``L_DMD = 0.5 mean (x - stopgrad(x - g))^2`` has
     ``dL/dx = g / numel``, so the step follows the matching gradient ``g`` (:func:`matching_gradient`).
     With ``pair = (z_ref, x_ref)`` (teacher images ``x_ref`` for noises ``z_ref``, both ``[R, C, H, W]``) the
-    regression term ``reg_weight * mean (G(z_ref) - x_ref)^2`` is added. Returns the loss, the mean
-    absolute gradient and the regression error."""
-    x = generate(generator, noise)
+    regression term ``reg_weight * mean (G(z_ref) - x_ref)^2`` is added. ``t_gen < 1``: ``noise`` is the
+    generator's noisy input at that time (:func:`simulated_input`) and ``x = G(noise, t_gen)``. Returns the
+    loss, the mean absolute gradient and the regression error."""
+    x = generate(generator, noise, t_gen)
     g = matching_gradient(real, fake, x.detach(), t, eps)
     loss = 0.5 * (x - (x - g).detach()).pow(2).mean()
     reg = torch.zeros((), device=x.device)
@@ -116,15 +158,20 @@ def fake_score_step(fake: nn.Module, images: torch.Tensor, t: torch.Tensor, eps:
 def distill_dmd(generator: nn.Module, fake: nn.Module, teacher: nn.Module, config: TrainConfig, *,
                 fake_updates: int = 4, fake_lr: float | None = None, t_range: tuple[float, float] = T_RANGE,
                 pairs: tuple[torch.Tensor, torch.Tensor] | None = None, reg_weight: float = 0.0,
-                betas: tuple[float, float] = BETAS) -> History:
+                betas: tuple[float, float] = BETAS, sampling_times=(1.0,)) -> History:
     """Each step fits the fake score ``fake_updates`` times to fresh generator images
     (:func:`fake_score_step`; DMD2's two time-scale rule), then takes one :func:`generator_step`, with
     a batch of the regression ``pairs`` (:func:`regression_pairs`) weighted by ``reg_weight`` when given.
     ``generator`` and ``fake`` are separate copies of ``teacher``; noise, times and pair indices come
     from the step's generator, ``config.batch_size`` images per update, Adam for both (``config.lr``,
     and ``fake_lr`` for the fake score, default the same; ``betas`` for both). No data images are needed:
-    the teacher stands for the data. History keys ``loss``, ``gradient``, ``regression``, ``fake_loss``."""
+    the teacher stands for the data. History keys ``loss``, ``gradient``, ``regression``, ``fake_loss``.
+
+    ``sampling_times`` with several times trains a multi-step generator (DMD2): each step draws one
+    ``k``, and both the fake score's images and the generator step start from :func:`simulated_input`
+    at ``sampling_times[k]``; sample it with :func:`multistep_sample`. With ``(1.0,)`` no ``k`` is drawn."""
     check_int("fake_updates", fake_updates)
+    sampling_times = check_sampling_times(sampling_times)
     if not non_negative(reg_weight):
         raise ValueError(f"reg_weight={reg_weight!r} is not valid; expected a finite number >= 0")
     image = (teacher.config["channels"], teacher.config["img_size"], teacher.config["img_size"])
@@ -153,7 +200,8 @@ def distill_dmd(generator: nn.Module, fake: nn.Module, teacher: nn.Module, confi
     trainer = Trainer(config, modules={"generator": generator, "fake": fake}, optimizers={"g": opt_g, "f": opt_f},
                       run={"kind": "distribution-matching", "fake_updates": fake_updates, "fake_lr": fake_lr,
                            "t_range": list(t_range), "reg_weight": reg_weight, "betas": list(betas),
-                           "pairs": 0 if pairs is None else len(pairs[0]), "model": models.architecture(generator)},
+                           "pairs": 0 if pairs is None else len(pairs[0]), "sampling_times": sampling_times,
+                           "model": models.architecture(generator)},
                       desc="distribution matching")
     def draw(g: torch.Generator, like: torch.Tensor | None = None):
         size = like.shape if like is not None else (config.batch_size, teacher.config["channels"],
@@ -164,16 +212,19 @@ def distill_dmd(generator: nn.Module, fake: nn.Module, teacher: nn.Module, confi
         return (lo + (hi - lo) * torch.rand(config.batch_size, generator=g)).to(trainer.device)
 
     def step(s: int, g: torch.Generator):
+        k = 0 if len(sampling_times) == 1 else int(torch.randint(len(sampling_times), (1,), generator=g))
+        inputs = lambda: draw(g) if k == 0 else simulated_input(generator, draw(g), sampling_times, k, g)
         fake_loss = 0.0
         for _ in range(fake_updates):
             with torch.no_grad():
-                images = generate(generator, draw(g))
+                images = generate(generator, inputs(), sampling_times[k])
             fake_loss += fake_score_step(fake, images, times(g), draw(g, images), opt_f)["loss"].item() / fake_updates
         pair = None
         if pairs is not None:
             idx = torch.randint(len(pairs[0]), (config.batch_size,), generator=g)
             pair = (pairs[0][idx.to(pairs[0].device)].to(trainer.device), pairs[1][idx.to(pairs[1].device)].to(trainer.device))
-        out = generator_step(generator, teacher, fake, draw(g), times(g), draw(g), opt_g, pair, reg_weight)
+        out = generator_step(generator, teacher, fake, inputs(), times(g), draw(g), opt_g, pair, reg_weight,
+                             sampling_times[k])
         return {**out, "fake_loss": torch.tensor(fake_loss)}
 
     return trainer.fit(step)
