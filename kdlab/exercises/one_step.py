@@ -320,19 +320,25 @@ def _raw_ref(real, fake, x, t, eps) -> torch.Tensor:
     return a * (fake.score(z, t) - real.score(z, t))  # alpha_t (score_fake - score_real)
 
 
+def _check_on_unets(fn, seed: int, input_seed: int, **kwargs) -> None:
+    """After the Gaussian case passes: the learner's gradient on two U-Nets against kdlab's (any networks,
+    not only exact Gaussian ones); ``kwargs`` (``normalise=False``) are passed to both."""
+    net, other = _network(seed), _network(seed + 5)
+    g = torch.Generator().manual_seed(input_seed)
+    xn = torch.randn(3, 1, 28, 28, generator=g, dtype=torch.float64).clamp(-1, 1)
+    tn, en = 0.05 + 0.9 * torch.rand(3, generator=g, dtype=torch.float64), torch.randn_like(xn)
+    if not close(_call_g(fn, net, other, xn, tn, en, **kwargs), dmd.matching_gradient(net, other, xn, tn, en, **kwargs),
+                 1e-8, 1e-10):
+        raise ExerciseError("right on Gaussians but not on two U-Nets: use the networks' x predictions "
+                            "(dm.predict_x(model, x_t, t, clip=False)), whatever the networks")
+
+
 def _gaussian(fn, seed: int) -> int:
     real, fake, x, t, eps = _gaussians(seed)
     out = _call_g(fn, real, fake, x, t, eps, normalise=False)
     ref = _raw_ref(real, fake, x, t, eps)
     if close(out, ref, 1e-8, 1e-10):
-        net, other = _network(seed), _network(seed + 5)
-        g = torch.Generator().manual_seed(40 + seed)
-        xn = torch.randn(3, 1, 28, 28, generator=g, dtype=torch.float64).clamp(-1, 1)
-        tn, en = 0.05 + 0.9 * torch.rand(3, generator=g, dtype=torch.float64), torch.randn_like(xn)
-        if not close(_call_g(fn, net, other, xn, tn, en, normalise=False), dmd.matching_gradient(net, other, xn, tn, en, False),
-                     1e-8, 1e-10):
-            raise ExerciseError("right on Gaussians but not on two U-Nets: use the networks' x predictions "
-                                "(dm.predict_x(model, x_t, t, clip=False)), whatever the networks")
+        _check_on_unets(fn, seed, 40 + seed, normalise=False)
         return 3
     _same_twice(fn, out, real, fake, x, t, eps, normalise=False)
     a, s = _alpha_sigma(t)
@@ -366,13 +372,7 @@ def _normalised(fn, seed: int) -> int:
     xr, xf, _ = predictions[""]
     ref = (xf - xr) / (x - xr).abs().mean((1, 2, 3), keepdim=True)
     if close(out, ref, 1e-8, 1e-10):
-        net, other = _network(seed), _network(seed + 5)
-        g = torch.Generator().manual_seed(50 + seed)
-        xn = torch.randn(3, 1, 28, 28, generator=g, dtype=torch.float64).clamp(-1, 1)
-        tn, en = 0.05 + 0.9 * torch.rand(3, generator=g, dtype=torch.float64), torch.randn_like(xn)
-        if not close(_call_g(fn, net, other, xn, tn, en), dmd.matching_gradient(net, other, xn, tn, en), 1e-8, 1e-10):
-            raise ExerciseError("right on Gaussians but not on two U-Nets: use the networks' x predictions "
-                                "(dm.predict_x(model, x_t, t, clip=False)), whatever the networks")
+        _check_on_unets(fn, seed, 50 + seed)
         return 3
     _same_twice(fn, out, real, fake, x, t, eps)
     for key, (pr, pf, hint) in predictions.items():  # a mistake in the predictions, shared with the raw form

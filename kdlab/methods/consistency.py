@@ -38,7 +38,7 @@ from torch import nn
 from .. import models
 from ..engine import EMA, History, Trainer, TrainConfig, check_images, freeze, sample_batch
 from ..utils import check_int, decay
-from .diffusion import per_image, alpha_sigma, ddim_step, diffuse, predict_x
+from .diffusion import alpha_sigma, ddim_step, diffuse, per_image, predict_x, renoising_sample
 
 T_MIN = 0.002  # the smallest time, where f is the identity
 SIGMA_DATA = 0.5  # sigma_d: the data's standard deviation in EDM's c_skip (images in [-1, 1])
@@ -104,13 +104,7 @@ def sample(model: nn.Module, noise: torch.Tensor, times, g: torch.Generator | No
     times = [float(t) for t in times]
     if not times or times[0] != 1.0 or any(b >= a for a, b in zip(times, times[1:])) or times[-1] < t_min:
         raise ValueError(f"times={times!r} is not valid; expected decreasing times from 1.0 down to at least t_min={t_min}")
-    n = len(noise)
-    full = lambda t: torch.full((n,), t, device=noise.device, dtype=noise.dtype)
-    x = consistency_function(model, noise, full(1.0), t_min)  # z_1 = noise (alpha_1 = 0)
-    for t in times[1:]:
-        eps = torch.randn(noise.shape, generator=g).to(noise.device, noise.dtype)
-        x = consistency_function(model, diffuse(x.clamp(-1, 1), full(t), eps), full(t), t_min)
-    return x.clamp(-1, 1)
+    return renoising_sample(lambda z, t: consistency_function(model, z, t, t_min), noise, times, g)
 
 
 def distill_consistency(student: nn.Module, teacher: nn.Module, images: torch.Tensor, config: TrainConfig, *,

@@ -95,6 +95,21 @@ def sample(model: nn.Module, noise: torch.Tensor, steps: int, clip: bool = True,
     return z
 
 
+@torch.no_grad()
+def renoising_sample(predict, noise: torch.Tensor, times: list[float], g: torch.Generator | None = None) -> torch.Tensor:
+    """Sampling by re-noising, for few-step students (consistency models' Algorithm 1, DMD2's multi-step
+    generator): ``x = predict(noise, 1)``, then for each later time ``t`` in ``times`` (already checked:
+    decreasing from 1.0) re-noise ``z_t = alpha_t x + sigma_t eps`` with fresh ``eps`` from ``g`` and
+    ``x = predict(z_t, t)``. ``predict(z [N, C, H, W], t [N]) -> x``; returns ``x`` clipped to [-1, 1]."""
+    n = len(noise)
+    full = lambda t: torch.full((n,), t, device=noise.device, dtype=noise.dtype)
+    x = predict(noise, full(1.0))  # z_1 = noise (alpha_1 = 0)
+    for t in times[1:]:
+        eps = torch.randn(noise.shape, generator=g).to(noise.device, noise.dtype)
+        x = predict(diffuse(x.clamp(-1, 1), full(t), eps), full(t))
+    return x.clamp(-1, 1)
+
+
 def check_halvings(base_steps: int, min_steps: int) -> None:
     """Raise ``ValueError`` unless ``base_steps`` and ``min_steps`` are powers of two with
     ``min_steps < base_steps``: progressive distillation halves the step count every round."""

@@ -34,7 +34,7 @@ from torch import nn
 from .. import models
 from ..engine import History, Trainer, TrainConfig, freeze
 from ..utils import check_int, non_negative
-from .diffusion import alpha_sigma, diffuse, diffusion_step, per_image, predict_x, sample
+from .diffusion import alpha_sigma, diffuse, diffusion_step, per_image, predict_x, renoising_sample, sample
 
 T_RANGE = (0.02, 0.98)  # times the generator's images are diffused to (the paper: 2% to 98% of the schedule)
 # Adam's (beta1, beta2) for generator and fake score: less momentum than the default 0.9, as GANs use, because the two
@@ -71,13 +71,7 @@ def multistep_sample(generator: nn.Module, noise: torch.Tensor, times, g: torch.
     """DMD2's multi-step sampling: ``x = G(noise, 1)``, then for each later time ``t`` re-noise ``z_t =
     alpha_t x + sigma_t eps`` (fresh ``eps`` from ``g``) and ``x = G(z_t, t)``. ``noise`` ``[N, C, H, W]``;
     one network evaluation per time; returns ``x`` clipped to [-1, 1]."""
-    times = check_sampling_times(times)
-    x = generate(generator, noise)
-    for t in times[1:]:
-        eps = torch.randn(noise.shape, generator=g).to(noise.device, noise.dtype)
-        x = generate(generator, diffuse(x.clamp(-1, 1), torch.full((len(noise),), t, device=noise.device,
-                                                                    dtype=noise.dtype), eps), t)
-    return x.clamp(-1, 1)
+    return renoising_sample(lambda z, t: predict_x(generator, z, t, clip=False), noise, check_sampling_times(times), g)
 
 
 @torch.no_grad()
