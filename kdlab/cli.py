@@ -3,6 +3,7 @@
     kdlab run notebooks/03_kl_derivation.ipynb -p steps 500 -p smoke True --out runs/mine
     kdlab sweep notebooks/04_feature_distillation.ipynb -p steps 200,400 -p widths "[8],[4]" \\
         --jobs 2 --out runs/sweep04 --plot students.w8_output.fid
+    kdlab fit distill-gan --out runs/s --steps 400          (several processes: torchrun ... -m kdlab fit ...)
 
 ``-p NAME VALUES``: comma-separated values (Python literals where they parse, strings otherwise;
 commas inside brackets or quotes do not split). ``run`` takes one value per parameter.
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import fit as fit_command
 from . import sweep as sw
 
 
@@ -43,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--jobs", type=int, default=1, help="runs in parallel (CPU threads are shared out)")
             p.add_argument("--columns", help="comma-separated metric keys for results.md (default: top-level numbers)")
             p.add_argument("--plot", metavar="METRIC", help="plot this metric key against the first parameter")
+    fit_parser = sub.add_parser("fit", help="train one method (the notebooks' code), in one process or under torchrun",
+                                description=fit_command.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fit_command.add_arguments(fit_parser)
     args = parser.parse_args(argv)
+    if args.command == "fit":
+        return fit_command.main(args)
     params = _params(args.parameter)
     out = args.out or Path("runs") / f"{args.notebook.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.command == "run":

@@ -24,9 +24,12 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
 
 def get_device(device: str | torch.device = "auto") -> torch.device:
     """The one device convention of kdlab: every ``device`` argument takes ``"auto"`` (CUDA, else
-    Apple MPS, else CPU), a name such as ``"cpu"`` or ``"cuda:1"``, or a ``torch.device``."""
+    Apple MPS, else CPU), a name such as ``"cpu"`` or ``"cuda:1"``, or a ``torch.device``. Under
+    ``torchrun`` with several processes, ``"auto"`` and ``"cuda"`` mean this process's GPU, ``LOCAL_RANK``."""
     if isinstance(device, torch.device):
         return device
+    if device in ("auto", "cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -158,16 +158,16 @@ def train_diffusion(model: nn.Module, images: torch.Tensor, config: TrainConfig,
     warmup, steps = max(1, config.steps // 20), config.steps
     trainer = Trainer(config, modules={"model": model, "ema": ema.model}, optimizers={"opt": opt},
                       run={"kind": "diffusion-v", "ema_decay": ema_decay, "steps": steps,
-                           "model": models.architecture(model)}, desc="diffusion teacher")
+                           "model": models.architecture(model)}, desc="diffusion teacher", distributed=True)
     trainer.add_callback("on_step_end", lambda tr: ema.update(model))
 
     def step(s: int, g: torch.Generator):
         for group in opt.param_groups:  # warm-up, then cosine decay: a function of the step, so resuming is exact
             group["lr"] = config.lr * min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
-        x = sample_batch(images, config.batch_size, g, trainer.device)  # (B, C, H, W)
+        x = sample_batch(images, config.batch_size, g, trainer.device)  # (B, C, H, W), the global batch
         t = torch.rand(config.batch_size, generator=g).to(trainer.device)  # (B,)
         eps = torch.randn(x.shape, generator=g).to(trainer.device)
-        return diffusion_step(model, x, t, eps, opt)
+        return diffusion_step(trainer.net("model"), *map(trainer.shard, (x, t, eps)), opt)  # this process's rows
 
     trainer.fit(step)
     return ema.model.eval(), trainer.history
@@ -207,13 +207,13 @@ def distill_round(student: nn.Module, teacher: nn.Module, images: torch.Tensor, 
     trainer = Trainer(config, modules={"student": student}, optimizers={"opt": opt},
                       run={"kind": "progressive-distillation", "student_steps": student_steps,
                            "model": models.architecture(student)},
-                      desc=f"distil {2 * student_steps} -> {student_steps} steps")
+                      desc=f"distil {2 * student_steps} -> {student_steps} steps", distributed=True)
 
     def step(s: int, g: torch.Generator):
         x = sample_batch(images, config.batch_size, g, trainer.device)  # (B, C, H, W)
         i = torch.randint(1, student_steps + 1, (config.batch_size,), generator=g)
         t = (i.double() / student_steps).to(trainer.device, images.dtype)  # (B,) on the student's grid
         eps = torch.randn(x.shape, generator=g).to(trainer.device)
-        return progressive_step(student, teacher, x, t, eps, opt, student_steps)
+        return progressive_step(trainer.net("student"), teacher, *map(trainer.shard, (x, t, eps)), opt, student_steps)
 
     return trainer.fit(step)

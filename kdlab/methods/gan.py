@@ -65,7 +65,7 @@ def gan_step(generator: nn.Module, discriminator: nn.Module, real: torch.Tensor,
     transforms every image the discriminator sees, real and generated."""
     aug = augment or (lambda x: x)
     fake = generator(z)  # G(z), (B, C, H, W)
-    cond = () if real_labels is None else (generator.labels(z),)  # D(x) or D(x, y)
+    cond = () if real_labels is None else (getattr(generator, "module", generator).labels(z),)  # D(x) or D(x, y); DDP: .module
     d_real = discriminator(aug(real)) if real_labels is None else discriminator(aug(real), real_labels)  # logits (B,)
     d_fake = discriminator(aug(fake.detach()), *cond)
     # L_D = -mean log sigmoid(D(x)) - mean log(1 - sigmoid(D(G(z))))
@@ -105,6 +105,7 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, images: torch.Tens
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=betas)
     modules = {"generator": generator, "discriminator": discriminator} | ({"ema": ema.model} if ema else {})
     trainer = Trainer(config, modules=modules, optimizers={"opt_g": opt_g, "opt_d": opt_d}, desc="GAN (adversarial)",
+                      distributed=not augment,  # diff_augment draws per row of the batch it is given
                       run={"kind": "gan", "betas": list(betas), "generator": models.architecture(generator),
                            "discriminator": models.architecture(discriminator)}
                       | ({"ema_decay": ema.decay, "ema_warmup": ema.warmup} if ema else {})
@@ -119,7 +120,8 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, images: torch.Tens
             idx = torch.randint(len(images), (config.batch_size,), generator=g)
             real, real_labels = images[idx].to(trainer.device), labels[idx].to(trainer.device)
         z = generator.sample_noise(config.batch_size, g)  # (B, noise_dim), on the generator's device
-        return gan_step(generator, discriminator, real, z, opt_g, opt_d, real_labels,
+        real, real_labels, z = (None if v is None else trainer.shard(v) for v in (real, real_labels, z))
+        return gan_step(trainer.net("generator"), trainer.net("discriminator"), real, z, opt_g, opt_d, real_labels,
                         (lambda x: diff_augment(x, g)) if augment else None)
 
     return trainer.fit(step)
@@ -278,6 +280,9 @@ def distill(student: nn.Module, teacher: nn.Module, config: TrainConfig, recipe:
     if loss == "joint" and (discriminator is None or real_images is None):
         raise ValueError("recipe 'joint' needs a discriminator and real_images (the adversarial term)")
     base = teacher.teacher if isinstance(teacher, TeacherCache) else teacher
+    if feature_loss and config.precision != "fp32":
+        raise ValueError(f"precision={config.precision!r} with a feature term is not supported (the feature taps find "
+                         "the student's layers by name); use precision='fp32'")
     if feature_loss and base is not teacher:
         raise ValueError("a TeacherCache holds only the teacher's images; feature terms need the teacher itself")
     modules = {"student": student}
@@ -296,12 +301,16 @@ def distill(student: nn.Module, teacher: nn.Module, config: TrainConfig, recipe:
     run = {"kind": f"distill-{loss}", "betas": list(betas), "student": models.architecture(student),
            "teacher": models.architecture(base), "adversarial_weight": adversarial_weight if adversary else None,
            "feature": [feature_loss, list(layers), feature_weight] if feature_loss else None}
-    trainer = Trainer(config, modules=modules, optimizers=optimizers, run=run, desc=f"distill ({recipe})")
+    trainer = Trainer(config, modules=modules, optimizers=optimizers, run=run, desc=f"distill ({recipe})",
+                      distributed=features is None)  # feature taps find layers by name, which DDP's wrapper changes
     kind = "mse" if loss == "joint" else loss
+    if adversary is not None:
+        adversary.discriminator = trainer.net("discriminator")
 
     def step(s: int, g: torch.Generator):
         z = student.sample_noise(config.batch_size, g)  # (B, noise_dim), shared; z first, then any classes
         real = sample_batch(real_images, config.batch_size, g, trainer.device) if adversary else None
-        return distill_step(student, teacher, z, opt, kind, real, adversary, features)
+        return distill_step(trainer.net("student"), teacher, trainer.shard(z), opt, kind,
+                            None if real is None else trainer.shard(real), adversary, features)
 
     return trainer.fit(step)

@@ -40,11 +40,11 @@ def train_pixelcnn(model: nn.Module, images: torch.Tensor, config: TrainConfig,
     check_images(images, model)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     trainer = Trainer(config, modules={"model": model}, optimizers={"opt": opt}, desc=desc,
-                      run={"kind": "pixelcnn", "model": models.architecture(model)})
+                      run={"kind": "pixelcnn", "model": models.architecture(model)}, distributed=True)
 
     def step(s: int, g: torch.Generator):
         x = quantize(sample_batch(images, config.batch_size, g, trainer.device), model.levels)  # (B, 1, H, W)
-        return mle_step(model, x, opt)
+        return mle_step(trainer.net("model"), trainer.shard(x), opt)
 
     return trainer.fit(step)
 
@@ -153,19 +153,20 @@ def distill_pixelcnn(student: nn.Module, teacher: nn.Module, images: torch.Tenso
            "pool": [pool_size, refresh_every] if context == "student" else None,
            "student": models.architecture(student), "teacher": models.architecture(teacher)}
     trainer = Trainer(config, modules=modules, optimizers={"opt": opt}, run=run,
-                      desc=f"distill ({direction} KL, T={temperature:g}, {context})")
+                      desc=f"distill ({direction} KL, T={temperature:g}, {context})", distributed=True)
     if context == "student":  # redraw the pool before the step that needs it (also right after a resume)
         trainer.add_callback("on_step_start", lambda tr: tr.step % refresh_every == 0 and pool.refill(
             student, teacher, step_generator(config.seed + 7919, tr.step)))
 
     def step(s: int, g: torch.Generator):
         idx = torch.randint(pool_size if context == "student" else len(images), (config.batch_size,), generator=g)
+        idx = trainer.shard(idx)  # this process's rows of the global batch
         if context == "student":
             x, target = pool.images[idx.to(trainer.device)], pool.teacher_logits[idx.to(trainer.device)]
         else:
             x = quantize(images[idx].to(trainer.device), student.levels)  # (B, 1, H, W) levels
             with torch.no_grad():
                 target = cached_logits[idx].to(trainer.device) if cached_logits is not None else teacher(x)
-        return kl_step(student, x, target, opt, temperature, direction)
+        return kl_step(trainer.net("student"), x, target, opt, temperature, direction)
 
     return trainer.fit(step)

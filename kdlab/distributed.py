@@ -1,0 +1,141 @@
+"""One training run over several processes, on PyTorch's own engine: ``torchrun`` starts the processes
+and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
+:class:`kdlab.engine.Trainer` then joins the process group (:func:`setup`), wraps each trained
+network in ``DistributedDataParallel`` and gives every process its slice of the global batch
+(:func:`shard`). Launched any other way, everything here is a no-op for one process.
+
+How a global batch of ``B`` is split over ``W`` processes (``B % W == 0``): every process draws the
+whole batch (images, noise, times) from the same per-step generator, exactly as one process would,
+and keeps rows ``[rank * B / W, (rank + 1) * B / W)``. Each process's loss is the mean over its
+``B / W`` rows; DDP averages the gradients over the processes, so the update is that of the mean over
+all ``B`` rows, the one-process update up to the order of floating-point additions.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .utils import get_device
+
+# A collective that waits longer than this (a peer died or hangs) raises instead of blocking for ever;
+# torchrun also stops every process as soon as one exits with an error.
+TIMEOUT = datetime.timedelta(minutes=float(os.environ.get("KDLAB_DIST_TIMEOUT_MIN", "10")))
+_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """This process's place in the job: ``rank`` in ``0..size-1``, ``local_rank`` on its machine."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 alone writes files and shows progress."""
+        return self.rank == 0
+
+
+def world() -> World:
+    """The launcher's ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` (one process when ``WORLD_SIZE`` is unset),
+    or ``ValueError`` naming the variable that does not make sense."""
+    if "WORLD_SIZE" not in os.environ:
+        return World()
+    values = {}
+    for name in _ENV:
+        raw = os.environ.get(name, "0" if name == "LOCAL_RANK" else None)
+        try:
+            values[name] = int(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"environment variable {name}={raw!r} is not valid; expected an integer "
+                             "(torchrun sets RANK, WORLD_SIZE and LOCAL_RANK)") from None
+    w = World(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
+    if w.size < 1 or not 0 <= w.rank < w.size or w.local_rank < 0:
+        raise ValueError(f"RANK={w.rank}, WORLD_SIZE={w.size}, LOCAL_RANK={w.local_rank} are not valid; "
+                         "expected WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
+    return w
+
+
+def setup(device="auto") -> tuple[World, torch.device]:
+    """Join the process group when the launcher asked for several processes: NCCL on CUDA (each process on
+    GPU ``LOCAL_RANK``), Gloo otherwise. Returns this process's :class:`World` and the device to train on.
+    Safe to call again (later runs of the same process reuse the group)."""
+    w, dev = world(), get_device(device)  # under torchrun, "auto" and "cuda" are cuda:LOCAL_RANK
+    if w.size > 1 and dev.type not in ("cuda", "cpu"):
+        raise ValueError(f"device={str(dev)!r} cannot train with several processes; use 'cuda' (NCCL) or 'cpu' (Gloo)")
+    if w.size > 1 and dev.type == "cuda":
+        if dev.index != w.local_rank:
+            raise ValueError(f"device={str(dev)!r}: with several processes each uses its own GPU, cuda:LOCAL_RANK; "
+                             "pass device='cuda' or 'auto' and choose GPUs with CUDA_VISIBLE_DEVICES")
+        if w.local_rank >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK={w.local_rank} but this machine shows {torch.cuda.device_count()} GPU(s); "
+                             "start at most that many processes per machine (torchrun --nproc-per-node)")
+        torch.cuda.set_device(dev)
+    if w.size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=TIMEOUT)
+    return w, dev
+
+
+def check_batch(batch_size: int, w: World) -> None:
+    """``ValueError`` unless the global batch splits evenly over the processes."""
+    if batch_size % w.size:
+        raise ValueError(f"batch_size={batch_size} (the global batch) is not divisible by the {w.size} processes "
+                         f"(WORLD_SIZE); choose a multiple of {w.size}")
+
+
+def shard(x: torch.Tensor, w: World) -> torch.Tensor:
+    """This process's rows of a global batch ``x`` ``[B, ...]``: ``x[rank * B / W : (rank + 1) * B / W]``."""
+    if w.size == 1:
+        return x
+    check_batch(len(x), w)
+    k = len(x) // w.size
+    return x[w.rank * k:(w.rank + 1) * k]
+
+
+def mean_over_processes(values: dict[str, float], w: World, device: torch.device) -> dict[str, float]:
+    """Each metric averaged over the processes (one all-reduce for all of them): with equal shards, the
+    mean of the per-process means is the global batch's mean."""
+    if w.size == 1 or not values:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return dict(zip(values, (t / w.size).tolist()))
+
+
+def same_over_processes(value: int, w: World, device: torch.device) -> bool:
+    """Whether every process holds the same integer ``value`` (one all-reduce of ``[value, -value]`` by MAX)."""
+    if w.size == 1:
+        return True
+    t = torch.tensor([value, -value], dtype=torch.int64, device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t[0].item() == -t[1].item()
+
+
+def barrier(w: World) -> None:
+    """Wait for every process (no-op for one)."""
+    if w.size > 1:
+        dist.barrier()
+
+
+def trainable(module: nn.Module) -> bool:
+    """Whether any parameter of ``module`` gets gradients (EMA copies and frozen teachers do not)."""
+    return any(p.requires_grad for p in module.parameters())
+
+
+def wrap(module: nn.Module, w: World, device: torch.device) -> nn.Module:
+    """``module`` as DistributedDataParallel for several processes; ``module`` itself for one process or when
+    nothing in it trains. On CUDA its BatchNorm layers are replaced by SyncBatchNorm, in ``module`` itself
+    (same parameters and buffers, so its checkpoints load into a plain model); PyTorch's SyncBatchNorm has
+    no CPU kernels, so under Gloo each process normalises with its own slice's statistics."""
+    if w.size == 1 or not trainable(module):
+        return module
+    if device.type == "cuda":
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+

@@ -1,0 +1,44 @@
+"""Run by tests/test_distributed.py under ``torchrun``: several ``kdlab fit`` runs in one job (one launch,
+one process group), or, with ``fail``, a job whose rank 1 raises at its second step."""
+import argparse
+import sys
+
+import torch
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from kdlab import fit
+from kdlab.engine import Trainer, TrainConfig
+
+
+def failing_job() -> None:
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = Trainer(TrainConfig(steps=5, batch_size=4, lr=0.1, progress=False), modules={"m": model},
+                      optimizers={"o": opt}, run={"kind": "test"}, distributed=True)
+
+    def step(s, g):
+        if trainer.world.rank == 1 and s == 1:
+            raise RuntimeError("rank 1 fails on purpose at step 1")
+        loss = trainer.net("m")(trainer.shard(torch.randn(4, 2, generator=g))).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach()}
+
+    trainer.fit(step)
+
+
+@record
+def main() -> None:
+    if sys.argv[1:] == ["fail"]:
+        failing_job()
+        return
+    parser = argparse.ArgumentParser()
+    fit.add_arguments(parser)
+    for command in " ".join(sys.argv[1:]).split(" ; "):  # runs separated by " ; "
+        fit.fit(parser.parse_args(command.split()))
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
