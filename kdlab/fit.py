@@ -21,7 +21,7 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from . import checkpoints, data, distributed, models
-from .engine import TrainConfig
+from .engine import TrainConfig, TrainingInterrupted
 from .methods import diffusion, gan, pixelcnn
 from .utils import write_metrics
 
@@ -195,6 +195,12 @@ def main(args) -> int:
         if w.main:
             print(f"kdlab fit: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:  # Ctrl-C (torchrun passes it on to every process): the state is saved
+        if w.main:
+            saved = (f"the training state of step {e.saved_step} is in {e.state_path}; run the same command again to resume"
+                     if e.saved_step else "nothing saved yet")
+            print(f"kdlab fit: stopped after step {e.step} of {e.steps}; {saved}", file=sys.stderr)
+        return 130
     finally:
         if torch.distributed.is_initialized():  # the process is about to exit: leave the group cleanly
             torch.distributed.destroy_process_group()

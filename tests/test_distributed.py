@@ -15,8 +15,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,6 +149,25 @@ def test_a_two_process_run_resumes_in_one_process(two_process_runs, tmp_path):
     a, b = weights(tmp_path / "state.safetensors"), weights(resumed / "state.safetensors")
     assert kd.checkpoints.load_tensors(resumed / "state.safetensors")[1]["step"] == STEPS
     assert relative_update_difference(initial, a, b) < 1e-3
+
+
+@pytest.mark.distributed
+@needs_torchrun
+def test_ctrl_c_stops_every_process_after_the_same_step_and_saves_it(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KDLAB_PROGRESS": "off"}
+    job = subprocess.Popen([TORCHRUN, "--nproc-per-node", "2", "--standalone", "-m", "kdlab", "fit", "distill-diffusion",
+                            "--out", str(tmp_path), "--steps", "100000", "--batch-size", "4", "--device", "cpu",
+                            "--checkpoint-every", "5", "--quiet"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "state.safetensors"
+    deadline = time.monotonic() + 120
+    while not state.exists() and time.monotonic() < deadline and job.poll() is None:
+        time.sleep(0.5)
+    job.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends torchrun
+    _, err = job.communicate(timeout=120)
+    assert job.returncode != 0
+    saved = kd.checkpoints.load_tensors(state)[1]["step"]
+    assert saved >= 5
+    assert err.count(f"kdlab fit: stopped after step {saved} of 100000; the training state of step {saved} is in") == 1
 
 
 @pytest.mark.distributed
