@@ -39,8 +39,9 @@ def test_tables_read_per_seed_metrics_of_notebook_02(tmp_path):
 
 
 def test_tables_read_per_seed_metrics_of_notebook_08(tmp_path):
-    gaps = {0: {"consistency_1": -5.0, "DMD_1": -30.0}, 1: {"consistency_1": 4.0, "DMD_1": -25.0},
-            2: {"consistency_1": 2.0, "DMD_1": -35.0}}
+    gaps = {0: {"consistency_1": -5.0, "DMD_1": -30.0, "DMD multi-step_2": 20.0},
+            1: {"consistency_1": 4.0, "DMD_1": -25.0, "DMD multi-step_2": 22.0},
+            2: {"consistency_1": 2.0, "DMD_1": -35.0, "DMD multi-step_2": 24.0}}
     for seed, g in gaps.items():
         folder = tmp_path / f"seed={seed}" / "08_one_step_distillation"
         folder.mkdir(parents=True)
@@ -50,4 +51,6 @@ def test_tables_read_per_seed_metrics_of_notebook_08(tmp_path):
     assert any(line.startswith("| 1 step: DMD - progressive | -30.0, -25.0, -35.0 |") and "DMD better" in line
                for line in lines)
     assert any(line.startswith("| 1 step: consistency - progressive | -5.0, 4.0, 2.0 |") and "cannot tell" in line
+               for line in lines)
+    assert any(line.startswith("| 2 steps: DMD multi-step - progressive | 20.0, 22.0, 24.0 |") and "progressive better" in line
                for line in lines)

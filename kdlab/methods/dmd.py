@@ -4,7 +4,7 @@ of notebook 06 into a one-step generator: the original DMD's matching gradient a
 DMD2's (arXiv 2405.14867) two time-scale rule, the fake score updated several times per generator
 step. ``reg_weight=0`` is DMD2 without its GAN term, which kdlab does not implement. DMD2's multi-step
 generator (``sampling_times``, :func:`multistep_sample`, :func:`simulated_input`: trained at several times
-on its own re-noised samples, "backward simulation") is here and tested, not yet used by notebook 08.
+on its own re-noised samples, "backward simulation") is notebook 08's 2- and 4-step DMD student.
 
 Schedule and notation as in :mod:`kdlab.methods.diffusion`. A v-prediction network ``m`` gives the
 score of its diffused distribution at ``z_t``:
