@@ -196,7 +196,7 @@ class _DeferredInterrupt:
     loop checks it between steps. A second one raises ``KeyboardInterrupt`` at once (a step that
     hangs can still be stopped). Outside the main thread signals cannot be caught and this does
     nothing. The previous handlers are restored on exit, whatever they were. ``signals`` adds SIGTERM
-    for several processes: torchrun passes a Ctrl-C on to its workers as SIGTERM."""
+    for several processes (torchrun passes a Ctrl-C on as SIGINT; schedulers stop jobs with SIGTERM)."""
 
     def __init__(self, signals=(signal.SIGINT,)):
         self.requested, self._signals, self._previous = False, signals, {}
