@@ -129,15 +129,14 @@ def _check(args) -> None:
 def fit(args) -> dict:
     """Train as ``args`` (from :func:`add_arguments`) says; returns the metrics written to ``metrics.json``."""
     _check(args)
+    w = distributed.world()
+    if args.batch_size % w.size:  # before joining the group: every process stops at once
+        raise FitError(f"--batch-size {args.batch_size} (the global batch) is not divisible by the {w.size} processes; "
+                       f"choose a multiple of {w.size}")
     try:
         w, device = distributed.setup(args.device)
     except ValueError as e:
         raise FitError(f"--device {args.device}: {e}") from None
-    try:
-        distributed.check_batch(args.batch_size, w)
-    except ValueError:
-        raise FitError(f"--batch-size {args.batch_size} (the global batch) is not divisible by the {w.size} processes; "
-                       f"choose a multiple of {w.size}") from None
     try:
         if args.download and not w.main:
             distributed.barrier(w)  # rank 0 downloads first; the others then read its files

@@ -179,13 +179,16 @@ def test_a_rank_that_raises_ends_the_job_with_its_error():
     assert "rank: 1" in done.stderr  # torchrun's summary names the failed rank
 
 
-@pytest.mark.distributed
-@needs_torchrun
-def test_a_global_batch_that_does_not_split_is_refused_once(tmp_path):
-    done = torchrun("-m", "kdlab", "fit", "diffusion", "--out", str(tmp_path), "--batch-size", "7", "--steps", "1")
-    assert done.returncode != 0
-    assert done.stderr.count("kdlab fit: --batch-size 7 (the global batch) is not divisible by the 2 processes") == 1
-    assert not (tmp_path / "checkpoint.safetensors").exists()
+@pytest.mark.filterwarnings("ignore:Unable to enable fault handler")  # torchrun's @record outside torchrun
+def test_a_global_batch_that_does_not_split_stops_every_rank_and_rank_0_says_why(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("0", "1"):  # the check comes before the process group, so each rank can be run alone here
+        monkeypatch.setenv("RANK", rank)
+        assert fit.main(fit_args("diffusion", "--out", str(tmp_path), "--batch-size", "7")) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ([] if rank == "1" else
+                       ["kdlab fit: --batch-size 7 (the global batch) is not divisible by the 2 processes; choose a multiple of 2"])
+    assert not any(tmp_path.iterdir())
 
 
 def test_world_reads_the_launcher_environment(monkeypatch):
