@@ -186,8 +186,8 @@ def test_a_global_batch_that_does_not_split_stops_every_rank_and_rank_0_says_why
         monkeypatch.setenv("RANK", rank)
         assert fit.main(fit_args("diffusion", "--out", str(tmp_path), "--batch-size", "7")) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err == ([] if rank == "1" else
-                       ["kdlab fit: --batch-size 7 (the global batch) is not divisible by the 2 processes; choose a multiple of 2"])
+        said = "kdlab fit: --batch-size 7 (the global batch) is not divisible by the 2 processes; choose a multiple of 2"
+        assert err == ([] if rank == "1" else [said])
     assert not any(tmp_path.iterdir())
 
 
