@@ -2,10 +2,21 @@
 extensions folder), and the guard that decides whether to try.
 
 The build is attempted only when ``KDLAB_KERNELS`` is not ``reference``, a CUDA device is visible,
-PyTorch was built with CUDA, and both ``nvcc`` and ``ninja`` are found. ``TORCH_CUDA_ARCH_LIST``
-defaults to the local GPU's compute capability so only one architecture is compiled.
+PyTorch was built with CUDA, and both ``nvcc`` and ``ninja`` are found. It compiles for the compute
+capability of every visible GPU (``-gencode`` flags, plus PTX of the newest for later GPUs), without
+touching the process environment, into its own folder per build key (sources, architectures, PyTorch
+and CUDA versions): two builds never share a folder, and a changed source is a new build.
 
-Compile check without a GPU (what CI cannot do, a developer machine with nvcc can)::
+PyTorch's builder guards a folder with its ``lock`` file and waits for it without limit. Recent
+PyTorch (2.14 here) holds an operating-system lock on that file, which a killed builder releases;
+older versions (2.11 on the GPU machine) create the file and wait while it exists, so a build killed
+halfway leaves it behind and every later build waits for ever. Before building, :func:`wait_for_lock`
+waits at most ``KDLAB_KERNELS_LOCK_WAIT`` seconds (default 300) for the lock, whichever kind, then gives
+up with :class:`BuildLocked`, which the caller turns into the reference fallback and a warning that
+says what to delete.
+
+Compile check without a GPU (what CI cannot do, a developer machine with nvcc can); the
+architectures then come from ``TORCH_CUDA_ARCH_LIST``::
 
     TORCH_CUDA_ARCH_LIST=9.0 python -m kdlab.kernels
 """
@@ -28,6 +39,10 @@ from .schema import define_ops
 SOURCES = [Path(__file__).with_name(n) for n in ("ops.cpp", "kl.cu", "attention.cu")]
 HEADERS = [Path(__file__).with_name(n) for n in ("common.cuh", "kl_kernel.cuh", "attention_kernel.cuh")]
 MODES = ("auto", "reference", "fused")
+
+
+class BuildLocked(RuntimeError):
+    """Another build holds the kernels' build folder longer than the wait allows (or a killed one left its lock)."""
 
 
 def mode() -> str:
@@ -69,20 +84,89 @@ def missing_requirement(need_device: bool = True) -> str | None:
     return None
 
 
-def compile_and_load(verbose: bool = False) -> None:
-    """Compile (or reuse the cached build of) the CUDA sources and load the library, which registers
-    the CUDA implementations of ``torch.ops.kdlab.*``. Raises on any failure."""
+def visible_archs() -> list[str]:
+    """Compute capabilities to compile for, as ``"major.minor"``: every visible GPU's; without a GPU (a
+    compile check), those listed in ``TORCH_CUDA_ARCH_LIST`` (read, never written)."""
+    if torch.cuda.is_available() and torch.cuda.device_count():
+        return sorted({"{}.{}".format(*torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())},
+                      key=lambda a: tuple(map(int, a.split("."))))
+    listed = os.environ.get("TORCH_CUDA_ARCH_LIST", "").replace(";", " ").replace(",", " ").split()
+    archs = sorted({a.removesuffix("+PTX") for a in listed}, key=lambda a: tuple(map(int, a.split("."))))
+    if not archs:
+        raise RuntimeError("no CUDA GPU is visible and TORCH_CUDA_ARCH_LIST is not set: nothing to compile for "
+                           "(e.g. TORCH_CUDA_ARCH_LIST=9.0 python -m kdlab.kernels)")
+    return archs
+
+
+def arch_flags(archs: list[str]) -> list[str]:
+    """nvcc flags: machine code for each architecture (``"9.0"`` -> ``sm_90``) and PTX of the newest, which
+    the driver compiles for GPUs newer than any listed."""
+    codes = [a.replace(".", "") for a in archs]
+    return ([f"-gencode=arch=compute_{c},code=sm_{c}" for c in codes]
+            + [f"-gencode=arch=compute_{codes[-1]},code=compute_{codes[-1]}"])
+
+
+def sources_digest() -> str:
+    """SHA-256 prefix of every kernel source and header (PyTorch's build cache does not hash headers)."""
+    return hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS)).hexdigest()[:16]
+
+
+def build_key(archs: list[str]) -> str:
+    """What makes one build differ from another: sources, architectures, Python, PyTorch and CUDA versions."""
+    parts = [sources_digest(), ",".join(archs), f"py{sys.version_info[0]}{sys.version_info[1]}", torch.__version__,
+             str(torch.version.cuda)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+
+def build_dir(key: str) -> Path:
+    """The build folder of one build key, under PyTorch's extensions root (``TORCH_EXTENSIONS_DIR`` or
+    ``~/.cache/torch_extensions``)."""
     from torch.utils import cpp_extension
 
-    if "TORCH_CUDA_ARCH_LIST" not in os.environ and torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability()
-        os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"  # one architecture: a short build
-    # the kernels live in headers, which PyTorch's build cache does not hash: a digest of every
-    # source in the flags makes any edit a new build
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS)).hexdigest()[:16]
-    flags = ["-O3", f"-DKDLAB_SOURCES_SHA256={digest}"]
-    cpp_extension.load(name="kdlab_kernels", sources=[str(p) for p in SOURCES], extra_cuda_cflags=flags,
-                       extra_cflags=flags, is_python_module=False, verbose=verbose)
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / f"kdlab_kernels_{key}"
+
+
+def wait_for_lock(folder: Path, timeout: float | None = None, poll: float = 0.5) -> None:
+    """Return once PyTorch's build lock ``folder/lock`` is free, waiting at most ``timeout`` seconds (default
+    ``KDLAB_KERNELS_LOCK_WAIT``, 300); then raise :class:`BuildLocked` naming the file. An operating-system
+    lock (recent PyTorch) is taken and released at once; an existence lock (older PyTorch) is waited out."""
+    from torch.utils import cpp_extension
+
+    lock = folder / "lock"
+    if timeout is None:
+        timeout = float(os.environ.get("KDLAB_KERNELS_LOCK_WAIT", "300"))
+    if hasattr(cpp_extension, "FileLock"):  # the kernel frees it when its holder dies: only a live build holds it
+        import filelock
+
+        try:
+            with filelock.FileLock(str(lock), timeout=timeout):
+                return
+        except filelock.Timeout:
+            raise BuildLocked(f"another process has been building the kernels in {folder} for more than "
+                              f"{timeout:.0f} s (it holds {lock}); wait for it, or stop it") from None
+    deadline = time.monotonic() + timeout
+    while lock.exists():
+        if time.monotonic() >= deadline:
+            raise BuildLocked(f"{lock} has locked the kernels' build folder for more than {timeout:.0f} s; if no other "
+                              "process is building them, a killed build left it behind: delete it (or the folder)")
+        time.sleep(poll)
+
+
+def compile_and_load(verbose: bool = False) -> None:
+    """Compile (or reuse the cached build of) the CUDA sources for :func:`visible_archs` in
+    :func:`build_dir` and load the library, which registers the CUDA implementations of
+    ``torch.ops.kdlab.*``. Raises on any failure (:class:`BuildLocked` after a time-limited wait)."""
+    from torch.utils import cpp_extension
+
+    archs = visible_archs()
+    key = build_key(archs)
+    folder = build_dir(key)
+    folder.mkdir(parents=True, exist_ok=True)
+    wait_for_lock(folder)
+    flags = ["-O3", f"-DKDLAB_SOURCES_SHA256={sources_digest()}"]
+    cpp_extension.load(name=f"kdlab_kernels_{key}", sources=[str(p) for p in SOURCES],
+                       extra_cuda_cflags=flags + arch_flags(archs), extra_cflags=flags, build_directory=str(folder),
+                       is_python_module=False, verbose=verbose)
 
 
 def main() -> int:
@@ -95,7 +179,7 @@ def main() -> int:
     compile_and_load(verbose="-v" in sys.argv)
     registered = {op: torch._C._dispatch_has_kernel_for_dispatch_key(f"kdlab::{op}", "CUDA")
                   for op in ("kl_fused", "attention_fused")}
-    print(f"built and loaded kdlab_kernels in {time.perf_counter() - t0:.0f} s "
-          f"(TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', 'default')}); "
-          f"CUDA implementations registered: {registered}")
+    archs = visible_archs()
+    print(f"built and loaded the kdlab kernels in {time.perf_counter() - t0:.0f} s for compute capability "
+          f"{', '.join(archs)} in {build_dir(build_key(archs))}; CUDA implementations registered: {registered}")
     return 0 if all(registered.values()) else 1
