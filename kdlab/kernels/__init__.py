@@ -40,14 +40,14 @@ from . import build, reference
 from .schema import CHECK_UPSTREAM_ONE_BYTES, define_ops
 
 __all__ = ["CHECK_UPSTREAM_ONE_BYTES", "FUSED_DTYPES", "MAX_CLASSES", "MAX_POSITIONS", "MAX_SHARED_BYTES",
-           "attention_fused_loss", "attention_transfer", "available", "build", "device_limits", "fused_path",
+           "attention_fused_loss", "attention_transfer", "available", "backend", "build", "device_limits", "fused_path",
            "kl_distillation", "kl_fused_loss", "reason", "reference", "use_fused"]
 
 MAX_SHARED_BYTES = 96 * 1024  # common.cuh: the most dynamic shared memory a kernel block uses
 MAX_CLASSES = MAX_SHARED_BYTES // 8 - 1  # kl_kernel.cuh: two float rows of K | 1 values per position
 MAX_POSITIONS = 8192  # attention_kernel.cuh: two float maps of H * W values in shared memory
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_state: dict = {"checked": False, "available": False, "reason": "not checked yet", "warned": False}
+_state: dict = {"checked": False, "available": False, "reason": "not checked yet", "warned": False, "backend": "reference"}
 
 define_ops()
 
@@ -59,22 +59,47 @@ def _announce(reason: str) -> None:
                       "implementation runs instead (same results, slower).", RuntimeWarning, stacklevel=3)
 
 
+def _register_triton() -> None:
+    """Make the Triton kernels (:mod:`.triton_ops`) the ops' CUDA implementations (kept alive in ``_state``)."""
+    from . import triton_ops
+
+    lib = torch.library.Library("kdlab", "IMPL")
+    lib.impl("kl_fused", triton_ops.kl_fused, "CUDA")
+    lib.impl("attention_fused", triton_ops.attention_fused, "CUDA")
+    _state["triton_library"] = lib
+
+
 def available() -> bool:
-    """Whether the fused CUDA path is active: on first call with a CUDA device this builds (or loads
-    the cached build of) the kernels. :func:`reason` says why not when false."""
+    """Whether a fused path is active: on first call with a CUDA device this builds (or loads the cached
+    build of) the CUDA kernels, or, when only the compiler (``nvcc``, ``ninja``) is missing, registers the
+    Triton kernels. :func:`backend` says which, :func:`reason` why none when false."""
     if not _state["checked"]:
         _state["checked"] = True
-        why = build.missing_requirement()
+        why = build.missing_requirement() if build.mode() != "triton" else "KDLAB_KERNELS=triton"
         if why is None:
             try:
                 build.compile_and_load()
-                _state["available"], why = True, None
+                _state["available"], _state["backend"], why = True, "cuda", None
             except Exception as err:  # a failed build must not stop training: fall back, say why
                 why = f"building them failed: {type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
+        elif "nvcc" in why or "ninja" in why or build.mode() == "triton":  # no compiler: Triton needs none
+            triton_why = build.triton_possible()
+            if triton_why is None:
+                _register_triton()
+                _state["available"], _state["backend"], why = True, "triton", None
+            else:
+                why = f"{why}, and the Triton kernels cannot run either: {triton_why}"
         _state["reason"] = why or "active"
-        if why and build.mode() == "fused":
-            raise RuntimeError(f"KDLAB_KERNELS=fused but the fused kernels are unavailable: {why}")
+        if why and build.mode() in ("fused", "triton"):
+            raise RuntimeError(f"KDLAB_KERNELS={build.mode()} but the fused kernels are unavailable: {why}")
     return _state["available"]
+
+
+def backend() -> str:
+    """Which implementation the fused ops use on CUDA tensors: ``"cuda"`` (the compiled kernels),
+    ``"triton"`` or ``"reference"`` (checks :func:`available` first)."""
+    available()
+    return _state["backend"]
 
 
 def reason() -> str:
@@ -120,7 +145,12 @@ def fused_path(student: torch.Tensor, teacher: torch.Tensor, *, classes: int | N
     (K) / ``positions`` (H W) fit the device's :func:`device_limits`."""
     if not (student.requires_grad and torch.is_grad_enabled()) or not use_fused(student, teacher):
         return False
-    max_classes, max_positions = device_limits(student.device)
+    if _state["backend"] == "triton":
+        from . import triton_ops
+
+        max_classes, max_positions = triton_ops.MAX_CLASSES, triton_ops.MAX_POSITIONS
+    else:
+        max_classes, max_positions = device_limits(student.device)
     return (classes is None or classes <= max_classes) and (positions is None or positions <= max_positions)
 
 

@@ -38,7 +38,7 @@ from .schema import define_ops
 
 SOURCES = [Path(__file__).with_name(n) for n in ("ops.cpp", "kl.cu", "attention.cu")]
 HEADERS = [Path(__file__).with_name(n) for n in ("common.cuh", "kl_kernel.cuh", "attention_kernel.cuh")]
-MODES = ("auto", "reference", "fused")
+MODES = ("auto", "reference", "fused", "triton")
 
 
 class BuildLocked(RuntimeError):
@@ -46,8 +46,10 @@ class BuildLocked(RuntimeError):
 
 
 def mode() -> str:
-    """``KDLAB_KERNELS``: ``auto`` (default: fused when possible, else the reference with a warning),
-    ``reference`` (always the pure-PyTorch path) or ``fused`` (fail instead of falling back)."""
+    """``KDLAB_KERNELS``: ``auto`` (default: the CUDA kernels when they build, else the Triton ones when only
+    ``nvcc`` or ``ninja`` is missing, else the reference with a warning), ``reference`` (always the
+    pure-PyTorch path), ``fused`` (fail instead of falling back to the reference) or ``triton`` (the Triton
+    kernels even where the CUDA ones would build, to compare them)."""
     value = os.environ.get("KDLAB_KERNELS", "auto").strip().lower() or "auto"
     if value not in MODES:
         raise ValueError(f"KDLAB_KERNELS={value!r} is not valid; allowed values: {', '.join(MODES)}")
@@ -150,6 +152,20 @@ def wait_for_lock(folder: Path, timeout: float | None = None, poll: float = 0.5)
             raise BuildLocked(f"{lock} has locked the kernels' build folder for more than {timeout:.0f} s; if no other "
                               "process is building them, a killed build left it behind: delete it (or the folder)")
         time.sleep(poll)
+
+
+def triton_possible() -> str | None:
+    """Why the Triton kernels cannot run here, or ``None``: they need a CUDA device, PyTorch with CUDA and
+    an importable ``triton`` (a plain ``pip install torch`` on Linux brings it), no ``nvcc``."""
+    if mode() == "reference":
+        return "KDLAB_KERNELS=reference asks for the pure-PyTorch reference implementation"
+    if torch.version.cuda is None or not torch.cuda.is_available():
+        return "no CUDA device is visible"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "Triton is not installed"
+    return None
 
 
 def compile_and_load(verbose: bool = False) -> None:
