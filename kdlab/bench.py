@@ -10,7 +10,8 @@ implementations in the same run:
 - ``eager``: the autograd reference (:func:`kdlab.losses.kl_distillation` /
   :func:`kdlab.feature_losses.attention_transfer` with ``KDLAB_KERNELS=reference`` semantics);
 - ``compile``: ``torch.compile`` of that reference (forward + backward);
-- ``fused``: ``torch.ops.kdlab.*`` (this package's CUDA kernels).
+- ``fused``: ``torch.ops.kdlab.*`` (this package's CUDA kernels, or the Triton ones where they stand in);
+- ``triton``: the Triton kernels (:mod:`kdlab.kernels.triton_ops`) called directly, when Triton imports.
 
 ``--tune`` also times the fused KL kernel at every tile size (positions per block, through
 ``KDLAB_KL_TILE``) for each KL shape, to choose the default in ``kl_launch_config``.
@@ -51,6 +52,33 @@ def _kl_fused(s, t, temperature):
 
 def _at_fused(fs, ft):
     return torch.ops.kdlab.attention_fused(fs, ft, 2.0, 1)[0]
+
+
+class LossAndGradient(torch.autograd.Function):
+    """Autograd for a function that returns ``(loss, d loss / d x)`` in one pass, as the fused kernels do:
+    the backward multiplies the saved gradient by the upstream one (the Triton kernels called directly)."""
+
+    @staticmethod
+    def forward(ctx, fn, x, *args):
+        loss, grad = fn(x, *args)
+        ctx.save_for_backward(grad)
+        ctx.n_args = len(args)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad,) = ctx.saved_tensors
+        return (None, grad * grad_loss, *([None] * ctx.n_args))
+
+
+def _triton_impls() -> dict:
+    """``{"kl": fn, "attention": fn}`` timing the Triton kernels through :class:`LossAndGradient`, or ``{}``."""
+    try:
+        from .kernels import triton_ops
+    except ImportError:
+        return {}
+    return {"kl": lambda s, t, temperature: LossAndGradient.apply(triton_ops.kl_fused, s, t, temperature, False, 1),
+            "attention": lambda fs, ft: LossAndGradient.apply(triton_ops.attention_fused, fs, ft, 2.0, 1)}
 
 
 def _time(fn, x, *args, repeats: int = 50, warmup: int = 10) -> tuple[float, float]:
@@ -117,19 +145,21 @@ def main(argv=None) -> int:
     if not kernels.available():
         print(f"the fused kernels are unavailable: {kernels.reason()}")
         return 1
-    rows = []
+    rows, triton = [], _triton_impls()
     for dtype in DTYPES:
         for shape, temperature in KL_SHAPES[:1] if args.quick else KL_SHAPES:
             s = torch.randn(shape, device="cuda").to(dtype).requires_grad_(True)
             t = torch.randn(shape, device="cuda").to(dtype)
             traffic = 3 * s.numel() * s.element_size()
             impls = {"eager": _kl_eager, "compile": torch.compile(_kl_eager), "fused": _kl_fused}
+            impls |= {"triton": triton["kl"]} if triton else {}
             rows.append(_row("kl", list(shape), dtype, traffic, impls, s, t, temperature))
         for s_shape, t_shape in AT_SHAPES[:1] if args.quick else AT_SHAPES:
             fs = torch.randn(s_shape, device="cuda").to(dtype).requires_grad_(True)
             ft = torch.randn(t_shape, device="cuda").to(dtype)
             traffic = (2 * fs.numel() + ft.numel()) * fs.element_size()
             impls = {"eager": _at_eager, "compile": torch.compile(_at_eager), "fused": _at_fused}
+            impls |= {"triton": triton["attention"]} if triton else {}
             rows.append(_row("attention", [list(s_shape), list(t_shape)], dtype, traffic, impls, fs, ft))
     tuning = []
     if args.tune:
@@ -137,12 +167,13 @@ def main(argv=None) -> int:
             _tune(dtype, tuning)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     print(f"{'kernel':<10}{'shape':<34}{'dtype':<10}{'eager ms':>9}{'compile ms':>11}{'fused ms':>9}"
-          f"{'fused GB/s':>11}{'x eager':>8}{'x compile':>10}{'extra MiB e/c/f':>20}")
+          f"{'fused GB/s':>11}{'x eager':>8}{'x compile':>10}{'extra MiB e/c/f':>20}{'triton ms':>10}")
     for r in rows:
         print(f"{r['kernel']:<10}{str(r['shape']):<34}{r['dtype']:<10}{r['eager_ms']:>9.3f}{r['compile_ms']:>11.3f}"
               f"{r['fused_ms']:>9.3f}{r['fused_gbps']:>11.0f}{r['eager_ms'] / r['fused_ms']:>8.1f}"
               f"{r['compile_ms'] / r['fused_ms']:>10.1f}"
-              f"{r['eager_extra_mib']:>8.0f}/{r['compile_extra_mib']:.0f}/{r['fused_extra_mib']:.0f}")
+              f"{r['eager_extra_mib']:>8.0f}/{r['compile_extra_mib']:.0f}/{r['fused_extra_mib']:.0f}"
+              f"{r.get('triton_ms', float('nan')):>10.3f}")
     if args.json:
         meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda}
         with open(args.json, "w") as f:

@@ -91,3 +91,22 @@ def test_kdlab_kernels_triton_forces_triton_or_fails(fresh_state, monkeypatch):
     monkeypatch.setattr(build, "triton_possible", lambda: "no CUDA device is visible")
     with pytest.raises(RuntimeError, match="KDLAB_KERNELS=triton but the fused kernels are unavailable"):
         kernels.available()
+
+
+def test_the_benchmarks_autograd_wrapper_backpropagates_the_saved_gradient():
+    """kdlab.bench times the Triton kernels through LossAndGradient; with the reference as the function its
+    gradient must be autograd's of the formula, scaled by the upstream gradient."""
+    import torch
+
+    from kdlab import losses
+    from kdlab.bench import LossAndGradient
+    from kdlab.kernels import reference
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(4, 6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(4, 6, 3, generator=g, dtype=torch.float64)
+    (3 * LossAndGradient.apply(reference.kl_fused, s, t, 2.0, False, 1)).backward()
+    mine = s.grad.clone()
+    s.grad = None
+    (3 * losses.kl_distillation(s, t, 2.0, "forward", "mean")).backward()
+    torch.testing.assert_close(mine, s.grad, rtol=1e-10, atol=1e-12)
