@@ -6,6 +6,7 @@ committed notebooks are clean, follow the conventions of the design guide, write
 step in view, and show the default run's figures."""
 import ast
 import configparser
+import importlib.util
 import json
 import math
 import os
@@ -379,6 +380,10 @@ def test_07_fused_kernels(executed):
         emulated = m["emulated_kernel_vs_float64"][direction]  # the CUDA source under the CPU emulator
         assert emulated["loss_rel_error"] < 1e-5 and emulated["grad_max_error"] < 1e-5
         assert emulated["identical_under_3_schedules"] is True
+    if importlib.util.find_spec("triton"):  # the Triton kernel, under the interpreter on a CPU
+        for direction in ("forward", "reverse"):
+            assert m["triton_vs_float64"][direction]["loss_max_rel_error"] < 1e-5
+            assert m["triton_vs_float64"][direction]["grad_max_error"] < 1e-5
     assert m["benchmark"] in ("measured", "not measured")
     assert (out / "benchmark.png").stat().st_size > 1000
 

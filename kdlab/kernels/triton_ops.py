@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import reference
+
 MAX_CLASSES = 16384  # one block of lanes per position
 MAX_POSITIONS = 8192  # one block of lanes per sample
 
@@ -117,3 +119,16 @@ def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0
         _attention_kernel[(n,)](s, t, loss, grad, cs, t.shape[1], h * w, float(p), eps,
                                 1.0 / n if reduction == 1 else 1.0, BLOCK=triton.next_power_of_2(h * w))
     return _reduce(loss, reduction), grad
+
+
+def check_against_reference(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> dict:
+    """Largest errors of :func:`kl_fused` (per position) against the float64 reference, for both directions:
+    ``{"forward": {"loss_max_rel_error", "grad_max_error"}, "reverse": {...}}`` (notebook 07)."""
+    out = {}
+    for reverse in (False, True):
+        loss, grad = kl_fused(student, teacher, temperature, reverse, 0)
+        ref_loss, ref_grad = reference.kl_fused(student.double(), teacher.double(), temperature, reverse, 0)
+        out["reverse" if reverse else "forward"] = {
+            "loss_max_rel_error": ((loss.double() - ref_loss).abs().max() / ref_loss.abs().max()).item(),
+            "grad_max_error": (grad.double() - ref_grad).abs().max().item()}
+    return out
