@@ -4,12 +4,14 @@
 
 For each kernel, shape and dtype: median milliseconds of forward + backward (CUDA events, after
 warm-up), the effective bandwidth of the minimum traffic (read student and teacher, write the
-student gradient) in GB/s, and the peak extra memory over the inputs in MiB, for three
-implementations in the same run:
+student gradient) in GB/s and as a percentage of the device-to-device copy bandwidth measured in
+the same run (``copy_gbps``), and the peak extra memory over the inputs in MiB, for each
+implementation (one that cannot take a shape, e.g. more classes than its limit, gets its error
+instead of a time):
 
 - ``eager``: the autograd reference (:func:`kdlab.losses.kl_distillation` /
   :func:`kdlab.feature_losses.attention_transfer` with ``KDLAB_KERNELS=reference`` semantics);
-- ``compile``: ``torch.compile`` of that reference (forward + backward);
+- ``compile``: ``torch.compile(dynamic=False)`` of that reference (compiled per shape; forward + backward);
 - ``fused``: ``torch.ops.kdlab.*`` (this package's CUDA kernels, or the Triton ones where they stand in);
 - ``triton``: the Triton kernels (:mod:`kdlab.kernels.triton_ops`) called directly, when Triton imports.
 
@@ -29,7 +31,8 @@ import torch
 from . import kernels
 from .feature_losses import attention_map
 
-KL_SHAPES = [((256, 256, 32, 32), 2.0), ((64, 256, 28, 28), 2.0), ((65536, 10), 2.0), ((4096, 1024), 2.0)]
+KL_SHAPES = [((256, 256, 32, 32), 2.0), ((64, 256, 28, 28), 2.0), ((65536, 10), 2.0), ((4096, 1024), 2.0),
+             ((512, 32768), 2.0)]
 AT_SHAPES = [((128, 64, 32, 32), (128, 256, 32, 32)), ((64, 32, 28, 28), (64, 128, 28, 28))]
 DTYPES = (torch.float32, torch.bfloat16)
 
@@ -107,11 +110,36 @@ def _time(fn, x, *args, repeats: int = 50, warmup: int = 10) -> tuple[float, flo
     return statistics.median(times), peak
 
 
-def _row(kernel, shape, dtype, traffic_bytes, impls, x, *args) -> dict:
+def copy_bandwidth(n_bytes: int = 2 ** 30, repeats: int = 20) -> float:
+    """Device-to-device copy bandwidth in GB/s (bytes read + written per second), median of ``repeats``
+    copies of an ``n_bytes`` buffer: the floor that a memory-bound kernel is measured against."""
+    src = torch.empty(n_bytes // 4, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return 2 * n_bytes / statistics.median(times) / 1e6
+
+
+def _row(kernel, shape, dtype, traffic_bytes, impls, x, *args, copy_gbps: float | None = None) -> dict:
     row = {"kernel": kernel, "shape": shape, "dtype": str(dtype).replace("torch.", "")}
     for name, fn in impls.items():
-        ms, mem = _time(fn, x, *args)
+        try:
+            ms, mem = _time(fn, x, *args)
+        except Exception as err:  # e.g. more classes than the kernel takes: record why, go on
+            row[f"{name}_error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+            torch.cuda.synchronize()
+            continue
         row[f"{name}_ms"], row[f"{name}_gbps"], row[f"{name}_extra_mib"] = ms, traffic_bytes / ms / 1e6, mem
+        if copy_gbps:
+            row[f"{name}_pct_of_copy"] = 100 * row[f"{name}_gbps"] / copy_gbps
     return row
 
 
@@ -126,6 +154,9 @@ def _tune(dtype, rows: list) -> None:
             for tile in (1, 2, 4, 8, 16, 32, 64, 128, 256):
                 os.environ["KDLAB_KL_TILE"] = str(tile)
                 row[f"tile{tile}_ms"] = _time(_kl_fused, s, t, temperature)[0]
+        except Exception as err:  # a shape the kernel does not take (K above its limit)
+            row["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+            torch.cuda.synchronize()
         finally:
             os.environ.pop("KDLAB_KL_TILE", None)
         rows.append(row)
@@ -145,37 +176,44 @@ def main(argv=None) -> int:
     if not kernels.available():
         print(f"the fused kernels are unavailable: {kernels.reason()}")
         return 1
-    rows, triton = [], _triton_impls()
+    rows, triton, copy_gbps = [], _triton_impls(), copy_bandwidth()
+    print(f"device-to-device copy: {copy_gbps:.0f} GB/s")
     for dtype in DTYPES:
         for shape, temperature in KL_SHAPES[:1] if args.quick else KL_SHAPES:
             s = torch.randn(shape, device="cuda").to(dtype).requires_grad_(True)
             t = torch.randn(shape, device="cuda").to(dtype)
             traffic = 3 * s.numel() * s.element_size()
-            impls = {"eager": _kl_eager, "compile": torch.compile(_kl_eager), "fused": _kl_fused}
+            impls = {"eager": _kl_eager, "compile": torch.compile(_kl_eager, dynamic=False), "fused": _kl_fused}
             impls |= {"triton": triton["kl"]} if triton else {}
-            rows.append(_row("kl", list(shape), dtype, traffic, impls, s, t, temperature))
+            rows.append(_row("kl", list(shape), dtype, traffic, impls, s, t, temperature, copy_gbps=copy_gbps))
         for s_shape, t_shape in AT_SHAPES[:1] if args.quick else AT_SHAPES:
             fs = torch.randn(s_shape, device="cuda").to(dtype).requires_grad_(True)
             ft = torch.randn(t_shape, device="cuda").to(dtype)
             traffic = (2 * fs.numel() + ft.numel()) * fs.element_size()
-            impls = {"eager": _at_eager, "compile": torch.compile(_at_eager), "fused": _at_fused}
+            impls = {"eager": _at_eager, "compile": torch.compile(_at_eager, dynamic=False), "fused": _at_fused}
             impls |= {"triton": triton["attention"]} if triton else {}
-            rows.append(_row("attention", [list(s_shape), list(t_shape)], dtype, traffic, impls, fs, ft))
+            rows.append(_row("attention", [list(s_shape), list(t_shape)], dtype, traffic, impls, fs, ft,
+                             copy_gbps=copy_gbps))
     tuning = []
     if args.tune:
         for dtype in DTYPES:
             _tune(dtype, tuning)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     print(f"{'kernel':<10}{'shape':<34}{'dtype':<10}{'eager ms':>9}{'compile ms':>11}{'fused ms':>9}"
-          f"{'fused GB/s':>11}{'x eager':>8}{'x compile':>10}{'extra MiB e/c/f':>20}{'triton ms':>10}")
+          f"{'fused GB/s':>11}{'x eager':>8}{'x compile':>10}{'extra MiB e/c/f':>20}{'triton ms':>10}{'of copy':>10}")
+    nan = float("nan")
     for r in rows:
-        print(f"{r['kernel']:<10}{str(r['shape']):<34}{r['dtype']:<10}{r['eager_ms']:>9.3f}{r['compile_ms']:>11.3f}"
-              f"{r['fused_ms']:>9.3f}{r['fused_gbps']:>11.0f}{r['eager_ms'] / r['fused_ms']:>8.1f}"
-              f"{r['compile_ms'] / r['fused_ms']:>10.1f}"
-              f"{r['eager_extra_mib']:>8.0f}/{r['compile_extra_mib']:.0f}/{r['fused_extra_mib']:.0f}"
-              f"{r.get('triton_ms', float('nan')):>10.3f}")
+        g = lambda key: r.get(key, nan)  # noqa: E731  (nan where an implementation could not take the shape)
+        print(f"{r['kernel']:<10}{str(r['shape']):<34}{r['dtype']:<10}{g('eager_ms'):>9.3f}{g('compile_ms'):>11.3f}"
+              f"{g('fused_ms'):>9.3f}{g('fused_gbps'):>11.0f}{g('eager_ms') / g('fused_ms'):>8.1f}"
+              f"{g('compile_ms') / g('fused_ms'):>10.1f}"
+              f"{g('eager_extra_mib'):>8.0f}/{g('compile_extra_mib'):.0f}/{g('fused_extra_mib'):.0f}"
+              f"{g('triton_ms'):>10.3f}{g('fused_pct_of_copy'):>9.0f}%")
+        for key in (k for k in r if k.endswith("_error")):
+            print(f"    {key[:-6]}: {r[key]}")
     if args.json:
-        meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda}
+        meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+                "copy_gbps": copy_gbps, "backend": kernels.backend()}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows, "tiles": tuning}, f, indent=1)
     return 0
