@@ -167,7 +167,10 @@ def test_ctrl_c_stops_every_process_after_the_same_step_and_saves_it(tmp_path):
     assert job.returncode != 0
     saved = kd.checkpoints.load_tensors(state)[1]["step"]
     assert saved >= 5
-    assert err.count(f"kdlab fit: stopped after step {saved} of 100000; the training state of step {saved} is in") == 1
+    # rank 0 says where the state is; torchrun may signal twice, so the stop can also come inside a step, whose
+    # half-done update is not saved: then the state named is the last one saved, still the one on disk
+    said = [line for line in err.splitlines() if line.startswith("kdlab fit: stopped after step")]
+    assert len(said) == 1 and f"the training state of step {saved} is in {state}" in said[0], err[-3000:]
 
 
 @pytest.mark.distributed

@@ -54,11 +54,14 @@ def _codes(things: Iterable) -> set[types.CodeType]:
     """The code objects of functions, of classes' methods, and of every function and method defined
     in modules and their submodules. Decorated functions count by their innermost function only (a
     decorator's wrapper, such as ``torch.no_grad``'s, is shared with code a solution may use)."""
-    codes = set()
+    codes, classes = set(), set()
 
     def add(f):
         f = inspect.unwrap(getattr(f, "__func__", f))
         if isinstance(f, type):
+            if f in classes:  # classes can refer to each other (an autograd Function and its backward class)
+                return
+            classes.add(f)
             for member in vars(f).values():
                 add(member)
         elif isinstance(f, property):
