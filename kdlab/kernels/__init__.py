@@ -13,8 +13,9 @@ and under ``torch.compile``:
 
 Implementations: CUDA kernels (``kl_kernel.cuh``, ``attention_kernel.cuh``, launched from ``kl.cu`` and
 ``attention.cu``, registered by ``ops.cpp``) built on first
-use when possible (:mod:`kdlab.kernels.build`), and the reference (:mod:`kdlab.kernels.reference`)
-for every other device and as the fallback. The forward saves only the gradient (one tensor the
+use when possible (:mod:`kdlab.kernels.build`); Triton kernels (:mod:`kdlab.kernels.triton_ops`) in their
+place where only the compiler is missing; and the reference (:mod:`kdlab.kernels.reference`) for every
+other device and as the fallback. :func:`backend` says which runs. The forward saves only the gradient (one tensor the
 size of the student input) for the backward. With a mean or sum reduction inside the op the saved gradient is already the
 answer, and the backward returns it as is when the incoming gradient is 1 (the usual case; on a GPU
 for gradients of at least ``CHECK_UPSTREAM_ONE_BYTES``, below which multiplying is cheaper than the
