@@ -110,6 +110,11 @@ def _time(fn, x, *args, repeats: int = 50, warmup: int = 10) -> tuple[float, flo
     return statistics.median(times), peak
 
 
+def _error_text(err: Exception) -> str:
+    """``Type: first line of the message`` (at most 200 characters), for a row that has no time."""
+    return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
+
+
 def copy_bandwidth(n_bytes: int = 2 ** 30, repeats: int = 20) -> float:
     """Device-to-device copy bandwidth in GB/s (bytes read + written per second), median of ``repeats``
     copies of an ``n_bytes`` buffer: the floor that a memory-bound kernel is measured against."""
@@ -134,7 +139,7 @@ def _row(kernel, shape, dtype, traffic_bytes, impls, x, *args, copy_gbps: float 
         try:
             ms, mem = _time(fn, x, *args)
         except Exception as err:  # e.g. more classes than the kernel takes: record why, go on
-            row[f"{name}_error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+            row[f"{name}_error"] = _error_text(err)
             torch.cuda.synchronize()
             continue
         row[f"{name}_ms"], row[f"{name}_gbps"], row[f"{name}_extra_mib"] = ms, traffic_bytes / ms / 1e6, mem
@@ -155,7 +160,7 @@ def _tune(dtype, rows: list) -> None:
                 os.environ["KDLAB_KL_TILE"] = str(tile)
                 row[f"tile{tile}_ms"] = _time(_kl_fused, s, t, temperature)[0]
         except Exception as err:  # a shape the kernel does not take (K above its limit)
-            row["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+            row["error"] = _error_text(err)
             torch.cuda.synchronize()
         finally:
             os.environ.pop("KDLAB_KL_TILE", None)

@@ -98,12 +98,17 @@ def shard(x: torch.Tensor, w: World) -> torch.Tensor:
     return x[w.rank * k:(w.rank + 1) * k]
 
 
+def _collective_device(device: torch.device) -> torch.device:
+    """Where a collective's tensor lives: the GPU under NCCL, the CPU under Gloo."""
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
 def mean_over_processes(values: dict[str, float], w: World, device: torch.device) -> dict[str, float]:
     """Each metric averaged over the processes (one all-reduce for all of them): with equal shards, the
     mean of the per-process means is the global batch's mean."""
     if w.size == 1 or not values:
         return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=_collective_device(device))
     dist.all_reduce(t)
     return dict(zip(values, (t / w.size).tolist()))
 
@@ -112,7 +117,7 @@ def same_over_processes(value: int, w: World, device: torch.device) -> bool:
     """Whether every process holds the same integer ``value`` (one all-reduce of ``[value, -value]`` by MAX)."""
     if w.size == 1:
         return True
-    t = torch.tensor([value, -value], dtype=torch.int64, device=device if device.type == "cuda" else "cpu")
+    t = torch.tensor([value, -value], dtype=torch.int64, device=_collective_device(device))
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t[0].item() == -t[1].item()
 
