@@ -1,6 +1,6 @@
 """Benchmark of the fused kernels against PyTorch eager and torch.compile (needs a CUDA GPU).
 
-    python -m kdlab.bench [--json FILE] [--quick] [--tune]
+    python -m kdlab.bench [--json FILE] [--quick]
 
 For each kernel, shape and dtype: median milliseconds of forward + backward (CUDA events, after
 warm-up), the effective bandwidth of the minimum traffic (read student and teacher, write the
@@ -15,14 +15,13 @@ instead of a time):
 - ``fused``: ``torch.ops.kdlab.*`` (this package's CUDA kernels, or the Triton ones where they stand in);
 - ``triton``: the Triton kernels (:mod:`kdlab.kernels.triton_ops`) called directly, when Triton imports.
 
-``--tune`` also times the fused KL kernel at every tile size (positions per block, through
-``KDLAB_KL_TILE``) for each KL shape, to choose the default in ``kl_launch_config``.
+``fused_kernel_ms`` is the fused op alone (one call: loss and gradient, no autograd). The KL shapes include
+``[64, 256, 28, 28]`` stored channels-last, which the CUDA kernels read in place (the class axis innermost).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 
@@ -31,8 +30,8 @@ import torch
 from . import kernels
 from .feature_losses import attention_map
 
-KL_SHAPES = [((256, 256, 32, 32), 2.0), ((64, 256, 28, 28), 2.0), ((65536, 10), 2.0), ((4096, 1024), 2.0),
-             ((512, 32768), 2.0)]
+KL_SHAPES = [((256, 256, 32, 32), 2.0, False), ((64, 256, 28, 28), 2.0, False), ((64, 256, 28, 28), 2.0, True),
+             ((65536, 10), 2.0, False), ((4096, 1024), 2.0, False), ((512, 32768), 2.0, False)]  # True: channels-last
 AT_SHAPES = [((128, 64, 32, 32), (128, 256, 32, 32)), ((64, 32, 28, 28), (64, 128, 28, 28))]
 DTYPES = (torch.float32, torch.bfloat16)
 
@@ -110,6 +109,26 @@ def _time(fn, x, *args, repeats: int = 50, warmup: int = 10) -> tuple[float, flo
     return statistics.median(times), peak
 
 
+def _time_alone(op, *args, repeats: int = 50, warmup: int = 10) -> float:
+    """Median ms of one call of a fused op (its loss and gradient; no autograd), or NaN if it fails."""
+    try:
+        for _ in range(warmup):
+            op(*args)
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            op(*args)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        return statistics.median(times)
+    except Exception:  # the row's fused_error already says why
+        torch.cuda.synchronize()
+        return float("nan")
+
+
 def _error_text(err: Exception) -> str:
     """``Type: first line of the message`` (at most 200 characters), for a row that has no time."""
     return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
@@ -148,32 +167,10 @@ def _row(kernel, shape, dtype, traffic_bytes, impls, x, *args, copy_gbps: float 
     return row
 
 
-def _tune(dtype, rows: list) -> None:
-    """Fused KL forward + backward at tiles of 1 .. 256 positions per block (``KDLAB_KL_TILE``; tiles
-    whose two float rows per position exceed 96 KiB are halved by the launcher)."""
-    for shape, temperature in KL_SHAPES:
-        s = torch.randn(shape, device="cuda").to(dtype).requires_grad_(True)
-        t = torch.randn(shape, device="cuda").to(dtype)
-        row = {"kernel": "kl_tile", "shape": list(shape), "dtype": str(dtype).replace("torch.", "")}
-        try:
-            for tile in (1, 2, 4, 8, 16, 32, 64, 128, 256):
-                os.environ["KDLAB_KL_TILE"] = str(tile)
-                row[f"tile{tile}_ms"] = _time(_kl_fused, s, t, temperature)[0]
-        except Exception as err:  # a shape the kernel does not take (K above its limit)
-            row["error"] = _error_text(err)
-            torch.cuda.synchronize()
-        finally:
-            os.environ.pop("KDLAB_KL_TILE", None)
-        rows.append(row)
-        times = ", ".join(f"{k[4:-3]}: {v:.3f} ms" for k, v in row.items() if k.endswith("_ms"))
-        print(f"tiles {shape} {row['dtype']}: {times}")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="kdlab fused-kernel benchmark")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--quick", action="store_true", help="the first shape of each kernel only")
-    parser.add_argument("--tune", action="store_true", help="also time the fused KL kernel at every tile size")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("kdlab.bench needs a CUDA GPU (none is visible); the measured table is in kdlab/kernels/README.md")
@@ -184,28 +181,30 @@ def main(argv=None) -> int:
     rows, triton, copy_gbps = [], _triton_impls(), copy_bandwidth()
     print(f"device-to-device copy: {copy_gbps:.0f} GB/s")
     for dtype in DTYPES:
-        for shape, temperature in KL_SHAPES[:1] if args.quick else KL_SHAPES:
-            s = torch.randn(shape, device="cuda").to(dtype).requires_grad_(True)
-            t = torch.randn(shape, device="cuda").to(dtype)
+        for shape, temperature, channels_last in KL_SHAPES[:1] if args.quick else KL_SHAPES:
+            layout = torch.channels_last if channels_last else torch.contiguous_format
+            s = torch.randn(shape, device="cuda").to(dtype).contiguous(memory_format=layout).requires_grad_(True)
+            t = torch.randn(shape, device="cuda").to(dtype).contiguous(memory_format=layout)
             traffic = 3 * s.numel() * s.element_size()
             impls = {"eager": _kl_eager, "compile": torch.compile(_kl_eager, dynamic=False), "fused": _kl_fused}
             impls |= {"triton": triton["kl"]} if triton else {}
-            rows.append(_row("kl", list(shape), dtype, traffic, impls, s, t, temperature, copy_gbps=copy_gbps))
+            row = _row("kl", list(shape) + (["channels_last"] if channels_last else []), dtype, traffic, impls, s, t,
+                       temperature, copy_gbps=copy_gbps)
+            row["fused_kernel_ms"] = _time_alone(torch.ops.kdlab.kl_fused, s.detach(), t, temperature, False, 1)
+            rows.append(row)
         for s_shape, t_shape in AT_SHAPES[:1] if args.quick else AT_SHAPES:
             fs = torch.randn(s_shape, device="cuda").to(dtype).requires_grad_(True)
             ft = torch.randn(t_shape, device="cuda").to(dtype)
             traffic = (2 * fs.numel() + ft.numel()) * fs.element_size()
             impls = {"eager": _at_eager, "compile": torch.compile(_at_eager, dynamic=False), "fused": _at_fused}
             impls |= {"triton": triton["attention"]} if triton else {}
-            rows.append(_row("attention", [list(s_shape), list(t_shape)], dtype, traffic, impls, fs, ft,
-                             copy_gbps=copy_gbps))
-    tuning = []
-    if args.tune:
-        for dtype in DTYPES:
-            _tune(dtype, tuning)
+            row = _row("attention", [list(s_shape), list(t_shape)], dtype, traffic, impls, fs, ft, copy_gbps=copy_gbps)
+            row["fused_kernel_ms"] = _time_alone(torch.ops.kdlab.attention_fused, fs.detach(), ft, 2.0, 1)
+            rows.append(row)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     print(f"{'kernel':<10}{'shape':<34}{'dtype':<10}{'eager ms':>9}{'compile ms':>11}{'fused ms':>9}"
-          f"{'fused GB/s':>11}{'x eager':>8}{'x compile':>10}{'extra MiB e/c/f':>20}{'triton ms':>10}{'of copy':>10}")
+          f"{'fused GB/s':>11}{'x eager':>8}{'x compile':>10}{'extra MiB e/c/f':>20}{'triton ms':>10}{'of copy':>10}"
+          f"{'alone ms':>10}")
     nan = float("nan")
     for r in rows:
         g = lambda key: r.get(key, nan)  # noqa: E731  (nan where an implementation could not take the shape)
@@ -213,14 +212,14 @@ def main(argv=None) -> int:
               f"{g('fused_ms'):>9.3f}{g('fused_gbps'):>11.0f}{g('eager_ms') / g('fused_ms'):>8.1f}"
               f"{g('compile_ms') / g('fused_ms'):>10.1f}"
               f"{g('eager_extra_mib'):>8.0f}/{g('compile_extra_mib'):.0f}/{g('fused_extra_mib'):.0f}"
-              f"{g('triton_ms'):>10.3f}{g('fused_pct_of_copy'):>9.0f}%")
+              f"{g('triton_ms'):>10.3f}{g('fused_pct_of_copy'):>9.0f}%{g('fused_kernel_ms'):>10.3f}")
         for key in (k for k in r if k.endswith("_error")):
             print(f"    {key[:-6]}: {r[key]}")
     if args.json:
         meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
                 "copy_gbps": copy_gbps, "backend": kernels.backend()}
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows, "tiles": tuning}, f, indent=1)
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
     return 0
 
 

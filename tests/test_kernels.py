@@ -218,12 +218,19 @@ def test_cpu_tensors_never_take_the_fused_path(fresh_state):
     assert kernels._state["checked"] is False  # no build attempted for CPU tensors
 
 
-def test_op_outputs_are_contiguous_for_transposed_inputs_and_opcheck_passes():
+def test_op_output_layouts_and_opcheck():
     base = torch.randn(3, 6, 5, 4)
     s, t = base.transpose(2, 3).requires_grad_(True), (0.5 * base).transpose(2, 3)  # [3, 6, 4, 5], not contiguous
     loss, grad = torch.ops.kdlab.kl_fused(s, t, 1.5, False)
     assert grad.is_contiguous() and grad.shape == s.shape
     torch.library.opcheck(torch.ops.kdlab.kl_fused.default, (s, t, 1.5, False))
+    # channels-last logits (class axis innermost) keep their layout: the CUDA kernel reads them in place
+    s, t = (x.contiguous(memory_format=torch.channels_last) for x in (base, 0.5 * base))
+    grad = torch.ops.kdlab.kl_fused(s.requires_grad_(True), t, 1.5, True, 1)[1]
+    assert grad.is_contiguous(memory_format=torch.channels_last) and not grad.is_contiguous()
+    torch.library.opcheck(torch.ops.kdlab.kl_fused.default, (s, t, 1.5, True, 1))
+    half_cl = torch.ops.kdlab.kl_fused(s, t.contiguous(), 1.5, True)[1]  # only one channels-last: contiguous
+    assert half_cl.is_contiguous()
     fs = torch.randn(2, 3, 6, 5).transpose(2, 3).requires_grad_(True)
     torch.library.opcheck(torch.ops.kdlab.attention_fused.default, (fs, torch.randn(2, 4, 5, 6), 2.0))
 
@@ -234,11 +241,13 @@ def test_mixed_dtypes_and_empty_batches_use_the_reference_path():
     assert loss.shape == (0, 2, 2) and grad.shape == (0, 4, 2, 2)
 
 
-def test_public_losses_take_the_fused_path_only_for_a_backward_within_the_device_limits(monkeypatch):
-    """The routing of kd.kernels.kl_distillation / attention_transfer, with the CUDA checks faked."""
+def test_public_losses_take_the_fused_path_only_for_a_backward_within_the_backend_limits(monkeypatch):
+    """The routing of kd.kernels.kl_distillation / attention_transfer, with the CUDA checks faked: the CUDA
+    kernels take any K and H W; the Triton kernels at most their one-block limits."""
+    from kdlab.kernels import triton_ops
+
     calls = []
     monkeypatch.setattr(kernels, "use_fused", lambda x, other=None: True)
-    monkeypatch.setattr(kernels, "device_limits", lambda device: (8, 16))  # at most K = 8, H W = 16
     monkeypatch.setattr(kernels, "kl_fused_loss", lambda *a: calls.append(("kl", a[2:])) or a[0].sum())
     monkeypatch.setattr(kernels, "attention_fused_loss", lambda *a: calls.append(("at", a[2:])) or a[0].sum())
     s, t = torch.randn(2, 8, 3, requires_grad=True), torch.randn(2, 8, 3)
@@ -250,19 +259,28 @@ def test_public_losses_take_the_fused_path_only_for_a_backward_within_the_device
         kernels.kl_distillation(s, t)
         kernels.attention_transfer(fs, ft)
     kernels.kl_distillation(s.detach(), t)
-    kernels.kl_distillation(torch.randn(2, 9, 3, requires_grad=True), torch.randn(2, 9, 3))  # K above the limit
-    kernels.attention_transfer(torch.randn(2, 3, 5, 4, requires_grad=True), torch.randn(2, 5, 5, 4))  # H W = 20
     assert len(calls) == 2
+    monkeypatch.setitem(kernels._state, "backend", "cuda")
+    kernels.kl_distillation(torch.randn(2, 20000, requires_grad=True), torch.randn(2, 20000))  # no class limit
+    assert len(calls) == 3
+    monkeypatch.setitem(kernels._state, "backend", "triton")
+    monkeypatch.setattr(triton_ops, "MAX_CLASSES", 8)
+    monkeypatch.setattr(triton_ops, "MAX_POSITIONS", 16)
+    kernels.kl_distillation(torch.randn(2, 9, 3, requires_grad=True), torch.randn(2, 9, 3))  # K above Triton's limit
+    kernels.attention_transfer(torch.randn(2, 3, 5, 4, requires_grad=True), torch.randn(2, 5, 5, 4))  # H W = 20
+    assert len(calls) == 3
+    kernels.kl_distillation(s, t)  # within them
+    assert len(calls) == 4
     # the formulas themselves never route: kd.losses / kd.feature_losses are plain PyTorch
     kd.losses.kl_distillation(s, t)
     kd.feature_losses.attention_transfer(fs, ft)
-    assert len(calls) == 2
+    assert len(calls) == 4
     # the fused path still validates like the formula
     with pytest.raises(ValueError, match="temperature"):
         kernels.kl_distillation(s, t, 0.0)
     with pytest.raises(ValueError, match="spatial sizes must match"):
         kernels.attention_transfer(fs, torch.randn(2, 5, 2, 8))
-    assert len(calls) == 2
+    assert len(calls) == 4
 
 
 @pytest.mark.parametrize("shape", [(6, 10), (3, 7, 5, 3)])

@@ -33,6 +33,10 @@ for shape in [(3, 10), (2, 7, 3, 5), (4, 300)]:  # [N, K], [N, K, H, W], K not a
                 torch.testing.assert_close(loss.double(), ref[0], rtol=tol, atol=tol)
                 torch.testing.assert_close(grad.double(), ref[1], rtol=tol, atol=tol)
                 checked += 1
+s, t = (torch.randn(2, 7, 3, 5, generator=g).contiguous(memory_format=torch.channels_last) for _ in range(2))
+loss, grad = triton_ops.kl_fused(s, t, 2.0, False, 1)  # channels-last in, channels-last gradient out, like CUDA
+assert grad.stride() == s.stride()
+torch.testing.assert_close(grad.double(), reference.kl_fused(s.double(), t.double(), 2.0, False, 1)[1], rtol=1e-5, atol=1e-7)
 fs, ft = torch.randn(2, 4, 3, 5, generator=g), torch.randn(2, 6, 3, 5, generator=g)
 fs[0, 0, 0, 0] = 0  # |F|^(p-1) sign(F) at 0
 for p in (1.0, 2.0, 3.0):

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import kdlab as kd
-from kdlab import kernels
 from kdlab.kernels import reference
 from refs64 import at64, kl64, value_and_grad64
 
@@ -31,12 +30,28 @@ def close(actual, expected, rtol=2e-5, atol=2e-6):
     return torch.allclose(actual.double(), expected, rtol=rtol, atol=atol * max(scale, 1.0))
 
 
-# every path: 4 lanes per position (K <= 4, tiles of 128), 16 lanes (K <= 16), a warp with 8 logits
-# per lane in registers (K <= 256), a warp looping over shared memory (K > 256), at and around each
-# boundary; rows (N, K) and spatial logits with partial tiles; K large enough for tiles of 8, 2 and 1
-# positions (K = 12,287 is the limit)
-KL_SHAPES = [(37, 2), (300, 3), (2, 4, 9, 17), (6, 5), (3, 16, 5, 7), (64, 17), (3, 7, 5, 7), (2, 256, 3),
-             (2, 257, 4), (20, 300), (2, 1024, 3), (1, 5000, 3), (2, 12287)]
+# every launch plan (kl_kernel.cuh), at and around each boundary, with partial tiles and partial rows:
+# columns ([N, K, HW], lane = position): 2, 8 or 32 classes per thread in registers, or streaming (K > 256);
+# rows ([N, K]): G <= 32 threads per row sharing a block, one row per block (G <= 512), streaming beyond,
+# each with 4-byte and 16-byte loads (K % 4 == 0)
+KL_COLUMNS = [(2, 4, 9, 17), (3, 16, 5, 7), (3, 17, 5, 7), (2, 64, 33), (2, 65, 3), (2, 256, 3), (2, 257, 4),
+              (1, 1030, 3)]
+KL_ROWS = [(37, 2), (300, 3), (64, 12), (6, 17), (20, 300), (3, 516), (2, 1023), (2, 8192), (1, 8196), (1, 9999)]
+KL_SHAPES = KL_COLUMNS + KL_ROWS
+
+
+def test_kl_shapes_cover_every_plan():
+    """The shapes above reach every kernel instantiation the CUDA launcher can choose for float32."""
+    seen = set()
+    for shape in KL_SHAPES:
+        plan = emulate.kl_plan(shape[0], shape[1], math.prod(shape[2:]), rows=len(shape) == 2)
+        seen.add((plan["kernel"], plan["per"], plan["vec"], plan["block_row"]))
+    columns = {("columns", per, 1, False) for per in (2, 8, 32, 0)}
+    rows = {("rows", per, vec, block) for vec in (1, 4) for per, block in ((4, False), (4, True), (0, True))}
+    assert seen == columns | rows
+    # threads per row grow with K: one thread for a 16-byte row, a warp for 512 classes, 512 threads, then streaming
+    assert [emulate.kl_plan(1, k, 1, rows=True)["group"] for k in (4, 512, 8192, 8196)] == [1, 32, 512, 512]
+    assert emulate.kl_plan(1, 8196, 1, rows=True)["per"] == 0
 
 
 @pytest.mark.parametrize("shape", KL_SHAPES)
@@ -63,7 +78,7 @@ def test_emulated_kl_kernel_keeps_precision_for_large_logits(shape):
         assert close(loss, ref, rtol=1e-4, atol=1e-5) and close(grad, ref_grad, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("k", [4, 20, 300])  # a lane group, the register path, the shared-memory loop
+@pytest.mark.parametrize("k", [4, 20, 300, 9999])  # rows: one thread, a lane group, a warp, streaming
 def test_emulated_reverse_kl_gives_zero_gradient_at_masked_classes(k):
     """A -inf student logit has q = 0: its gradient is 0 (not 0 * inf), the rest is the KL of the
     other classes (q renormalised over them, p over all classes). The public loss agrees."""
@@ -87,19 +102,18 @@ def test_emulated_reverse_kl_gives_zero_gradient_at_masked_classes(k):
     assert torch.allclose(x.grad, grad, atol=1e-6)
 
 
-@pytest.mark.parametrize("shape", [(300, 3), (2, 10, 9, 17), (50, 40)])
-def test_emulated_kl_kernel_at_every_tile_size(shape):
-    """The tile sizes the benchmark's tuning (KDLAB_KL_TILE) tries on a GPU, 1 to 256 positions."""
-    g = torch.Generator().manual_seed(8)
-    s, t = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-    ref, ref_grad = value_and_grad64(kl64, s, t, 1.5, True)
-    n, k, hw = shape[0], shape[1], math.prod(shape[2:])
-    for tile in (1, 2, 4, 8, 16, 32, 64, 128, 256):
-        assert emulate.kl_launch_config(n, k, hw, tile) == (tile, 2 * tile * (k | 1) * 4)  # the tile asked for
-        loss, grad = emulate.kl_fused(s, t, 1.5, True, tile=tile)
-        assert close(loss, ref) and close(grad, ref_grad), tile
-    # defaults: 128 positions for 4-lane groups (K <= 4), 32 otherwise; halved until two rows fit 96 KiB
-    assert [emulate.kl_launch_config(64, k, 1)[0] for k in (3, 10, 256, 1024, 5000, 12287)] == [128, 32, 32, 8, 2, 1]
+@pytest.mark.parametrize("shape", [(2, 5, 3, 4), (2, 300, 2, 3), (1, 8, 4, 4), (3, 20, 1, 5)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_emulated_kl_kernel_reads_channels_last_logits_as_rows(shape, reverse):
+    """[N, K, H, W] stored channels-last has the class axis innermost: the rows kernel reads it in place
+    and writes a channels-last gradient."""
+    g = torch.Generator().manual_seed(sum(shape))
+    s, t = (3 * torch.randn(shape, generator=g).contiguous(memory_format=torch.channels_last) for _ in range(2))
+    ref, ref_grad = value_and_grad64(kl64, s, t, 1.5, reverse)
+    loss, grad = emulate.kl_fused(s, t, 1.5, reverse)
+    assert grad.is_contiguous(memory_format=torch.channels_last) and not grad.is_contiguous()
+    assert close(loss, ref) and close(grad, ref_grad)
+    assert reference.kl_fused(s, t, 1.5, reverse)[1].stride() == grad.stride()  # the reference's layout agrees
 
 
 @pytest.mark.parametrize("reduction", [1, 2])
@@ -127,7 +141,7 @@ def test_emulated_kl_kernel_is_stable_for_extreme_logits():
         assert torch.isfinite(grad).all() and torch.allclose(grad, expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("shape", [(37, 2), (300, 3), (6, 10), (3, 7, 5, 7), (2, 1024, 3)])
+@pytest.mark.parametrize("shape", [(37, 2), (6, 10), (3, 516), (1, 9999), (3, 7, 5, 7), (2, 100, 3), (2, 1024, 3)])
 def test_emulated_kl_kernel_is_race_free_under_three_schedules(shape):
     g = torch.Generator().manual_seed(4)
     s, t = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
@@ -136,8 +150,9 @@ def test_emulated_kl_kernel_is_race_free_under_three_schedules(shape):
         assert torch.equal(loss, runs[0][0]) and torch.equal(grad, runs[0][1])
 
 
-# (N, C_S, C_T, H, W): one warp; a partial last warp; H W > 1024 so each thread loops over positions
-AT_SHAPES = [(2, 3, 5, 4, 8), (3, 5, 11, 5, 7), (2, 3, 4, 33, 34)]
+# (N, C_S, C_T, H, W): one tile of 32 positions; a partial tile and fewer channels than warps; H W > 1,024
+# (the stats block loops); channels that fill the 8-accumulator loop and leave a remainder
+AT_SHAPES = [(2, 3, 5, 4, 8), (3, 5, 11, 5, 7), (2, 3, 4, 33, 34), (2, 70, 131, 3, 3)]
 
 
 @pytest.mark.parametrize("shape", AT_SHAPES)
@@ -170,35 +185,19 @@ def test_emulated_attention_kernel_with_all_zero_student_stays_finite():
     assert torch.allclose(loss, torch.ones(2), atol=1e-6) and torch.equal(grad, torch.zeros_like(grad))
 
 
-@pytest.mark.parametrize("shared_kib", [48, 64, 96])  # GPUs before Turing, T4 (sm_75), A100 / H100
-def test_python_limits_match_the_kernels(shared_kib, monkeypatch):
-    """kdlab.kernels routes shapes beyond these limits to the reference; they must be the launchers' own."""
-    classes, positions = emulate.kernel_limits(shared_kib * 1024)
-    props = type("Props", (), {"shared_memory_per_block_optin": shared_kib * 1024})()
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
-    kernels._device_limits.cache_clear()
-    try:
-        assert kernels.device_limits(0) == (classes, positions)
-    finally:
-        kernels._device_limits.cache_clear()
-    if shared_kib == 96:
-        assert (kernels.MAX_CLASSES, kernels.MAX_POSITIONS) == (classes, positions) == (12287, 8192)
-
-
-def test_emulated_kernels_at_and_beyond_their_limits():
-    s = torch.randn(1, kernels.MAX_CLASSES)
-    loss, _ = emulate.kl_fused(s, s.flip(1), 1.0, False)
-    assert loss.item() > 0
-    fs = torch.randn(1, 1, 64, kernels.MAX_POSITIONS // 64)
-    loss, _ = emulate.attention_fused(fs, fs.flip(3))
-    assert loss.item() > 0
-    with pytest.raises(ValueError, match="12287"):
-        emulate.kl_fused(torch.randn(1, kernels.MAX_CLASSES + 1), torch.randn(1, kernels.MAX_CLASSES + 1), 1.0, False)
-    with pytest.raises(ValueError, match="8192"):
-        emulate.attention_fused(torch.randn(1, 1, 1, 8193), torch.randn(1, 1, 1, 8193))
+def test_emulated_kernels_have_no_shape_limit():
+    """Classes up to 65,535 (a vocabulary) and any H W: no shared-memory limit remains."""
+    g = torch.Generator().manual_seed(6)
+    s = torch.randn(1, 65535, generator=g)
+    loss, grad = emulate.kl_fused(s, s.flip(1), 1.0, False)
+    ref, ref_grad = value_and_grad64(kl64, s, s.flip(1), 1.0, False)
+    assert close(loss, ref) and close(grad, ref_grad)
+    fs, ft = torch.randn(1, 2, 100, 100, generator=g), torch.randn(1, 3, 100, 100, generator=g)  # 10,000 positions
+    loss, grad = emulate.attention_fused(fs, ft)
+    ref, ref_grad = value_and_grad64(at64, fs, ft, 2.0)
+    assert close(loss, ref) and close(grad, ref_grad)
     empty, empty_grad = emulate.kl_fused(torch.randn(0, 3, 2), torch.randn(0, 3, 2), 1.0, False)
     assert empty.shape == (0, 2) and empty_grad.shape == (0, 3, 2)
-
 
 @pytest.fixture(scope="module")
 def planted():

@@ -31,7 +31,6 @@ makes a failed build an error instead of a fallback.
 """
 from __future__ import annotations
 
-import functools
 import warnings
 
 import torch
@@ -40,13 +39,10 @@ from .. import feature_losses, losses
 from . import build, reference
 from .schema import CHECK_UPSTREAM_ONE_BYTES, define_ops
 
-__all__ = ["CHECK_UPSTREAM_ONE_BYTES", "FUSED_DTYPES", "MAX_CLASSES", "MAX_POSITIONS", "MAX_SHARED_BYTES",
-           "attention_fused_loss", "attention_transfer", "available", "backend", "build", "device_limits", "fused_path",
+__all__ = ["CHECK_UPSTREAM_ONE_BYTES", "FUSED_DTYPES",
+           "attention_fused_loss", "attention_transfer", "available", "backend", "build", "fused_path",
            "kl_distillation", "kl_fused_loss", "reason", "reference", "use_fused"]
 
-MAX_SHARED_BYTES = 96 * 1024  # common.cuh: the most dynamic shared memory a kernel block uses
-MAX_CLASSES = MAX_SHARED_BYTES // 8 - 1  # kl_kernel.cuh: two float rows of K | 1 values per position
-MAX_POSITIONS = 8192  # attention_kernel.cuh: two float maps of H * W values in shared memory
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _state: dict = {"checked": False, "available": False, "reason": "not checked yet", "warned": False, "backend": "reference"}
 
@@ -108,23 +104,6 @@ def reason() -> str:
     return _state["reason"]
 
 
-@functools.lru_cache(maxsize=None)
-def _device_limits(index: int) -> tuple[int, int]:
-    props = torch.cuda.get_device_properties(index)
-    shared = min(getattr(props, "shared_memory_per_block_optin", 48 * 1024), MAX_SHARED_BYTES)
-    # kl_max_classes, attention_max_positions: two float rows of K | 1; two float maps of H W and one
-    # float per warp of the 1,024-thread block
-    return shared // 8 - 1, min(MAX_POSITIONS, (shared // 4 - 1024 // 32) // 2)
-
-
-def device_limits(device: torch.device | str | int) -> tuple[int, int]:
-    """``(max classes K, max positions H W)`` the kernels accept on this CUDA device, from its
-    shared memory per block (96 KiB on A100 / H100 give 12,287 and 8,192; 64 KiB on a T4 give 8,191
-    and 8,176). The public losses send larger inputs to the reference."""
-    return _device_limits(torch.device(device).index if torch.device(device).index is not None
-                          else torch.cuda.current_device())
-
-
 def use_fused(x: torch.Tensor, other: torch.Tensor | None = None) -> bool:
     """Whether a loss on ``x`` (and ``other``, the teacher side, which must have the same dtype and
     device) should take the fused path: CUDA tensors of a supported dtype with the kernels available.
@@ -142,17 +121,15 @@ def use_fused(x: torch.Tensor, other: torch.Tensor | None = None) -> bool:
 def fused_path(student: torch.Tensor, teacher: torch.Tensor, *, classes: int | None = None,
                positions: int | None = None) -> bool:
     """Whether a public loss should call the fused op: a backward will follow (the student needs a
-    gradient and grad mode is on; the kernels always write one), :func:`use_fused` holds, and ``classes``
-    (K) / ``positions`` (H W) fit the device's :func:`device_limits`."""
+    gradient and grad mode is on; the kernels always write one), :func:`use_fused` holds, and, on the
+    Triton path, ``classes`` (K) / ``positions`` (H W) fit its one-block limits (the CUDA kernels have none)."""
     if not (student.requires_grad and torch.is_grad_enabled()) or not use_fused(student, teacher):
         return False
-    if _state["backend"] == "triton":
-        from . import triton_ops
+    if _state["backend"] != "triton":
+        return True
+    from . import triton_ops
 
-        max_classes, max_positions = triton_ops.MAX_CLASSES, triton_ops.MAX_POSITIONS
-    else:
-        max_classes, max_positions = device_limits(student.device)
-    return (classes is None or classes <= max_classes) and (positions is None or positions <= max_positions)
+    return (classes is None or classes <= triton_ops.MAX_CLASSES) and (positions is None or positions <= triton_ops.MAX_POSITIONS)
 
 
 def kl_fused_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,

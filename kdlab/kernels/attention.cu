@@ -22,32 +22,30 @@ std::tuple<at::Tensor, at::Tensor> attention_fused_cuda(const at::Tensor& studen
   TORCH_CHECK(student.scalar_type() == teacher.scalar_type(), "attention_fused: student and teacher dtypes differ");
   TORCH_CHECK(student.device() == teacher.device(), "attention_fused: student and teacher are on different devices");
   TORCH_CHECK(student.scalar_type() != at::kDouble, "attention_fused: float64 features use the reference implementation");
-  const int64_t HW64 = student.size(2) * student.size(3);
   c10::cuda::CUDAGuard guard(student.device());
-  const int max_positions = attention_max_positions(shared_limit_bytes(student.get_device()));
-  TORCH_CHECK(HW64 <= max_positions, "attention_fused: H*W = ", HW64, " exceeds the kernel's limit of ",
-              max_positions, " on this GPU");
-  TORCH_CHECK(student.size(0) < (1LL << 31), "attention_fused: batch too large for one launch");
+  TORCH_CHECK(student.size(1) < (1LL << 31) && teacher.size(1) < (1LL << 31), "attention_fused: too many channels");
   const at::Tensor s = student.contiguous(), t = teacher.contiguous();
-  const int64_t N = s.size(0);
+  const int64_t N = s.size(0), HW = s.size(2) * s.size(3);
   at::Tensor loss = at::empty({N}, s.options().dtype(at::kFloat));
   at::Tensor grad = at::empty_like(s);
   if (s.numel() == 0) return {reduction == 0 ? loss : reduction == 1 ? loss.mean() : loss.sum(), grad};
-  const int HW = static_cast<int>(HW64);
-  const float gscale = attention_grad_scale(reduction, N);
-  const AtLaunch cfg = attention_launch_config(HW);
-  const int threads = cfg.threads;
-  const size_t shmem = cfg.shared;
+  TORCH_CHECK(attention_blocks(N, HW) < (1LL << 31), "attention_fused: too many positions for one launch");
+  const int Cs = static_cast<int>(s.size(1)), Ct = static_cast<int>(t.size(1));
+  at::Tensor maps = at::empty({2, N, HW}, s.options().dtype(at::kFloat));
+  at::Tensor stats = at::empty({N, 3}, s.options().dtype(at::kFloat));
+  const float pf = static_cast<float>(p), gscale = attention_grad_scale(reduction, N);
+  const auto blocks = static_cast<unsigned>(attention_blocks(N, HW));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_V2(s.scalar_type(), "attention_fused", AT_WRAP([&] {
-    auto kernel = attention_fused_kernel<scalar_t>;
-    if (shmem > 48 * 1024) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(shmem)));
-    }
-    kernel<<<static_cast<unsigned>(N), threads, shmem, stream>>>(
-        s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), loss.data_ptr<float>(), grad.data_ptr<scalar_t>(),
-        static_cast<int>(s.size(1)), static_cast<int>(t.size(1)), HW, static_cast<float>(p), gscale);
+    attention_maps_kernel<scalar_t><<<blocks, kAtWarps * 32, 2 * kAtWarps * 32 * sizeof(float), stream>>>(
+        s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), maps.data_ptr<float>(), N, Cs, Ct, HW, pf);
+    C10_CUDA_CHECK(cudaGetLastError());
+    attention_stats_kernel<<<static_cast<unsigned>(N), attention_stats_threads(HW), 32 * sizeof(float), stream>>>(
+        maps.data_ptr<float>(), loss.data_ptr<float>(), stats.data_ptr<float>(), N, HW);
+    C10_CUDA_CHECK(cudaGetLastError());
+    attention_grad_kernel<scalar_t><<<blocks, kAtWarps * 32, 0, stream>>>(
+        s.data_ptr<scalar_t>(), maps.data_ptr<float>(), stats.data_ptr<float>(), grad.data_ptr<scalar_t>(), N, Cs,
+        HW, pf, gscale);
   }), at::kFloat, at::kHalf, at::kBFloat16);
   C10_CUDA_CHECK(cudaGetLastError());
   if (reduction == 1) return {loss.mean(), grad};

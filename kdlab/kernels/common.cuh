@@ -17,38 +17,12 @@
 
 namespace kdlab {
 
-// kdlab's kernels use at most this much dynamic shared memory per block (less where the device allows
-// less: see shared_limit_bytes).
-constexpr int kMaxSharedBytes = 96 * 1024;
-
-#ifndef KDLAB_SIMT_EMULATOR
-// Dynamic shared memory a block of `device` may use (opted in): 96 KiB on sm_80 / sm_90, 64 KiB on
-// sm_75 (T4), 48 KiB on older GPUs; capped at kMaxSharedBytes.
-inline int shared_limit_bytes(int device) {
-  int optin = 0;
-  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess || optin <= 0)
-    optin = 48 * 1024;
-  return optin < kMaxSharedBytes ? optin : kMaxSharedBytes;
-}
-#endif
-
-// Maximum (or sum) of v over each aligned group of kGroup lanes (a power of two <= 32), identical
-// on every lane of the group; every lane of the warp must call it. The butterfly order is fixed,
-// so the result is bitwise reproducible.
-template <int kGroup>
-__device__ __forceinline__ float group_max(float v) {
-  for (int o = kGroup / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+// Sum of v over the warp, identical on every lane (every lane must call it). The butterfly order is
+// fixed, so the result is bitwise reproducible.
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
-
-template <int kGroup>
-__device__ __forceinline__ float group_sum(float v) {
-  for (int o = kGroup / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) { return group_max<32>(v); }
-__device__ __forceinline__ float warp_sum(float v) { return group_sum<32>(v); }
 
 // Sum of v over the block, identical on every thread (blockDim.x a multiple of 32); `red` holds
 // blockDim.x / 32 floats of shared memory. Partial sums are added in warp order (deterministic).

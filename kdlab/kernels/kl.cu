@@ -2,7 +2,7 @@
 // configuration and dtype dispatch. The kernel itself is in kl_kernel.cuh.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch_v2.h>
-#include <cstdlib>
+#include <cstdint>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -21,14 +21,16 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
   TORCH_CHECK(student.scalar_type() == teacher.scalar_type(), "kl_fused: student and teacher dtypes differ");
   TORCH_CHECK(student.dim() >= 2 && student.size(1) >= 2, "kl_fused: expected logits [N, K, *spatial], K >= 2");
   TORCH_CHECK(student.scalar_type() != at::kDouble, "kl_fused: float64 logits use the reference implementation");
-  const int64_t K64 = student.size(1);
+  TORCH_CHECK(student.size(1) < (1LL << 31), "kl_fused: too many classes");
   c10::cuda::CUDAGuard guard(student.device());
-  const int max_shared = shared_limit_bytes(student.get_device());
-  TORCH_CHECK(K64 <= kl_max_classes(max_shared), "kl_fused: K = ", K64, " exceeds the kernel's limit of ",
-              kl_max_classes(max_shared), " on this GPU");
-  const at::Tensor s = student.contiguous(), t = teacher.contiguous();
+  // class axis innermost without a copy: [N, K] and channels-last [N, K, H, W] (memory [N, H, W, K])
+  const bool channels_last = student.dim() == 4 && !student.is_contiguous() &&
+                             student.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                             teacher.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor s = channels_last ? student : student.contiguous();
+  const at::Tensor t = channels_last ? teacher : teacher.contiguous();
   const int64_t N = s.size(0);
-  const int K = static_cast<int>(K64);
+  const int K = static_cast<int>(s.size(1));
   int64_t HW = 1;  // product of the spatial sizes (not numel / (N K): N may be 0)
   std::vector<int64_t> loss_shape{N};
   for (int64_t d = 2; d < s.dim(); ++d) {
@@ -36,26 +38,23 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
     HW *= s.size(d);
   }
   at::Tensor loss = at::empty(loss_shape, s.options().dtype(at::kFloat));
-  at::Tensor grad = at::empty_like(s);
+  at::Tensor grad = at::empty_like(s);  // same layout as s (channels-last stays channels-last)
   if (s.numel() == 0) return {reduction == 0 ? loss : reduction == 1 ? loss.mean() : loss.sum(), grad};
-  const char* tile = std::getenv("KDLAB_KL_TILE");  // benchmark tuning only: python -m kdlab.bench --tune
-  const KlLaunch cfg = kl_launch_config(N, K, HW, tile ? std::atoi(tile) : 0, max_shared);
-  const int TP = cfg.tile;
-  const int64_t blocks = cfg.blocks;
-  TORCH_CHECK(blocks < (1LL << 31), "kl_fused: too many positions");
-  const size_t shmem = cfg.shared;
-  const float temp = static_cast<float>(temperature), inv_temp = 1.f / temp;
-  const float gtemp = kl_grad_scale(temp, reduction, N * HW);
+  const bool rows = HW == 1 || channels_last;
+  const int64_t n_rows = N * HW;
+  const int wide = 16 / static_cast<int>(s.element_size());
+  const auto aligned = [&](const at::Tensor& x) { return reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0; };
+  const int vec = K % wide == 0 && aligned(s) && aligned(t) && aligned(grad) ? wide : 1;
+  const KlPlan plan = rows ? kl_rows_plan(n_rows, K, vec) : kl_columns_plan(N, K, HW);
+  TORCH_CHECK(plan.blocks < (1LL << 31), "kl_fused: too many positions for one launch");
+  const float temp = static_cast<float>(temperature);
+  const KlArgs args{rows ? n_rows : N, K, rows ? 1 : HW, plan.group, 1.f / temp, temp,
+                    kl_grad_scale(temp, reduction, N * HW)};
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_V2(s.scalar_type(), "kl_fused", AT_WRAP([&] {
-    kl_dispatch<scalar_t>(reverse, HW, K, [&](auto kernel) {
-      if (shmem > 48 * 1024) {
-        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(shmem)));
-      }
-      kernel<<<static_cast<unsigned>(blocks), kThreads, shmem, stream>>>(
-          s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), loss.data_ptr<float>(), grad.data_ptr<scalar_t>(),
-          N, K, HW, TP, inv_temp, temp, gtemp);
+    kl_dispatch<scalar_t>(reverse, rows, plan, [&](auto kernel, const KlPlan& p) {
+      kernel<<<static_cast<unsigned>(p.blocks), p.threads, p.shared, stream>>>(
+          s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), loss.data_ptr<float>(), grad.data_ptr<scalar_t>(), args);
     });
   }), at::kFloat, at::kHalf, at::kBFloat16);
   C10_CUDA_CHECK(cudaGetLastError());

@@ -1,214 +1,403 @@
-// Fused KL distillation kernel over per-class logits: loss per position and its gradient with
-// respect to the student logits in one pass over memory (formulas in reference.py). Host launch
-// code is in kl.cu; the same source runs under the CPU emulator (tools/simt/launch.cpp).
+// Fused KL distillation kernels over per-class logits: the loss per position and its gradient with
+// respect to the student logits in one pass over memory (formulas in reference.py). Host launch code
+// is in kl.cu; the same source runs under the CPU emulator (tools/simt/launch.cpp, float32 only).
 //
-// Layout: logits [N, K, *spatial] contiguous, class axis 1, HW = prod(spatial) (HW = 1 for [N, K]).
-// A block owns a tile of TP positions: it reads the tile's student and teacher logits from global
-// memory once (coalesced along the innermost axis), keeps them in shared memory as floats, and one
-// warp per position computes the max, log-sum-exp, KL and gradient with warp shuffles (a fixed
-// reduction order: deterministic, no atomics). The gradient overwrites the tile in shared memory and
-// is written back with the same coalesced pattern. Global traffic: read s, read t, write grad, write
-// one float per position.
+// Two layouts, two kernels, chosen by kl_plan:
+// - columns: logits [N, K, *spatial] contiguous, the positions innermost. Lane = position: a warp's
+//   32 lanes read 32 neighbouring positions of one class (coalesced), and the W warps of a block own
+//   interleaved slices of the classes (class k belongs to warp k % W). A thread loads all of its
+//   classes into registers before using any (2 * kPer loads in flight), then the W partial
+//   results of each position are combined across warps through shared memory in warp order.
+// - rows: the class axis innermost ([N, K], or [N, *spatial, K] in memory: channels-last). G threads
+//   share a row (G grows with K, up to a block); each reads V classes per load (16 bytes when K and
+//   the pointers allow) and kR loads per tensor, all issued before use; partial results are combined
+//   with group shuffles (G <= 32) or across the block's warps.
+// When K is too large for registers (columns: K > 256; rows: K > 512 kR V), the streaming variants
+// read the logits again for each pass instead (the second and later reads mostly hit L2).
+// Every combine runs in a fixed order, so results are bitwise reproducible (no atomics). Global
+// traffic of the register paths: read s, read t, write grad, write one float per position.
 #pragma once
 #include "common.cuh"
 
 namespace kdlab {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-
-// Shared-memory row stride of one position's K classes: odd, so the threads of a warp that store
-// 32 consecutive positions (stride KS floats apart) hit 32 different banks.
-__host__ __device__ inline int kl_row_stride(int K) { return K | 1; }
-
-struct KlLaunch {
-  int64_t blocks;
-  int tile;        // positions per block (TP)
-  size_t shared;   // dynamic shared memory per block, bytes
+// kV values of type T in one aligned load or store (16 bytes for 4 floats or 8 bf16 / fp16).
+template <typename T, int kV>
+struct alignas(sizeof(T) * kV) Pack {
+  T v[kV];
 };
 
-// Lanes per position: 4 for K <= 4, 16 for K <= 16, else a whole warp (32).
-inline int kl_group(int K) { return K <= 4 ? 4 : K <= 16 ? 16 : 32; }
+// exp(x - m), 0 when m = -inf (then x = -inf too: an empty or all-masked set of logits).
+__device__ __forceinline__ float exp_shifted(float x, float m) { return m == -INFINITY ? 0.f : expf(x - m); }
 
-// Positions per tile: by default 32 (whole-warp positions: 4 per warp) or 512 / group (two rounds of
-// every warp: 32 for K <= 16, 128 for K <= 4); `tile` > 0 overrides it (benchmark tuning). Then
-// halved until the two float tiles fit in `max_shared` bytes (the device's limit).
-inline KlLaunch kl_launch_config(int64_t N, int K, int64_t HW, int tile = 0, int max_shared = kMaxSharedBytes) {
-  int tp = kl_group(K) == 32 ? 32 : 512 / kl_group(K);
-  if (tile > 0) for (tp = 1; tp * 2 <= tile && tp < 256; tp *= 2) {}
-  while (tp > 1 && 2L * tp * kl_row_stride(K) * 4 > max_shared) tp /= 2;
-  const int64_t blocks = HW == 1 ? (N + tp - 1) / tp : N * ((HW + tp - 1) / tp);
-  return {blocks, tp, 2 * static_cast<size_t>(tp) * kl_row_stride(K) * sizeof(float)};
+// Arguments shared by every KL kernel (passed by value, so all kernels have one signature).
+// columns: N samples, K classes, HW positions per sample. rows: N = rows, K = classes per row, HW = 1.
+// group: threads per row (rows kernels). gtemp = T * (d reduced loss / d per-position loss): T for
+// none / sum, T / positions for mean.
+struct KlArgs {
+  int64_t N;
+  int K;
+  int64_t HW;
+  int group;
+  float inv_temp, temp, gtemp;
+};
+
+// One position's T^2-free KL and gradient, from the element slots a thread holds and a Group that
+// combines partial values over all threads of the position (identically on each of them).
+// With a = s / T, b = t / T, q = softmax(a), p = softmax(b), log q_k = (a_k - max a) - log sum_j exp(a_j - max a):
+//   forward:  KL = sum_k p_k (log p_k - log q_k),   d (T^2 KL) / d s_k = T (q_k - p_k)
+//   reverse:  KL = sum_k q_k (log q_k - log p_k),   d (T^2 KL) / d s_k = T q_k (log q_k - log p_k - KL)
+// The shift is subtracted before the log-sum-exp, so large logits lose no precision (as in
+// log_softmax); a class with q_k = 0 (a -inf logit) gets gradient 0 in the reverse direction.
+// Slots: each(f) calls f(a, b) for every element the thread holds; write(f) stores gtemp-scaled
+// f(a, b) as each element's gradient. Returns KL on every thread of the position.
+template <bool kReverse, typename Slots, typename Group>
+__device__ __forceinline__ float kl_position(Slots& x, Group& group, float gtemp) {
+  float ma = -INFINITY, mb = -INFINITY;
+  x.each([&](float a, float b) { ma = fmaxf(ma, a); mb = fmaxf(mb, b); });
+  group.max2(ma, mb);
+  float sa = 0.f, sb = 0.f;
+  x.each([&](float a, float b) { sa += exp_shifted(a, ma); sb += exp_shifted(b, mb); });
+  group.sum2(sa, sb);
+  const float la = logf(sa), lb = logf(sb);
+  float kl = 0.f;
+  x.each([&](float a, float b) {
+    const float lq = (a - ma) - la, lp = (b - mb) - lb;
+    if (kReverse) { const float q = expf(lq); if (q > 0.f) kl += q * (lq - lp); }
+    else { const float p = expf(lp); if (p > 0.f) kl += p * (lp - lq); }
+  });
+  group.sum1(kl);
+  x.write([&](float a, float b) {
+    const float lq = (a - ma) - la, lp = (b - mb) - lb, q = expf(lq);
+    return kReverse ? (q > 0.f ? gtemp * q * (lq - lp - kl) : 0.f) : gtemp * (q - expf(lp));
+  });
+  return kl;
 }
 
-// gtemp of kl_fused_kernel: T times d (reduced loss) / d (loss at one position); reduction 0 =
-// none, 1 = mean over `positions`, 2 = sum.
+// ---- combining partial values over the threads of one position ----
+
+// The same lane of every warp of the block (columns kernels): partials go through shared memory
+// `red` (2 * warps * 32 floats) and every warp adds them in warp order.
+struct WarpsOfBlock {
+  float* red;
+  int warps, warp, lane;
+  template <typename Op>
+  __device__ __forceinline__ void combine2(float& x, float& y, Op op) {
+    __syncthreads();  // `red` may still be read by the previous combine
+    red[warp * 32 + lane] = x;
+    red[(warps + warp) * 32 + lane] = y;
+    __syncthreads();
+    x = red[lane];
+    y = red[warps * 32 + lane];
+    for (int w = 1; w < warps; ++w) { x = op(x, red[w * 32 + lane]); y = op(y, red[(warps + w) * 32 + lane]); }
+  }
+  __device__ __forceinline__ void max2(float& x, float& y) { combine2(x, y, [](float u, float v) { return fmaxf(u, v); }); }
+  __device__ __forceinline__ void sum2(float& x, float& y) { combine2(x, y, [](float u, float v) { return u + v; }); }
+  __device__ __forceinline__ void sum1(float& x) { float unused = 0.f; sum2(x, unused); }
+};
+
+// An aligned group of `size` lanes of one warp (a power of two <= 32; rows kernels), by xor
+// shuffles: every lane of the warp takes part; results are identical on every lane of the group.
+struct LanesOfWarp {
+  int size;
+  __device__ __forceinline__ void max2(float& x, float& y) {
+    for (int o = size / 2; o > 0; o >>= 1) {
+      x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+      y = fmaxf(y, __shfl_xor_sync(0xffffffffu, y, o));
+    }
+  }
+  __device__ __forceinline__ void sum2(float& x, float& y) {
+    for (int o = size / 2; o > 0; o >>= 1) {
+      x += __shfl_xor_sync(0xffffffffu, x, o);
+      y += __shfl_xor_sync(0xffffffffu, y, o);
+    }
+  }
+  __device__ __forceinline__ void sum1(float& x) {
+    for (int o = size / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  }
+};
+
+// Every thread of the block (rows kernels with one row per block): warp shuffles, then the warps'
+// results through shared memory `red` (2 * 32 floats) in warp order.
+struct ThreadsOfBlock {
+  float* red;
+  template <typename Op>
+  __device__ __forceinline__ void combine2(float& x, float& y, Op op) {
+    for (int o = 16; o > 0; o >>= 1) {
+      x = op(x, __shfl_xor_sync(0xffffffffu, x, o));
+      y = op(y, __shfl_xor_sync(0xffffffffu, y, o));
+    }
+    const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    __syncthreads();
+    if (threadIdx.x % 32 == 0) { red[warp] = x; red[32 + warp] = y; }
+    __syncthreads();
+    x = red[0];
+    y = red[32];
+    for (int w = 1; w < warps; ++w) { x = op(x, red[w]); y = op(y, red[32 + w]); }
+  }
+  __device__ __forceinline__ void max2(float& x, float& y) { combine2(x, y, [](float u, float v) { return fmaxf(u, v); }); }
+  __device__ __forceinline__ void sum2(float& x, float& y) { combine2(x, y, [](float u, float v) { return u + v; }); }
+  __device__ __forceinline__ void sum1(float& x) { float unused = 0.f; sum2(x, unused); }
+};
+
+// ---- columns: [N, K, HW], lane = position ----
+
+constexpr int kColumnTile = 32;       // positions per block: one per lane
+constexpr int kColumnMaxWarps = 8;    // warps per block (classes split kColumnMaxWarps ways at most)
+constexpr int kColumnMaxPerThread = 32;  // classes per thread held in registers (K <= 256)
+
+// The elements of one position a columns thread holds: `count` classes, `stride` elements apart in
+// memory (the thread's classes are warp, warp + warps, ...), in registers (kPer > 0, count <= kPer) or,
+// streaming (kPer = 0), read again for each pass. s, t, g point at the thread's first class.
+template <typename scalar_t, int kPer>
+struct ColumnSlots {
+  const scalar_t* s;
+  const scalar_t* t;
+  scalar_t* g;
+  int64_t stride;
+  int count;
+  float inv_temp;
+  float rs[kPer > 0 ? kPer : 1], rt[kPer > 0 ? kPer : 1];  // a = s / T, b = t / T
+
+  __device__ __forceinline__ void load() {
+    if constexpr (kPer > 0) {
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {  // predicated loads, all issued before any is used
+        rs[i] = i < count ? to_float(s[i * stride]) * inv_temp : 0.f;
+        rt[i] = i < count ? to_float(t[i * stride]) * inv_temp : 0.f;
+      }
+    }
+  }
+  template <typename F>
+  __device__ __forceinline__ void each(F&& f) {
+    if constexpr (kPer > 0) {
+#pragma unroll
+      for (int i = 0; i < kPer; ++i)
+        if (i < count) f(rs[i], rt[i]);
+    } else {
+      constexpr int kBatch = 4;  // loads issued together when streaming
+      for (int i0 = 0; i0 < count; i0 += kBatch) {
+        float a[kBatch], b[kBatch];
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) {
+          a[i] = i0 + i < count ? to_float(s[(i0 + i) * stride]) * inv_temp : 0.f;
+          b[i] = i0 + i < count ? to_float(t[(i0 + i) * stride]) * inv_temp : 0.f;
+        }
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i)
+          if (i0 + i < count) f(a[i], b[i]);
+      }
+    }
+  }
+  template <typename F>
+  __device__ __forceinline__ void write(F&& f) {
+    if constexpr (kPer > 0) {
+#pragma unroll
+      for (int i = 0; i < kPer; ++i)
+        if (i < count) g[i * stride] = from_float<scalar_t>(f(rs[i], rt[i]));
+    } else {
+      for (int i = 0; i < count; ++i)
+        g[i * stride] = from_float<scalar_t>(f(to_float(s[i * stride]) * inv_temp, to_float(t[i * stride]) * inv_temp));
+    }
+  }
+};
+
+// s, t: logits [N, K, HW]; loss: [N * HW] float (T^2 KL per position); grad: like s.
+// Launch: N * ceil(HW / 32) blocks of 32 * warps threads, 2 * warps * 32 floats of shared memory.
+// At most 128 registers, so two blocks of 8 warps fit on an SM: one loads while the other computes.
+template <typename scalar_t, bool kReverse, int kPer>
+__global__ void __launch_bounds__(kColumnMaxWarps * 32, 2) kl_columns_kernel(
+    const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, float* __restrict__ loss,
+    scalar_t* __restrict__ grad, KlArgs args) {
+  KDLAB_DYNAMIC_SHARED(float, red);
+  const int64_t tiles = (args.HW + kColumnTile - 1) / kColumnTile;
+  const int64_t n = blockIdx.x / tiles;
+  const int64_t hw = (blockIdx.x % tiles) * kColumnTile + threadIdx.x % 32;
+  const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const bool active = hw < args.HW;
+  const int64_t base = (n * args.K + warp) * args.HW + (active ? hw : 0);  // class `warp` of this position
+  const int count = active && warp < args.K ? (args.K - warp + warps - 1) / warps : 0;
+  ColumnSlots<scalar_t, kPer> x{s + base, t + base, grad + base, warps * args.HW, count, args.inv_temp};
+  x.load();
+  WarpsOfBlock group{red, warps, warp, static_cast<int>(threadIdx.x % 32)};
+  const float kl = kl_position<kReverse>(x, group, args.gtemp);
+  if (active && warp == 0) loss[n * args.HW + hw] = args.temp * args.temp * kl;
+}
+
+// ---- rows: [rows, K], class innermost ----
+
+constexpr int kRowPacks = 4;         // kV-wide loads per tensor and thread held in registers
+constexpr int kRowThreads = 256;     // block size when a row takes at most a warp
+constexpr int kRowMaxThreads = 512;  // threads of a row in registers (then streaming); <= 128 registers each
+constexpr int kRowStreamThreads = 512;
+
+// The elements of one row a rows thread holds: packs (kV classes each) first, first + step, ...:
+// kR of them in registers (kR > 0), or, streaming (kR = 0), every pack of the row, read for each pass.
+template <typename scalar_t, int kV, int kR>
+struct RowSlots {
+  using P = Pack<scalar_t, kV>;
+  const scalar_t* s;  // this row's student logits
+  const scalar_t* t;
+  scalar_t* g;
+  int first, step, packs;  // packs first, first + step, ... below packs = K / kV
+  bool active;
+  float inv_temp, gtemp;
+  P rs[kR > 0 ? kR : 1], rt[kR > 0 ? kR : 1];
+
+  __device__ __forceinline__ P at(const scalar_t* p, int c) const { return *reinterpret_cast<const P*>(p + c * kV); }
+  __device__ __forceinline__ void load() {
+    if constexpr (kR > 0) {
+#pragma unroll
+      for (int i = 0; i < kR; ++i) {
+        const int c = first + step * i;
+        if (active && c < packs) { rs[i] = at(s, c); rt[i] = at(t, c); }  // predicated loads, issued together
+      }
+    }
+  }
+  template <typename F>
+  __device__ __forceinline__ void visit(const P& ps, const P& pt, F&& f) const {
+#pragma unroll
+    for (int v = 0; v < kV; ++v) f(to_float(ps.v[v]) * inv_temp, to_float(pt.v[v]) * inv_temp);
+  }
+  template <typename F>
+  __device__ __forceinline__ void each(F&& f) {
+    if constexpr (kR > 0) {
+#pragma unroll
+      for (int i = 0; i < kR; ++i)
+        if (active && first + step * i < packs) visit(rs[i], rt[i], f);
+    } else if (active) {
+      constexpr int kBatch = 2;
+      for (int c0 = first; c0 < packs; c0 += kBatch * step) {
+        P ps[kBatch], pt[kBatch];
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i)
+          if (c0 + step * i < packs) { ps[i] = at(s, c0 + step * i); pt[i] = at(t, c0 + step * i); }
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i)
+          if (c0 + step * i < packs) visit(ps[i], pt[i], f);
+      }
+    }
+  }
+  template <typename F>
+  __device__ __forceinline__ void store(int c, const P& ps, const P& pt, F&& f) {
+    P out;
+#pragma unroll
+    for (int v = 0; v < kV; ++v)
+      out.v[v] = from_float<scalar_t>(f(to_float(ps.v[v]) * inv_temp, to_float(pt.v[v]) * inv_temp));
+    *reinterpret_cast<P*>(g + c * kV) = out;
+  }
+  template <typename F>
+  __device__ __forceinline__ void write(F&& f) {
+    if constexpr (kR > 0) {
+#pragma unroll
+      for (int i = 0; i < kR; ++i)
+        if (active && first + step * i < packs) store(first + step * i, rs[i], rt[i], f);
+    } else if (active) {
+      for (int c = first; c < packs; c += step) store(c, at(s, c), at(t, c), f);
+    }
+  }
+};
+
+// s, t: logits [rows = args.N, K]; loss: [rows] float; grad: like s. kBlockRow: one row per block
+// (args.group = blockDim.x threads, kR packs each, or streaming with kR = 0); else args.group
+// (a power of two <= 32) threads per row and kRowThreads / args.group rows per block.
+template <typename scalar_t, bool kReverse, int kV, int kR, bool kBlockRow>
+__global__ void __launch_bounds__(kBlockRow ? kRowMaxThreads : kRowThreads) kl_rows_kernel(
+    const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, float* __restrict__ loss,
+    scalar_t* __restrict__ grad, KlArgs args) {
+  const int G = args.group;
+  const int64_t row = kBlockRow ? static_cast<int64_t>(blockIdx.x)
+                                : static_cast<int64_t>(blockIdx.x) * (kRowThreads / G) + threadIdx.x / G;
+  const int lane = threadIdx.x % G;
+  const bool active = row < args.N;
+  const int64_t base = (active ? row : 0) * args.K;
+  RowSlots<scalar_t, kV, kR> x{s + base, t + base, grad + base, lane, G, args.K / kV, active, args.inv_temp,
+                               args.gtemp};
+  x.load();
+  float kl;
+  if constexpr (kBlockRow) {
+    KDLAB_DYNAMIC_SHARED(float, red);
+    ThreadsOfBlock group{red};
+    kl = kl_position<kReverse>(x, group, args.gtemp);
+  } else {
+    LanesOfWarp group{G};
+    kl = kl_position<kReverse>(x, group, args.gtemp);
+  }
+  if (active && lane == 0) loss[row] = args.temp * args.temp * kl;
+}
+
+// ---- launch plans (host code; the CUDA launcher and the emulator share it) ----
+
+// gtemp of the kernels: T times d (reduced loss) / d (loss at one position); reduction 0 = none,
+// 1 = mean over `positions`, 2 = sum.
 inline float kl_grad_scale(float temp, int64_t reduction, int64_t positions) {
   return reduction == 1 ? temp / static_cast<float>(positions) : temp;
 }
 
-// Largest K with one position's two rows in shared memory: 2 * (K | 1) * 4 <= max_shared.
-inline int64_t kl_max_classes(int max_shared = kMaxSharedBytes) { return max_shared / 8 - 1; }
+struct KlPlan {
+  int64_t blocks;
+  int threads;
+  size_t shared;  // dynamic shared memory, bytes
+  int group;      // rows: threads per row
+  int per;        // columns: classes per thread in registers (0: streaming); rows: packs per thread (0: streaming)
+  int vec;        // rows: classes per load (kV)
+  bool block_row; // rows: one row per block
+};
 
-// One position's KL and gradient by a group of kGroup lanes (lane k0 of the group), from its student
-// row xs and teacher row xt (K logits divided by T, in shared memory); the gradient
-// gtemp * d KL / d (s / T) overwrites xs. Returns KL (on every lane of the group). Lanes of an
-// inactive group (past the tile's last position) read and write nothing but join the shuffles.
-// With q = softmax(s / T), p = softmax(t / T):
-//   forward:  KL = sum_k p_k (log p_k - log q_k),   d (T^2 KL) / d s_k = T (q_k - p_k)
-//   reverse:  KL = sum_k q_k (log q_k - log p_k),   d (T^2 KL) / d s_k = T q_k (log q_k - log p_k - KL)
-// log q_k = (s_k - max s) - log sum_j exp(s_j - max s): the shift is subtracted first, so large
-// logits lose no precision (as in log_softmax). A class with q_k = 0 (a -inf logit) gets gradient 0.
-// kPerLane > 0 (K <= kGroup kPerLane): each lane keeps its logits and their exponentials in
-// registers, so every exponential is computed once and shared memory is read once. kPerLane = 0
-// (kGroup = 32, any K): re-reads shared memory and recomputes exponentials in each pass.
-template <int kGroup, int kPerLane, bool kReverse>
-__device__ __forceinline__ float kl_row(float* xs, const float* xt, int K, int k0, bool active, float gtemp) {
-  if constexpr (kPerLane > 0) {
-    constexpr int R = kPerLane;
-    float s[R], t[R], es[R], et[R];
-    float ms = -INFINITY, mt = -INFINITY;
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-      const int k = k0 + kGroup * i;
-      const bool ok = active && k < K;
-      s[i] = ok ? xs[k] : -INFINITY;
-      t[i] = ok ? xt[k] : -INFINITY;
-      ms = fmaxf(ms, s[i]);
-      mt = fmaxf(mt, t[i]);
-    }
-    ms = group_max<kGroup>(ms);
-    mt = group_max<kGroup>(mt);
-    float ss = 0.f, st = 0.f;
-#pragma unroll
-    for (int i = 0; i < R; ++i) {  // from here on s, t hold s - max s, t - max t
-      const bool ok = active && k0 + kGroup * i < K;
-      s[i] -= ms;
-      t[i] -= mt;
-      es[i] = ok ? expf(s[i]) : 0.f;  // padding and inactive lanes contribute 0
-      et[i] = ok ? expf(t[i]) : 0.f;
-      ss += es[i];
-      st += et[i];
-    }
-    ss = group_sum<kGroup>(ss);
-    st = group_sum<kGroup>(st);
-    const float log_ss = logf(ss), log_st = logf(st), inv_ss = 1.f / ss, inv_st = 1.f / st;
-    float kl = 0.f;
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-      if (!active || k0 + kGroup * i >= K) continue;
-      const float lq = s[i] - log_ss, lp = t[i] - log_st;
-      if (kReverse) { const float q = es[i] * inv_ss; if (q > 0.f) kl += q * (lq - lp); }
-      else { const float p = et[i] * inv_st; if (p > 0.f) kl += p * (lp - lq); }
-    }
-    kl = group_sum<kGroup>(kl);
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-      const int k = k0 + kGroup * i;
-      if (!active || k >= K) continue;
-      const float q = es[i] * inv_ss;
-      xs[k] = kReverse ? (q > 0.f ? gtemp * q * ((s[i] - log_ss) - (t[i] - log_st) - kl) : 0.f)
-                       : gtemp * (q - et[i] * inv_st);
-    }
-    return kl;
-  } else {  // kGroup == 32: the whole warp, always active
-    float ms = -INFINITY, mt = -INFINITY;
-    for (int k = k0; k < K; k += 32) { ms = fmaxf(ms, xs[k]); mt = fmaxf(mt, xt[k]); }
-    ms = warp_max(ms);
-    mt = warp_max(mt);
-    float ss = 0.f, st = 0.f;
-    for (int k = k0; k < K; k += 32) { ss += expf(xs[k] - ms); st += expf(xt[k] - mt); }
-    const float log_ss = logf(warp_sum(ss)), log_st = logf(warp_sum(st));  // log sum_k exp(s_k / T - max)
-    float kl = 0.f;
-    for (int k = k0; k < K; k += 32) {
-      const float lq = (xs[k] - ms) - log_ss, lp = (xt[k] - mt) - log_st;
-      if (kReverse) { const float q = expf(lq); if (q > 0.f) kl += q * (lq - lp); }
-      else { const float p = expf(lp); if (p > 0.f) kl += p * (lp - lq); }
-    }
-    kl = warp_sum(kl);
-    for (int k = k0; k < K; k += 32) {  // each lane overwrites only the logits it reads
-      const float lq = (xs[k] - ms) - log_ss, lp = (xt[k] - mt) - log_st, q = expf(lq);
-      xs[k] = kReverse ? (q > 0.f ? gtemp * q * (lq - lp - kl) : 0.f) : gtemp * (q - expf(lp));
-    }
-    return kl;
-  }
+// Columns plan: classes per thread 2, 8 or 32 (K <= 16, 64, 256) and ceil(K / per) warps, else
+// streaming with 8 warps.
+inline KlPlan kl_columns_plan(int64_t N, int K, int64_t HW) {
+  const int per = K <= 16 ? 2 : K <= 64 ? 8 : K <= kColumnMaxWarps * kColumnMaxPerThread ? kColumnMaxPerThread : 0;
+  const int warps = per ? (K + per - 1) / per : kColumnMaxWarps;
+  const int64_t blocks = N * ((HW + kColumnTile - 1) / kColumnTile);
+  return {blocks, warps * 32, 2 * static_cast<size_t>(warps) * 32 * sizeof(float), 0, per, 1, false};
 }
 
-// s, t: logits [N, K, HW] (kRows: HW == 1); loss: [N * HW] float; grad: like s. gtemp = T * (d
-// reduced loss / d per-position loss): T for none / sum, T / (N HW) for mean.
-template <typename scalar_t, bool kReverse, bool kRows, int kGroup, int kPerLane>
-__global__ void __launch_bounds__(kThreads) kl_fused_kernel(
-    const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, float* __restrict__ loss,
-    scalar_t* __restrict__ grad, int64_t N, int K, int64_t HW, int TP, float inv_temp, float temp, float gtemp) {
-  KDLAB_DYNAMIC_SHARED(float, smem);
-  const int KS = kl_row_stride(K);
-  float* sm_s = smem;
-  float* sm_t = smem + TP * KS;
-  int64_t n = 0, hw0 = 0, row0 = 0;
-  int valid;
-  if (kRows) {
-    row0 = static_cast<int64_t>(blockIdx.x) * TP;
-    valid = static_cast<int>(N - row0 < TP ? N - row0 : TP);
-  } else {
-    const int64_t tiles = (HW + TP - 1) / TP;
-    n = blockIdx.x / tiles;
-    hw0 = (blockIdx.x % tiles) * TP;
-    valid = static_cast<int>(HW - hw0 < TP ? HW - hw0 : TP);
+// Rows plan for classes per load `vec` (K % vec == 0): G = the smallest power of two with
+// G * kRowPacks * vec >= K; G <= 32: rows share a block of 256 threads; G <= 1024: one row per
+// block; beyond, one row per block of 512 threads, streaming.
+inline KlPlan kl_rows_plan(int64_t rows, int K, int vec) {
+  const int packs = K / vec;
+  int G = 1;
+  while (G * kRowPacks < packs && G < 2 * kRowMaxThreads) G *= 2;
+  if (G <= 32) {
+    const int per_block = kRowThreads / G;
+    return {(rows + per_block - 1) / per_block, kRowThreads, 0, G, kRowPacks, vec, false};
   }
-  const int total = TP * K;
-  // 1. load the tile (coalesced: the innermost memory axis varies fastest across threads)
-#pragma unroll 4
-  for (int idx = threadIdx.x; idx < total; idx += kThreads) {  // unrolled: several loads in flight
-    int j, k;
-    if (kRows) { k = idx % K; j = idx / K; } else { j = idx % TP; k = idx / TP; }
-    if (j < valid) {
-      const int64_t off = kRows ? (row0 + j) * K + k : (n * K + k) * HW + hw0 + j;
-      sm_s[j * KS + k] = to_float(s[off]) * inv_temp;
-      sm_t[j * KS + k] = to_float(t[off]) * inv_temp;
-    }
-  }
-  __syncthreads();
-  // 2. kGroup lanes per position (32 / kGroup positions per warp and round): log-sum-exp, KL and
-  // gradient, overwriting the student row
-  constexpr int kPositionsPerWarp = 32 / kGroup;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = lane / kGroup, k0 = lane % kGroup;
-  for (int base = warp * kPositionsPerWarp; base < valid; base += kWarps * kPositionsPerWarp) {  // warp-uniform
-    const int j = base + sub;
-    const bool active = kGroup == 32 || j < valid;  // a whole-warp position is always inside the tile
-    const float kl = kl_row<kGroup, kPerLane, kReverse>(sm_s + j * KS, sm_t + j * KS, K, k0, active, gtemp);
-    if (active && k0 == 0) {
-      const int64_t pos = kRows ? row0 + j : n * HW + hw0 + j;
-      loss[pos] = temp * temp * kl;
-    }
-  }
-  __syncthreads();
-  // 3. write the gradient tile back
-#pragma unroll 4
-  for (int idx = threadIdx.x; idx < total; idx += kThreads) {
-    int j, k;
-    if (kRows) { k = idx % K; j = idx / K; } else { j = idx % TP; k = idx / TP; }
-    if (j < valid) {
-      const int64_t off = kRows ? (row0 + j) * K + k : (n * K + k) * HW + hw0 + j;
-      grad[off] = from_float<scalar_t>(sm_s[j * KS + k]);
-    }
-  }
+  if (G <= kRowMaxThreads) return {rows, G, 64 * sizeof(float), G, kRowPacks, vec, true};
+  return {rows, kRowStreamThreads, 64 * sizeof(float), kRowStreamThreads, 0, vec, true};
 }
 
-// Calls launch(kernel) with the kl_fused_kernel instantiation for these arguments (host code; the
-// CUDA launcher and the emulator share it). Lanes per position as kl_group; logits per lane kept
-// in registers: 1 for K <= 16 (a lane per class), 8 for K <= 256, else 0 (the shared-memory loop).
-template <typename scalar_t, bool kReverse, bool kRows, typename Launch>
-void kl_dispatch_k(int K, Launch&& launch) {
-  if (K <= 4) launch(kl_fused_kernel<scalar_t, kReverse, kRows, 4, 1>);
-  else if (K <= 16) launch(kl_fused_kernel<scalar_t, kReverse, kRows, 16, 1>);
-  else if (K <= 256) launch(kl_fused_kernel<scalar_t, kReverse, kRows, 32, 8>);
-  else launch(kl_fused_kernel<scalar_t, kReverse, kRows, 32, 0>);
+// Calls launch(kernel, plan) with the kernel instantiation for a plan (kVec: the wide load of
+// scalar_t, 16 bytes; plan.vec is 1 or kVec).
+template <typename scalar_t, bool kReverse, typename Launch>
+void kl_launch_plan(const KlPlan& plan, bool rows, Launch&& launch) {
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  if (!rows) {
+    switch (plan.per) {
+      case 2: return launch(kl_columns_kernel<scalar_t, kReverse, 2>, plan);
+      case 8: return launch(kl_columns_kernel<scalar_t, kReverse, 8>, plan);
+      case kColumnMaxPerThread: return launch(kl_columns_kernel<scalar_t, kReverse, kColumnMaxPerThread>, plan);
+      default: return launch(kl_columns_kernel<scalar_t, kReverse, 0>, plan);
+    }
+  }
+  const bool wide = plan.vec == kVec && kVec > 1;
+  if (!plan.block_row) {
+    if (wide) return launch(kl_rows_kernel<scalar_t, kReverse, kVec, kRowPacks, false>, plan);
+    return launch(kl_rows_kernel<scalar_t, kReverse, 1, kRowPacks, false>, plan);
+  }
+  if (plan.per > 0) {
+    if (wide) return launch(kl_rows_kernel<scalar_t, kReverse, kVec, kRowPacks, true>, plan);
+    return launch(kl_rows_kernel<scalar_t, kReverse, 1, kRowPacks, true>, plan);
+  }
+  if (wide) return launch(kl_rows_kernel<scalar_t, kReverse, kVec, 0, true>, plan);
+  return launch(kl_rows_kernel<scalar_t, kReverse, 1, 0, true>, plan);
 }
 
 template <typename scalar_t, typename Launch>
-void kl_dispatch(bool reverse, int64_t HW, int K, Launch&& launch) {
-  if (reverse) HW == 1 ? kl_dispatch_k<scalar_t, true, true>(K, launch) : kl_dispatch_k<scalar_t, true, false>(K, launch);
-  else HW == 1 ? kl_dispatch_k<scalar_t, false, true>(K, launch) : kl_dispatch_k<scalar_t, false, false>(K, launch);
+void kl_dispatch(bool reverse, bool rows, const KlPlan& plan, Launch&& launch) {
+  if (reverse) kl_launch_plan<scalar_t, true>(plan, rows, launch);
+  else kl_launch_plan<scalar_t, false>(plan, rows, launch);
 }
 
 }  // namespace kdlab

@@ -1,7 +1,8 @@
 """Pure-PyTorch reference implementations of the fused training kernels (float32 accumulation;
 float64 stays float64). They return exactly what the CUDA kernels return, the loss per position
-(or per sample) *and* the gradient with respect to the student, so the fallback and the kernels
-are interchangeable behind :mod:`kdlab.kernels`. With ``reduction`` 1 (mean) or 2 (sum) the loss
+(or per sample) *and* the gradient with respect to the student (in the kernels' memory format:
+:func:`kl_grad_format`), so the fallback and the kernels are interchangeable behind
+:mod:`kdlab.kernels`. With ``reduction`` 1 (mean) or 2 (sum) the loss
 is reduced and the gradient is that of the reduced loss, so the backward pass has nothing left
 to compute when the upstream gradient is 1.
 
@@ -34,6 +35,17 @@ def _reduce(loss: torch.Tensor, grad: torch.Tensor, reduction: int) -> tuple[tor
     return (loss.sum(), grad) if reduction == 2 else (loss, grad)
 
 
+def kl_grad_format(student: torch.Tensor, teacher: torch.Tensor) -> torch.memory_format:
+    """The memory format of the KL gradient, as the CUDA kernels write it: channels-last when both logits
+    are 4-D channels-last (and not also plain contiguous: the class axis innermost, read without a copy),
+    contiguous otherwise."""
+    cl = torch.channels_last
+    if student.dim() == 4 and not student.is_contiguous() and student.is_contiguous(memory_format=cl) \
+            and teacher.is_contiguous(memory_format=cl):
+        return cl
+    return torch.contiguous_format
+
+
 def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool, reduction: int = 0
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, grad)``: ``T^2 KL`` per position ``[N, *spatial]`` (float32, or float64), or its mean
@@ -49,7 +61,7 @@ def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, r
         kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(1, keepdim=True)
         grad = temperature * (q - p)
     loss, grad = _reduce((temperature ** 2) * kl.squeeze(1), grad, reduction)
-    return loss, grad.to(student.dtype).contiguous()
+    return loss, grad.to(student.dtype).contiguous(memory_format=kl_grad_format(student, teacher))
 
 
 def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0, reduction: int = 0,

@@ -32,7 +32,7 @@ def define_ops() -> None:
     def _kl_fake(student, teacher, temperature, reverse, reduction=0):
         shape = (student.shape[0], *student.shape[2:]) if reduction == 0 else ()
         loss = student.new_empty(shape, dtype=torch.promote_types(student.dtype, torch.float32))
-        return loss, student.new_empty(student.shape)  # contiguous, like the kernels' output
+        return loss, torch.empty_like(student, memory_format=reference.kl_grad_format(student, teacher))  # the kernels' layout
 
     @torch.library.register_fake("kdlab::attention_fused")
     def _at_fake(student, teacher, p, reduction=0):

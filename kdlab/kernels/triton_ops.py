@@ -102,7 +102,7 @@ def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, r
         _kl_kernel[(count,)](s, t, loss, grad, k, positions, float(temperature),
                              1.0 / count if reduction == 1 else 1.0, REVERSE=bool(reverse),
                              BLOCK_K=triton.next_power_of_2(k))
-    return _reduce(loss, reduction), grad
+    return _reduce(loss, reduction), grad.contiguous(memory_format=reference.kl_grad_format(student, teacher))
 
 
 def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0, reduction: int = 0,

@@ -6,7 +6,7 @@ checks what a GPU would not report: barriers that some threads never reach, warp
 lanes diverged, out-of-bounds accesses to global or shared memory (guard pages), reads of shared
 memory nobody wrote (it starts as NaN), and data races (run with ``order="ascending"``,
 ``"descending"`` and ``"shuffled"``: a race-free kernel gives bitwise-identical results). The launch
-configuration is the CUDA build's own (``kl_launch_config``, ``attention_launch_config``).
+plans are the CUDA build's own (``kl_rows_plan``, ``kl_columns_plan``, ``attention_blocks``).
 
 It is slow (a fiber switch per barrier and thread) and float32 only: use small shapes. It checks
 the kernels' logic, not their speed or the float16/bfloat16 conversions, and not the hardware's
@@ -102,10 +102,8 @@ def _library() -> ctypes.CDLL:
                                          ctypes.c_uint64, i32, ctypes.c_char_p, i32]
         lib.kdlab_emulate_attention.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i32, i32, f32, i32, i32,
                                                 ctypes.c_uint64, i32, ctypes.c_char_p, i32]
-        lib.kdlab_kernel_limits.argtypes = [i32, ctypes.POINTER(i64), ctypes.POINTER(i32)]
-        lib.kdlab_kernel_limits.restype = None
-        lib.kdlab_kl_launch_config.argtypes = [i64, i32, i64, i32, ctypes.POINTER(i32), ctypes.POINTER(i64)]
-        lib.kdlab_kl_launch_config.restype = None
+        lib.kdlab_kl_plan.argtypes = [i64, i32, i64, i32, i32, ctypes.POINTER(i64)]
+        lib.kdlab_kl_plan.restype = None
         _lib = lib
     return _lib
 
@@ -124,20 +122,17 @@ def _call(fn, *args) -> None:
         raise EmulatorError(error.value.decode())
 
 
-def kl_launch_config(n: int, k: int, hw: int, tile: int = 0) -> tuple[int, int]:
-    """``(positions per block, shared memory bytes)`` the KL launcher picks for logits ``[n, k, hw]``
-    (``tile``: ``KDLAB_KL_TILE``, 0 for the default), with 96 KiB of shared memory per block."""
-    tile_out, shared = ctypes.c_int32(), ctypes.c_int64()
-    _library().kdlab_kl_launch_config(n, k, hw, tile, ctypes.byref(tile_out), ctypes.byref(shared))
-    return tile_out.value, shared.value
-
-
-def kernel_limits(max_shared_bytes: int = 96 * 1024) -> tuple[int, int]:
-    """``(max classes K, max positions H W)`` as the CUDA launchers compute them for this much shared
-    memory per block (``kl_max_classes``, ``attention_max_positions``)."""
-    classes, positions = ctypes.c_int64(), ctypes.c_int32()
-    _library().kdlab_kernel_limits(max_shared_bytes, ctypes.byref(classes), ctypes.byref(positions))
-    return classes.value, positions.value
+def kl_plan(n: int, k: int, hw: int, rows: bool) -> dict:
+    """The KL launch plan the CUDA launcher and the emulator use for logits ``[n, k, hw]`` in float32
+    (``rows``: the class axis innermost, as for ``[N, K]`` and channels-last), with 16-byte loads where
+    ``k % 4 == 0``: the kernel (``"columns"``, ``"rows"``), block size, threads per row, values per
+    thread in registers (0: streaming), classes per load, one row per block."""
+    out = (ctypes.c_int64 * 7)()
+    vec = 4 if rows and k % 4 == 0 else 1
+    _library().kdlab_kl_plan(n, k, hw, int(rows), vec, out)
+    blocks, threads, shared, group, per, vec, block_row = list(out)
+    return {"kernel": "rows" if rows else "columns", "blocks": blocks, "threads": threads, "shared": shared,
+            "group": group, "per": per, "vec": vec, "block_row": bool(block_row)}
 
 
 def _reduce(loss: torch.Tensor, reduction: int) -> torch.Tensor:
@@ -145,26 +140,30 @@ def _reduce(loss: torch.Tensor, reduction: int) -> torch.Tensor:
 
 
 def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool, reduction: int = 0,
-             order: str = "ascending", seed: int = 0, tile: int = 0, guard: str = "end"
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.ops.kdlab.kl_fused`` computed by the CUDA kernel's source under the emulator: logits
+             order: str = "ascending", seed: int = 0, guard: str = "end") -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.ops.kdlab.kl_fused`` computed by the CUDA kernels' source under the emulator: logits
     ``[N, K, *spatial]`` float32 -> (``T^2 KL`` per position ``[N, *spatial]`` or its mean / sum,
-    gradient ``[N, K, *spatial]``). ``order``: thread schedule between barriers; ``tile``: positions
-    per block as ``KDLAB_KL_TILE`` sets them on a GPU (0: the default); ``guard``: which side of every
-    buffer touches an inaccessible page ("end" or "start")."""
-    s, t = _float32(student, "student"), _float32(teacher, "teacher")
-    if s.shape != t.shape or s.dim() < 2 or s.shape[1] < 2:
-        raise ValueError(f"expected logits [N, K >= 2, *spatial] of one shape, got {tuple(s.shape)} and {tuple(t.shape)}")
-    n, k, hw = s.shape[0], s.shape[1], math.prod(s.shape[2:])
-    max_classes = kernel_limits()[0]
-    if k > max_classes:
-        raise ValueError(f"K = {k} exceeds the kernel's limit of {max_classes} classes")
-    loss = torch.empty((n, *s.shape[2:]), dtype=torch.float32)
+    gradient like the logits). Contiguous logits take the columns kernel (the rows kernel when there are
+    no spatial axes); channels-last 4-D logits take the rows kernel on their own memory order, as on a
+    GPU. ``order``: thread schedule between barriers; ``guard``: which side of every buffer touches an
+    inaccessible page ("end" or "start")."""
+    for x, what in ((student, "student"), (teacher, "teacher")):
+        if x.device.type != "cpu" or x.dtype != torch.float32:
+            raise TypeError(f"the emulator takes float32 CPU tensors; {what} is {x.dtype} on {x.device}")
+    if student.shape != teacher.shape or student.dim() < 2 or student.shape[1] < 2:
+        raise ValueError(f"expected logits [N, K >= 2, *spatial] of one shape, got {tuple(student.shape)} and "
+                         f"{tuple(teacher.shape)}")
+    rows = (student.dim() == 4 and not student.is_contiguous()
+            and all(x.is_contiguous(memory_format=torch.channels_last) for x in (student, teacher)))
+    n, k, hw = student.shape[0], student.shape[1], math.prod(student.shape[2:])
+    # the memory as the kernel reads it: [N, K, HW], or rows [N HW, K] for channels-last
+    s, t = ((x.permute(0, 2, 3, 1).contiguous() if rows else x.contiguous()) for x in (student, teacher))
+    loss = torch.empty((n, *student.shape[2:]), dtype=torch.float32)
     grad = torch.empty_like(s)
     if s.numel():
         _call(_library().kdlab_emulate_kl, s.data_ptr(), t.data_ptr(), loss.data_ptr(), grad.data_ptr(), n, k, hw,
-              float(temperature), int(reverse), reduction, tile, ORDERS[order], seed, GUARDS[guard])
-    return _reduce(loss, reduction), grad
+              float(temperature), int(reverse), reduction, int(rows), ORDERS[order], seed, GUARDS[guard])
+    return _reduce(loss, reduction), (grad.permute(0, 3, 1, 2) if rows else grad)
 
 
 def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0, reduction: int = 0,
@@ -176,9 +175,6 @@ def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0
     if s.dim() != 4 or t.dim() != 4 or s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
         raise ValueError(f"expected features [N, C, H, W] with equal N, H, W, got {tuple(s.shape)} and {tuple(t.shape)}")
     n, cs, ct, hw = s.shape[0], s.shape[1], t.shape[1], s.shape[2] * s.shape[3]
-    max_positions = kernel_limits()[1]
-    if hw > max_positions:
-        raise ValueError(f"H W = {hw} exceeds the kernel's limit of {max_positions} positions")
     loss = torch.empty(n, dtype=torch.float32)
     grad = torch.empty_like(s)
     if s.numel():

@@ -1,11 +1,12 @@
 // kdlab's kernels under the SIMT emulator: C entry points (called through ctypes from
-// kdlab/kernels/emulate.py) that launch the very kernel templates the CUDA build uses, with the
+// tools/simt/emulate.py) that launch the very kernel templates the CUDA build uses, with the
 // same launch configuration, on float32 buffers guarded against out-of-bounds accesses.
 #define KDLAB_SIMT_EMULATOR 1
 #include "attention_kernel.cuh"  // kdlab/kernels/, on the include path
 #include "kl_kernel.cuh"
 #include "launch.hpp"
 
+#include <cstdint>
 #include <cstring>
 #include <string>
 
@@ -40,27 +41,32 @@ int finish(const std::string& launch_error, Arg& s, Arg& t, Arg& loss, Arg& grad
 
 extern "C" {
 
-// student, teacher: [N, K, HW] float32; loss_out: [N HW] (per position); grad_out: [N, K, HW], the
-// gradient of the loss reduced with `reduction` (0 none, 1 mean, 2 sum); tile: positions per block
-// as KDLAB_KL_TILE sets them (0: the default); guard: 0 buffers end at a guard page, 1 start after one.
-// Returns 0, or 1 with a message.
+// student, teacher: [N, K, HW] float32, or with rows != 0 rows [N, K] (HW = 1: the layout of [N, K]
+// and channels-last logits); loss_out: [N HW] (per position); grad_out: like student, the gradient of
+// the loss reduced with `reduction` (0 none, 1 mean, 2 sum); guard: 0 buffers end at a guard page, 1
+// start after one. The plan (kernel, block size, classes per load) is the CUDA launcher's. Returns 0,
+// or 1 with a message.
 int kdlab_emulate_kl(const float* student, const float* teacher, float* loss_out, float* grad_out, int64_t N, int K,
-                     int64_t HW, float temperature, int reverse, int reduction, int tile, int order, uint64_t seed,
+                     int64_t HW, float temperature, int reverse, int reduction, int rows, int order, uint64_t seed,
                      int guard, char* error, int error_size) try {
   simt::set_guard(static_cast<simt::Guard>(guard));
   const size_t n = static_cast<size_t>(N * K * HW), positions = static_cast<size_t>(N * HW);
   Arg s(student, n, "student logits"), t(teacher, n, "teacher logits"), loss(nullptr, positions, "loss"),
       grad(nullptr, n, "gradient");
-  const kdlab::KlLaunch cfg = kdlab::kl_launch_config(N, K, HW, tile);
-  const float inv_temp = 1.f / temperature, gtemp = kdlab::kl_grad_scale(temperature, reduction, N * HW);
+  const auto aligned = [](Arg& a) { return reinterpret_cast<uintptr_t>(a.ptr()) % 16 == 0; };
+  const int vec = K % 4 == 0 && aligned(s) && aligned(t) && aligned(grad) ? 4 : 1;  // as kl.cu for float32
+  const bool as_rows = rows != 0 || HW == 1;
+  const kdlab::KlPlan plan = as_rows ? kdlab::kl_rows_plan(N * HW, K, vec) : kdlab::kl_columns_plan(N, K, HW);
+  const kdlab::KlArgs args{as_rows ? N * HW : N, K, as_rows ? 1 : HW, plan.group, 1.f / temperature, temperature,
+                           kdlab::kl_grad_scale(temperature, reduction, N * HW)};
   const float* ps = s.ptr();
   const float* pt = t.ptr();
   float* pl = loss.ptr();
   float* pg = grad.ptr();
   std::string message;
-  kdlab::kl_dispatch<float>(reverse != 0, HW, K, [&](auto kernel) {
-    message = simt::launch(static_cast<unsigned>(cfg.blocks), kdlab::kThreads, cfg.shared, static_cast<simt::Order>(order),
-                           seed, [&] { kernel(ps, pt, pl, pg, N, K, HW, cfg.tile, inv_temp, temperature, gtemp); });
+  kdlab::kl_dispatch<float>(reverse != 0, as_rows, plan, [&](auto kernel, const kdlab::KlPlan& p) {
+    message = simt::launch(static_cast<unsigned>(p.blocks), static_cast<unsigned>(p.threads), p.shared,
+                           static_cast<simt::Order>(order), seed, [&] { kernel(ps, pt, pl, pg, args); });
   });
   return finish(message, s, t, loss, grad, loss_out, grad_out, positions, n, error, error_size);
 } catch (const std::exception& e) {
@@ -68,40 +74,46 @@ int kdlab_emulate_kl(const float* student, const float* teacher, float* loss_out
 }
 
 // fs: [N, Cs, HW], ft: [N, Ct, HW] float32; loss_out: [N]; grad_out: [N, Cs, HW] (of the reduced loss).
+// The three launches of attention.cu, with the maps and per-sample statistics in guarded buffers.
 int kdlab_emulate_attention(const float* fs, const float* ft, float* loss_out, float* grad_out, int64_t N, int Cs,
                             int Ct, int HW, float p, int reduction, int order, uint64_t seed, int guard,
                             char* error, int error_size) try {
   simt::set_guard(static_cast<simt::Guard>(guard));
   const size_t ns = static_cast<size_t>(N * Cs * HW), nt = static_cast<size_t>(N * Ct * HW);
   Arg s(fs, ns, "student features"), t(ft, nt, "teacher features"), loss(nullptr, static_cast<size_t>(N), "loss"),
-      grad(nullptr, ns, "gradient");
-  const kdlab::AtLaunch cfg = kdlab::attention_launch_config(HW);
+      grad(nullptr, ns, "gradient"), maps(nullptr, static_cast<size_t>(2 * N * HW), "maps"),
+      stats(nullptr, static_cast<size_t>(3 * N), "stats");
   const float gscale = kdlab::attention_grad_scale(reduction, N);
+  const auto blocks = static_cast<unsigned>(kdlab::attention_blocks(N, HW));
+  const auto threads = static_cast<unsigned>(kdlab::kAtWarps * 32);
   const float* ps = s.ptr();
   const float* pt = t.ptr();
-  float* pl = loss.ptr();
-  float* pg = grad.ptr();
-  const std::string message = simt::launch(
-      static_cast<unsigned>(N), static_cast<unsigned>(cfg.threads), cfg.shared, static_cast<simt::Order>(order), seed,
-      [&] { kdlab::attention_fused_kernel<float>(ps, pt, pl, pg, Cs, Ct, HW, p, gscale); });
+  float *pl = loss.ptr(), *pg = grad.ptr(), *pm = maps.ptr(), *pst = stats.ptr();
+  const auto o = static_cast<simt::Order>(order);
+  std::string message = simt::launch(blocks, threads, 2 * threads * sizeof(float), o, seed, [&] {
+    kdlab::attention_maps_kernel<float>(ps, pt, pm, N, Cs, Ct, HW, p);
+  });
+  if (message.empty())
+    message = simt::launch(static_cast<unsigned>(N), static_cast<unsigned>(kdlab::attention_stats_threads(HW)),
+                           32 * sizeof(float), o, seed, [&] { kdlab::attention_stats_kernel(pm, pl, pst, N, HW); });
+  if (message.empty())
+    message = simt::launch(blocks, threads, 0, o, seed, [&] {
+      kdlab::attention_grad_kernel<float>(ps, pm, pst, pg, N, Cs, HW, p, gscale);
+    });
+  for (const Arg* arg : {&maps, &stats})
+    if (message.empty() && !arg->buffer.canaries_intact()) message = "a write outside " + arg->buffer.name;
   return finish(message, s, t, loss, grad, loss_out, grad_out, static_cast<size_t>(N), ns, error, error_size);
 } catch (const std::exception& e) {
   return report(std::string("emulator: ") + e.what(), error, error_size);
 }
 
-// kl_launch_config as the CUDA launcher calls it (tile: KDLAB_KL_TILE, 0 for the default): the tile in
-// positions per block and the dynamic shared memory in bytes.
-void kdlab_kl_launch_config(int64_t N, int K, int64_t HW, int tile, int* tile_out, int64_t* shared_out) {
-  const kdlab::KlLaunch cfg = kdlab::kl_launch_config(N, K, HW, tile);
-  *tile_out = cfg.tile;
-  *shared_out = static_cast<int64_t>(cfg.shared);
-}
-
-// The kernels' shape limits for `max_shared` bytes of shared memory per block, as the CUDA launchers
-// compute them: the largest K of kl_fused and the largest H W of attention_fused.
-void kdlab_kernel_limits(int max_shared, int64_t* max_classes, int* max_positions) {
-  *max_classes = kdlab::kl_max_classes(max_shared);
-  *max_positions = kdlab::attention_max_positions(max_shared);
+// The CUDA launcher's KL plan for logits [N, K, HW] (rows != 0: the class axis innermost) and `vec`
+// classes per load: out = {blocks, threads, shared bytes, threads per row, registers per thread (0:
+// streaming), classes per load, one row per block}.
+void kdlab_kl_plan(int64_t N, int K, int64_t HW, int rows, int vec, int64_t* out) {
+  const kdlab::KlPlan p = rows ? kdlab::kl_rows_plan(N * HW, K, vec) : kdlab::kl_columns_plan(N, K, HW);
+  const int64_t values[] = {p.blocks, p.threads, static_cast<int64_t>(p.shared), p.group, p.per, p.vec, p.block_row};
+  for (int i = 0; i < 7; ++i) out[i] = values[i];
 }
 
 }  // extern "C"
