@@ -99,15 +99,71 @@ def test_reduced_ops_return_the_gradient_of_the_reduced_loss(reduction):
 def test_backward_of_a_reduced_op_returns_the_saved_gradient_without_a_copy():
     s, t = torch.randn(2, 5, 3, 3, requires_grad=True), torch.randn(2, 5, 3, 3)
     loss, grad = torch.ops.kdlab.kl_fused(s, t, 1.0, False, 1)
+    before = grad.clone()
     (returned,) = torch.autograd.grad(loss, s)
     assert returned.data_ptr() == grad.data_ptr()  # the very tensor the forward wrote: no pass over memory
+    assert torch.equal(returned, before)  # upstream 1: untouched
     loss, grad = torch.ops.kdlab.kl_fused(s, t, 1.0, False, 1)
-    loss.backward()
-    assert torch.equal(s.grad, grad)
-    s.grad = None
+    before = grad.clone()
+    (returned,) = torch.autograd.grad(3 * loss, s)  # an upstream gradient other than 1 scales it, in place
+    assert torch.allclose(returned, 3 * before) and returned.data_ptr() == grad.data_ptr()
     loss, grad = torch.ops.kdlab.kl_fused(s, t, 1.0, False, 1)
-    (3 * loss).backward()  # an upstream gradient other than 1 scales it
-    assert torch.allclose(s.grad, 3 * grad)
+    (3 * loss).backward()  # and .backward() accumulates that
+    assert torch.allclose(s.grad, 3 * before)
+
+
+def test_scale_unless_one_leaves_the_gradient_alone_at_one():
+    """The backward's step: ``grad *= factor`` in place unless the factor is exactly 1."""
+    g = torch.randn(4, 7)
+    before = g.clone()
+    torch.ops.kdlab.scale_unless_one_(g, torch.tensor(1.0))
+    assert torch.equal(g, before)
+    torch.ops.kdlab.scale_unless_one_(g, torch.tensor(-0.5))
+    assert torch.equal(g, -0.5 * before)
+
+
+@pytest.mark.parametrize("reduction", [0, 1, 2])
+def test_weights_multiply_loss_and_gradient(reduction):
+    """weight * weight_tensor (the alpha of weighted distillation, a scaler's scale) multiplies what the op
+    returns, against float64 autograd of the weighted formula."""
+    g = torch.Generator().manual_seed(13)
+    s, t = torch.randn(3, 6, 2, 2, generator=g), torch.randn(3, 6, 2, 2, generator=g)
+    loss, grad = torch.ops.kdlab.kl_fused(s, t, 2.0, True, reduction, 0.5, torch.tensor(0.3))
+    x = s.double().requires_grad_(True)
+    ref = 0.15 * kd.losses.kl_distillation(x, t.double(), 2.0, "reverse", ["none", "mean", "sum"][reduction])
+    ref.backward(torch.ones_like(ref))
+    assert torch.allclose(loss.double(), ref.detach(), rtol=1e-5) and torch.allclose(grad.double(), x.grad, rtol=1e-4, atol=1e-9)
+    fs, ft = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 5, 4, 4, generator=g)
+    loss, grad = torch.ops.kdlab.attention_fused(fs, ft, 2.0, reduction, -2.0, torch.tensor(0.25))
+    y = fs.double().requires_grad_(True)
+    per_sample = kd.feature_losses.attention_map(y) - kd.feature_losses.attention_map(ft.double())
+    ref = -0.5 * per_sample.pow(2).sum(1)
+    ref = [ref, ref.mean(), ref.sum()][reduction]
+    ref.backward(torch.ones_like(ref))
+    assert torch.allclose(loss.double(), ref.detach(), rtol=1e-5) and torch.allclose(grad.double(), y.grad, rtol=1e-4, atol=1e-9)
+    torch.library.opcheck(torch.ops.kdlab.kl_fused.default, (s.requires_grad_(True), t, 2.0, True, reduction, 0.5,
+                                                             torch.tensor(0.3)))
+    w = torch.tensor(0.3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="no gradient for weight_tensor"):
+        torch.ops.kdlab.kl_fused(s, t, 2.0, True, 1, 1.0, w)[0].backward()
+
+
+def test_routed_losses_take_a_weight():
+    """kernels.kl_distillation / attention_transfer with a weight equal weight times the formula (CPU: the
+    formula path; a tensor weight is not differentiated on the fused path and is here)."""
+    g = torch.Generator().manual_seed(14)
+    s, t = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    for weight in (0.25, torch.tensor(0.25)):
+        assert torch.allclose(kernels.kl_distillation(s, t, 2.0, weight=weight), 0.25 * kd.losses.kl_distillation(s, t, 2.0))
+    fs, ft = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 5, 4, 4, generator=g)
+    assert torch.allclose(kernels.attention_transfer(fs, ft, weight=3.0), 3 * kd.feature_losses.attention_transfer(fs, ft))
+    x = s.clone().requires_grad_(True)
+    kernels.kl_fused_loss(x, t, 2.0, "forward", "mean", weight=torch.tensor(0.25)).backward()  # the op, weight folded in
+    y = s.clone().requires_grad_(True)
+    (0.25 * kd.losses.kl_distillation(y, t, 2.0)).backward()
+    assert torch.allclose(x.grad, y.grad, rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match="one value"):
+        kernels.kl_fused_loss(s, t, weight=torch.ones(2))
 
 
 def test_double_backward_through_the_ops_raises_instead_of_dropping_terms():
@@ -252,9 +308,9 @@ def test_public_losses_take_the_fused_path_only_for_a_backward_within_the_backen
     monkeypatch.setattr(kernels, "attention_fused_loss", lambda *a: calls.append(("at", a[2:])) or a[0].sum())
     s, t = torch.randn(2, 8, 3, requires_grad=True), torch.randn(2, 8, 3)
     fs, ft = torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 5, 4, 4)
-    kernels.kl_distillation(s, t, 2, "reverse", "sum")
+    kernels.kl_distillation(s, t, 2, "reverse", "sum", weight=0.5)
     kernels.attention_transfer(fs, ft, 3.0)
-    assert calls == [("kl", (2.0, "reverse", "sum")), ("at", (3.0,))]  # arguments validated and passed on
+    assert calls == [("kl", (2.0, "reverse", "sum", 0.5)), ("at", (3.0, 1.0))]  # arguments validated and passed on
     with torch.no_grad():  # evaluation: no gradient to write
         kernels.kl_distillation(s, t)
         kernels.attention_transfer(fs, ft)

@@ -152,22 +152,30 @@ def test_empty_batches_mixed_dtypes_and_transposed_inputs_on_cuda():
                           (base.transpose(2, 3).requires_grad_(True), base.transpose(2, 3), 1.5, False))
 
 
-@pytest.mark.parametrize("shape", [(16, 64, 8, 8), (64, 256, 32, 32)])  # 256 KiB (multiply), 64 MiB (shortcut)
-def test_reduced_backward_below_and_above_the_upstream_check_size(shape):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weighted_forward_and_backward_without_a_host_synchronisation(dtype):
+    """The weight goes into the kernel; the backward reads the upstream gradient on the device and returns
+    the forward's own gradient (no copy) when it is 1, or scales it in place: the CPU never waits."""
     g = torch.Generator(device="cuda").manual_seed(6)
-    s = torch.randn(shape, generator=g, device="cuda", requires_grad=True)
-    t = torch.randn(shape, generator=g, device="cuda")
-    assert (s.numel() * 4 >= kernels.CHECK_UPSTREAM_ONE_BYTES) == (shape[0] == 64)
-    for weight in (1.0, 0.25):
-        s.grad = None
-        loss = kernels.kl_distillation(s, t, 2.0, "forward", "mean")
-        (loss * weight).backward() if weight != 1.0 else loss.backward()
-        _, ref_grad = reference.kl_fused(s.detach(), t, 2.0, False, 1)
-        assert torch.allclose(s.grad, weight * ref_grad, rtol=1e-4, atol=1e-12)
-    loss, grad = torch.ops.kdlab.kl_fused(s, t, 2.0, False, 1)
-    (returned,) = torch.autograd.grad(loss, s)
-    # above the threshold the saved gradient itself comes back; below it, a multiplied copy
-    assert (returned.data_ptr() == grad.data_ptr()) == (shape[0] == 64)
+    s = torch.randn(16, 64, 8, 8, generator=g, device="cuda").to(dtype).requires_grad_(True)
+    t = torch.randn(16, 64, 8, 8, generator=g, device="cuda").to(dtype)
+    scale = torch.tensor(0.5, device="cuda")  # e.g. a gradient scaler's scale, already on the GPU
+    _, ref_grad = reference.kl_fused(s.detach().float(), t.float(), 2.0, False, 1)
+    rtol, atol = TOL[dtype]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+    try:
+        loss, grad = torch.ops.kdlab.kl_fused(s, t, 2.0, False, 1, 0.25, scale)
+        (returned,) = torch.autograd.grad(loss, s)  # upstream 1
+        loss2, grad2 = torch.ops.kdlab.kl_fused(s, t, 2.0, False, 1)
+        (scaled,) = torch.autograd.grad(0.125 * loss2, s)  # upstream 0.125, applied in place
+        weighted = kernels.kl_distillation(s, t, 2.0, weight=scale)  # the routed loss, a tensor weight
+        weighted.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert returned.data_ptr() == grad.data_ptr() and scaled.data_ptr() == grad2.data_ptr()
+    for got, factor in ((returned, 0.125), (scaled, 0.125), (s.grad, 0.5)):
+        assert torch.allclose(got.float(), factor * ref_grad, rtol=rtol, atol=atol * ref_grad.abs().max().item())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -37,7 +37,21 @@ s, t = (torch.randn(2, 7, 3, 5, generator=g).contiguous(memory_format=torch.chan
 loss, grad = triton_ops.kl_fused(s, t, 2.0, False, 1)  # channels-last in, channels-last gradient out, like CUDA
 assert grad.stride() == s.stride()
 torch.testing.assert_close(grad.double(), reference.kl_fused(s.double(), t.double(), 2.0, False, 1)[1], rtol=1e-5, atol=1e-7)
+w = torch.tensor(0.3)  # weights: 0.5 * 0.3 on loss and gradient, the tensor read in the kernel
+loss, grad = triton_ops.kl_fused(s, t, 2.0, True, 2, 0.5, w)
+ref = reference.kl_fused(s.double(), t.double(), 2.0, True, 2)
+torch.testing.assert_close(loss.double(), 0.15 * ref[0], rtol=1e-5, atol=1e-6)
+torch.testing.assert_close(grad.double(), 0.15 * ref[1], rtol=1e-5, atol=1e-7)
+before = grad.clone()
+triton_ops.scale_unless_one_(grad, torch.tensor(1.0))  # the backward's step: untouched at 1
+assert torch.equal(grad, before)
+triton_ops.scale_unless_one_(grad, torch.tensor(-2.0))
+assert torch.equal(grad, -2.0 * before)
 fs, ft = torch.randn(2, 4, 3, 5, generator=g), torch.randn(2, 6, 3, 5, generator=g)
+loss, grad = triton_ops.attention_fused(fs, ft, 2.0, 1, -1.0, w)
+ref = reference.attention_fused(fs.double(), ft.double(), 2.0, 1)
+torch.testing.assert_close(loss.double(), -0.3 * ref[0], rtol=1e-5, atol=1e-6)
+torch.testing.assert_close(grad.double(), -0.3 * ref[1], rtol=1e-5, atol=1e-7)
 fs[0, 0, 0, 0] = 0  # |F|^(p-1) sign(F) at 0
 for p in (1.0, 2.0, 3.0):
     for reduction in (0, 1, 2):

@@ -128,6 +128,21 @@ def test_emulated_kl_kernel_reduces_and_scales_the_gradient(reduction):
     assert close(grad, ref_grad / positions if reduction == 1 else ref_grad)
 
 
+@pytest.mark.parametrize("shape", [(4, 9, 3, 5), (6, 300), (2, 20000)])  # columns, rows, streaming rows
+def test_emulated_kernels_apply_the_weight_to_loss_and_gradient(shape):
+    """weight * weight_tensor multiplies the loss and the gradient the kernel writes (the alpha of weighted
+    distillation, folded in: the backward has nothing left to scale)."""
+    g = torch.Generator().manual_seed(12)
+    s, t = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    per_position, ref_grad = value_and_grad64(kl64, s, t, 2.0, False)
+    loss, grad = emulate.kl_fused(s, t, 2.0, False, 1, weight=0.5, weight_tensor=torch.tensor(0.3))
+    assert close(loss, 0.15 * per_position.mean()) and close(grad, 0.15 * ref_grad / per_position.numel())
+    fs, ft = torch.randn(2, 3, 5, 6, generator=g), torch.randn(2, 4, 5, 6, generator=g)
+    at_ref, at_grad = value_and_grad64(at64, fs, ft, 2.0)
+    loss, grad = emulate.attention_fused(fs, ft, 2.0, 2, weight=-2.0, weight_tensor=torch.tensor(0.25))
+    assert close(loss, -0.5 * at_ref.sum()) and close(grad, -0.5 * at_grad)
+
+
 def test_emulated_kl_kernel_is_stable_for_extreme_logits():
     s = torch.tensor([[1000.0, -1000.0, 0.0], [-1000.0, 1000.0, 0.0]])
     t = torch.tensor([[-1000.0, 1000.0, 0.0], [-1000.0, 1000.0, 0.0]])

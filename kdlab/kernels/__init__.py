@@ -1,33 +1,37 @@
 """Fused CUDA training kernels for distillation losses, with the pure-PyTorch reference everywhere else.
 
-Two custom operators, registered with ``torch.library`` so they work in eager mode, under autograd
-and under ``torch.compile``:
+Custom operators, registered with ``torch.library`` so they work in eager mode, under autograd and
+under ``torch.compile``:
 
-- ``torch.ops.kdlab.kl_fused(student, teacher, temperature, reverse, reduction=0) -> (loss, grad)``:
-  per-position ``T^2 KL`` ``[N, *spatial]`` (float32) for logits ``[N, K, *spatial]``, or its mean
-  (``reduction=1``) or sum (``2``), and that loss's gradient with respect to the student logits, in
-  one pass over memory;
-- ``torch.ops.kdlab.attention_fused(student, teacher, p, reduction=0) -> (loss, grad)``: attention
-  transfer per sample ``[N]`` (or its mean / sum) for features ``[N, C_S, H, W]`` / ``[N, C_T, H, W]``
-  and its gradient.
+- ``torch.ops.kdlab.kl_fused(student, teacher, temperature, reverse, reduction=0, weight=1.0,
+  weight_tensor=None) -> (loss, grad)``: per-position ``T^2 KL`` ``[N, *spatial]`` (float32) for logits
+  ``[N, K, *spatial]``, or its mean (``reduction=1``) or sum (``2``), and that loss's gradient with
+  respect to the student logits, in one pass over memory;
+- ``torch.ops.kdlab.attention_fused(student, teacher, p, reduction=0, weight=1.0, weight_tensor=None)
+  -> (loss, grad)``: attention transfer per sample ``[N]`` (or its mean / sum) for features
+  ``[N, C_S, H, W]`` / ``[N, C_T, H, W]`` and its gradient;
+- both multiply the loss and the gradient by ``weight`` and by ``weight_tensor``'s one float32 value,
+  which the kernels read on the device;
+- ``torch.ops.kdlab.scale_unless_one_(grad, factor)``: the backward's step (below).
 
 Implementations: CUDA kernels (``kl_kernel.cuh``, ``attention_kernel.cuh``, launched from ``kl.cu`` and
-``attention.cu``, registered by ``ops.cpp``) built on first
-use when possible (:mod:`kdlab.kernels.build`); Triton kernels (:mod:`kdlab.kernels.triton_ops`) in their
-place where only the compiler is missing; and the reference (:mod:`kdlab.kernels.reference`) for every
-other device and as the fallback. :func:`backend` says which runs. The forward saves only the gradient (one tensor the
-size of the student input) for the backward. With a mean or sum reduction inside the op the saved gradient is already the
-answer, and the backward returns it as is when the incoming gradient is 1 (the usual case; on a GPU
-for gradients of at least ``CHECK_UPSTREAM_ONE_BYTES``, below which multiplying is cheaper than the
-host synchronisation that checking costs). **Teachers
-are frozen: the ops give no gradient for the teacher input** and raise if one is requested.
+``attention.cu``; ``scale.cu``; registered by ``ops.cpp``) built on first use when possible
+(:mod:`kdlab.kernels.build`); Triton kernels (:mod:`kdlab.kernels.triton_ops`) in their place where only the
+compiler is missing; and the reference (:mod:`kdlab.kernels.reference`) for every other device and as the
+fallback. :func:`backend` says which runs. The forward saves only the gradient (one tensor the size of the
+student input) for the backward. With a mean or sum reduction inside the op the saved gradient is already
+the answer up to the incoming scalar gradient, and in eager mode the backward hands both to
+``scale_unless_one_``, which reads the scalar on the device: when it is 1 (the usual case, and the case of
+a weighted loss whose weight went into the op) no thread touches the gradient, otherwise it is scaled in
+place; the CPU never waits for the GPU. **So after a backward the op's second output holds the gradient
+actually returned.** Under ``torch.compile`` the backward multiplies (one pass). **Teachers are frozen: the
+ops give no gradient for the teacher input** and raise if one is requested.
 
-Public entry points: :func:`kl_distillation` and :func:`attention_transfer` here take the same
-arguments as :func:`kdlab.losses.kl_distillation` and :func:`kdlab.feature_losses.attention_transfer`
-(the formulas, which never touch a kernel) and route: the fused op for CUDA tensors when
-:func:`available` is true and a backward will follow, the formula otherwise.
-``KDLAB_KERNELS=reference`` forces the reference; ``KDLAB_KERNELS=fused``
-makes a failed build an error instead of a fallback.
+Public entry points: :func:`kl_distillation` and :func:`attention_transfer` here take the arguments of
+:func:`kdlab.losses.kl_distillation` and :func:`kdlab.feature_losses.attention_transfer` (the formulas, which
+never touch a kernel), and a ``weight``, and route: the fused op for CUDA tensors when :func:`available` is
+true and a backward will follow, the formula otherwise. ``KDLAB_KERNELS=reference`` forces the reference;
+``KDLAB_KERNELS=fused`` makes a failed build an error instead of a fallback.
 """
 from __future__ import annotations
 
@@ -37,9 +41,9 @@ import torch
 
 from .. import feature_losses, losses
 from . import build, reference
-from .schema import CHECK_UPSTREAM_ONE_BYTES, define_ops
+from .schema import define_ops
 
-__all__ = ["CHECK_UPSTREAM_ONE_BYTES", "FUSED_DTYPES",
+__all__ = ["FUSED_DTYPES",
            "attention_fused_loss", "attention_transfer", "available", "backend", "build", "fused_path",
            "kl_distillation", "kl_fused_loss", "reason", "reference", "use_fused"]
 
@@ -63,6 +67,7 @@ def _register_triton() -> None:
     lib = torch.library.Library("kdlab", "IMPL")
     lib.impl("kl_fused", triton_ops.kl_fused, "CUDA")
     lib.impl("attention_fused", triton_ops.attention_fused, "CUDA")
+    lib.impl("scale_unless_one_", triton_ops.scale_unless_one_, "CUDA")
     _state["triton_library"] = lib
 
 
@@ -132,38 +137,61 @@ def fused_path(student: torch.Tensor, teacher: torch.Tensor, *, classes: int | N
     return (classes is None or classes <= triton_ops.MAX_CLASSES) and (positions is None or positions <= triton_ops.MAX_POSITIONS)
 
 
+def _split_weight(weight: float | torch.Tensor) -> tuple[float, torch.Tensor | None]:
+    """A loss weight as the ops take it: a Python float, or a tensor of one value (kept on its device, read by
+    the kernel: no host synchronisation), whose gradient is not computed."""
+    if isinstance(weight, torch.Tensor):
+        if weight.numel() != 1:
+            raise ValueError(f"weight must be a number or a tensor of one value, got shape {tuple(weight.shape)}")
+        return 1.0, weight.detach().reshape(()).to(torch.float32)
+    return float(weight), None
+
+
 def kl_fused_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
-                  direction: str = "forward", reduction: str = "mean") -> torch.Tensor:
-    """:func:`kdlab.losses.kl_distillation` through ``torch.ops.kdlab.kl_fused`` (arguments already
-    validated by the caller; any device: CUDA tensors use the kernel once built)."""
+                  direction: str = "forward", reduction: str = "mean", weight: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """``weight *`` :func:`kdlab.losses.kl_distillation` through ``torch.ops.kdlab.kl_fused`` (arguments already
+    validated by the caller; any device: CUDA tensors use the kernel once built). The weight is applied
+    inside the kernel, to the loss and to the gradient it writes."""
     if teacher_logits.requires_grad:
         raise RuntimeError("kdlab's fused KL gives no gradient for the teacher logits: teachers are frozen "
                            "(pass teacher_logits.detach())")
     code = {"none": 0, "mean": 1, "sum": 2}[reduction]
-    return torch.ops.kdlab.kl_fused(student_logits, teacher_logits, float(temperature), direction == "reverse", code)[0]
+    w, w_tensor = _split_weight(weight)
+    return torch.ops.kdlab.kl_fused(student_logits, teacher_logits, float(temperature), direction == "reverse", code,
+                                    w, w_tensor)[0]
 
 
-def attention_fused_loss(student_feats: torch.Tensor, teacher_feats: torch.Tensor, p: float = 2.0) -> torch.Tensor:
-    """:func:`kdlab.feature_losses.attention_transfer` (batch mean) through ``torch.ops.kdlab.attention_fused``."""
-    return torch.ops.kdlab.attention_fused(student_feats, teacher_feats.detach(), float(p), 1)[0]
+def attention_fused_loss(student_feats: torch.Tensor, teacher_feats: torch.Tensor, p: float = 2.0,
+                         weight: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """``weight *`` :func:`kdlab.feature_losses.attention_transfer` (batch mean) through
+    ``torch.ops.kdlab.attention_fused``."""
+    w, w_tensor = _split_weight(weight)
+    return torch.ops.kdlab.attention_fused(student_feats, teacher_feats.detach(), float(p), 1, w, w_tensor)[0]
 
 
 def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
-                    direction: str = "forward", reduction: str = "mean") -> torch.Tensor:
-    """:func:`kdlab.losses.kl_distillation` (same arguments, same result) on the fused CUDA kernel
-    when :func:`fused_path` allows it, and the formula itself everywhere else. The training steps of
-    :mod:`kdlab.methods` call this one; the kernel gives no gradient for the teacher logits."""
+                    direction: str = "forward", reduction: str = "mean", weight: float | torch.Tensor = 1.0
+                    ) -> torch.Tensor:
+    """``weight *`` :func:`kdlab.losses.kl_distillation` (same other arguments, same result) on the fused CUDA
+    kernel when :func:`fused_path` allows it, and the formula itself everywhere else. The training steps of
+    :mod:`kdlab.methods` call this one; the kernel gives no gradient for the teacher logits. Passing a loss's
+    weight here (the alpha of weighted distillation, or a tensor such as a gradient scaler's scale) rather
+    than multiplying the result lets the kernel apply it as it writes the gradient: no extra pass over a
+    logit-sized tensor in the backward."""
     temperature = losses.check_kl_arguments(student_logits, teacher_logits, temperature, direction, reduction)
     if fused_path(student_logits, teacher_logits, classes=student_logits.shape[1]):
-        return kl_fused_loss(student_logits, teacher_logits, temperature, direction, reduction)
-    return losses.kl_distillation(student_logits, teacher_logits, temperature, direction, reduction)
+        return kl_fused_loss(student_logits, teacher_logits, temperature, direction, reduction, weight)
+    loss = losses.kl_distillation(student_logits, teacher_logits, temperature, direction, reduction)
+    return loss if isinstance(weight, (int, float)) and weight == 1 else weight * loss
 
 
-def attention_transfer(student_feats: torch.Tensor, teacher_feats: torch.Tensor, p: float = 2.0) -> torch.Tensor:
-    """:func:`kdlab.feature_losses.attention_transfer` on the fused CUDA kernel when :func:`fused_path`
-    allows it, the formula everywhere else."""
+def attention_transfer(student_feats: torch.Tensor, teacher_feats: torch.Tensor, p: float = 2.0,
+                       weight: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """``weight *`` :func:`kdlab.feature_losses.attention_transfer` on the fused CUDA kernel when
+    :func:`fused_path` allows it, the formula everywhere else (the weight as in :func:`kl_distillation`)."""
     if student_feats.dim() == 4 and teacher_feats.dim() == 4 and fused_path(
             student_feats, teacher_feats, positions=student_feats.shape[2] * student_feats.shape[3]):
         feature_losses.check_maps(student_feats, teacher_feats, "attention_transfer")
-        return attention_fused_loss(student_feats, teacher_feats, p)
-    return feature_losses.attention_transfer(student_feats, teacher_feats, p)
+        return attention_fused_loss(student_feats, teacher_feats, p, weight)
+    loss = feature_losses.attention_transfer(student_feats, teacher_feats, p)
+    return loss if isinstance(weight, (int, float)) and weight == 1 else weight * loss

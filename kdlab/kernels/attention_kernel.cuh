@@ -89,11 +89,18 @@ __global__ void __launch_bounds__(kAtWarps * 32) attention_maps_kernel(
   }
 }
 
+// Weight of the loss and its gradient: `weight`, times the float at `weight_ptr` unless it is null (read on
+// the device: no host synchronisation).
+__device__ __forceinline__ float total_weight(float weight, const float* weight_ptr) {
+  return weight_ptr ? weight * *weight_ptr : weight;
+}
+
 // maps: [2, N, HW] from attention_maps_kernel; loss: [N] float; stats: [N, 3] float (||a_S||, ||a_T||,
-// sum_j u_j d_j). With u = a_S / ||a_S||, d = u - a_T / ||a_T|| (norms at least 1e-12): loss = sum_j d_j^2.
-// Launch: N blocks of attention_stats_threads(HW) threads, 32 floats of shared memory.
+// sum_j u_j d_j). With u = a_S / ||a_S||, d = u - a_T / ||a_T|| (norms at least 1e-12): loss = sum_j d_j^2
+// (times the weight). Launch: N blocks of attention_stats_threads(HW) threads, 32 floats of shared memory.
 __global__ void __launch_bounds__(kAtStatsThreads) attention_stats_kernel(
-    const float* __restrict__ maps, float* __restrict__ loss, float* __restrict__ stats, int64_t N, int64_t HW) {
+    const float* __restrict__ maps, float* __restrict__ loss, float* __restrict__ stats, int64_t N, int64_t HW,
+    float weight, const float* __restrict__ weight_ptr) {
   KDLAB_DYNAMIC_SHARED(float, red);
   const int64_t n = blockIdx.x;
   const float* a_s = maps + n * HW;
@@ -111,27 +118,28 @@ __global__ void __launch_bounds__(kAtStatsThreads) attention_stats_kernel(
   dd = block_sum(dd, red);
   ud = block_sum(ud, red);
   if (threadIdx.x == 0) {
-    loss[n] = dd;
+    loss[n] = total_weight(weight, weight_ptr) * dd;
     stats[3 * n] = norm_s;
     stats[3 * n + 1] = norm_t;
     stats[3 * n + 2] = ud;
   }
 }
 
-// fs: [N, Cs, HW]; maps, stats as above; grad: like fs, gscale * d loss / d F_S where
+// fs: [N, Cs, HW]; maps, stats as above; grad: like fs, weight * gscale * d loss / d F_S where
 // d loss / d a_S[j] = 2 (d_j - u_j sum_k u_k d_k) / ||a_S|| and d a_S[j] / d F_S[c, j] = p |F|^(p-1) sign(F) / C_S.
 // Launch: as attention_maps_kernel, no shared memory.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kAtWarps * 32) attention_grad_kernel(
     const scalar_t* __restrict__ fs, const float* __restrict__ maps, const float* __restrict__ stats,
-    scalar_t* __restrict__ grad, int64_t N, int Cs, int64_t HW, float p, float gscale) {
+    scalar_t* __restrict__ grad, int64_t N, int Cs, int64_t HW, float p, float gscale, float weight,
+    const float* __restrict__ weight_ptr) {
   const int64_t tiles = (HW + kAtTile - 1) / kAtTile;
   const int64_t n = blockIdx.x / tiles;
   const int64_t j = (blockIdx.x % tiles) * kAtTile + threadIdx.x % 32;
   if (j >= HW) return;  // no barrier follows
   const float norm_s = stats[3 * n], norm_t = stats[3 * n + 1], ud = stats[3 * n + 2];
   const float u = maps[n * HW + j] / norm_s, d = u - maps[(N + n) * HW + j] / norm_t;
-  const float g_a = 2.f * (d - u * ud) / norm_s * (gscale / Cs);
+  const float g_a = 2.f * (d - u * ud) / norm_s * (gscale * total_weight(weight, weight_ptr) / Cs);
   const bool square = p == 2.f;
   const scalar_t* x = fs + n * Cs * HW + j;
   scalar_t* g = grad + n * Cs * HW + j;

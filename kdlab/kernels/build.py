@@ -36,8 +36,8 @@ from .schema import define_ops
 # torch.utils.cpp_extension is imported where a build needs it: importing it looks for a CUDA
 # toolkit and warns on machines without one, and `import kdlab` must stay quiet there
 
-SOURCES = [Path(__file__).with_name(n) for n in ("ops.cpp", "kl.cu", "attention.cu")]
-HEADERS = [Path(__file__).with_name(n) for n in ("common.cuh", "kl_kernel.cuh", "attention_kernel.cuh")]
+SOURCES = [Path(__file__).with_name(n) for n in ("ops.cpp", "kl.cu", "attention.cu", "scale.cu")]
+HEADERS = [Path(__file__).with_name(n) for n in ("common.cuh", "kl_kernel.cuh", "attention_kernel.cuh", "op_args.h")]
 MODES = ("auto", "reference", "fused", "triton")
 
 
@@ -194,7 +194,7 @@ def main() -> int:
     t0 = time.perf_counter()
     compile_and_load(verbose="-v" in sys.argv)
     registered = {op: torch._C._dispatch_has_kernel_for_dispatch_key(f"kdlab::{op}", "CUDA")
-                  for op in ("kl_fused", "attention_fused")}
+                  for op in ("kl_fused", "attention_fused", "scale_unless_one_")}
     archs = visible_archs()
     print(f"built and loaded the kdlab kernels in {time.perf_counter() - t0:.0f} s for compute capability "
           f"{', '.join(archs)} in {build_dir(build_key(archs))}; CUDA implementations registered: {registered}")

@@ -8,12 +8,15 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "kl_kernel.cuh"
+#include "op_args.h"
 
 namespace kdlab {
 
 // reduction: 0 = none (loss per position), 1 = mean, 2 = sum; the gradient is that of the reduced loss.
+// Both are multiplied by weight and by weight_tensor's value when given (read on the device).
 std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, const at::Tensor& teacher,
-                                                 double temperature, bool reverse, int64_t reduction) {
+                                                 double temperature, bool reverse, int64_t reduction, double weight,
+                                                 const std::optional<at::Tensor>& weight_tensor) {
   TORCH_CHECK(reduction >= 0 && reduction <= 2, "kl_fused: reduction must be 0 (none), 1 (mean) or 2 (sum)");
   TORCH_CHECK(student.is_cuda() && teacher.is_cuda(), "kl_fused: expected CUDA tensors");
   TORCH_CHECK(student.sizes() == teacher.sizes(), "kl_fused: student and teacher shapes differ");
@@ -49,7 +52,8 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
   TORCH_CHECK(plan.blocks < (1LL << 31), "kl_fused: too many positions for one launch");
   const float temp = static_cast<float>(temperature);
   const KlArgs args{rows ? n_rows : N, K, rows ? 1 : HW, plan.group, 1.f / temp, temp,
-                    kl_grad_scale(temp, reduction, N * HW)};
+                    kl_grad_scale(temp, reduction, N * HW), static_cast<float>(weight),
+                    weight_pointer(weight_tensor, s, "kl_fused")};
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_V2(s.scalar_type(), "kl_fused", AT_WRAP([&] {
     kl_dispatch<scalar_t>(reverse, rows, plan, [&](auto kernel, const KlPlan& p) {

@@ -33,13 +33,16 @@ __device__ __forceinline__ float exp_shifted(float x, float m) { return m == -IN
 // Arguments shared by every KL kernel (passed by value, so all kernels have one signature).
 // columns: N samples, K classes, HW positions per sample. rows: N = rows, K = classes per row, HW = 1.
 // group: threads per row (rows kernels). gtemp = T * (d reduced loss / d per-position loss): T for
-// none / sum, T / positions for mean.
+// none / sum, T / positions for mean. The loss and its gradient are multiplied by weight and, when
+// weight_ptr is not null, by the float it points to (read on the device: no host synchronisation).
 struct KlArgs {
   int64_t N;
   int K;
   int64_t HW;
   int group;
-  float inv_temp, temp, gtemp;
+  float inv_temp, temp, gtemp, weight;
+  const float* weight_ptr;
+  __device__ __forceinline__ float total_weight() const { return weight_ptr ? weight * *weight_ptr : weight; }
 };
 
 // One position's T^2-free KL and gradient, from the element slots a thread holds and a Group that
@@ -49,8 +52,8 @@ struct KlArgs {
 //   reverse:  KL = sum_k q_k (log q_k - log p_k),   d (T^2 KL) / d s_k = T q_k (log q_k - log p_k - KL)
 // The shift is subtracted before the log-sum-exp, so large logits lose no precision (as in
 // log_softmax); a class with q_k = 0 (a -inf logit) gets gradient 0 in the reverse direction.
-// Slots: each(f) calls f(a, b) for every element the thread holds; write(f) stores gtemp-scaled
-// f(a, b) as each element's gradient. Returns KL on every thread of the position.
+// Slots: each(f) calls f(a, b) for every element the thread holds; write(f) stores f(a, b) as each
+// element's gradient (f already includes gtemp). Returns KL on every thread of the position.
 template <bool kReverse, typename Slots, typename Group>
 __device__ __forceinline__ float kl_position(Slots& x, Group& group, float gtemp) {
   float ma = -INFINITY, mb = -INFINITY;
@@ -218,10 +221,11 @@ __global__ void __launch_bounds__(kColumnMaxWarps * 32, 2) kl_columns_kernel(
   const int64_t base = (n * args.K + warp) * args.HW + (active ? hw : 0);  // class `warp` of this position
   const int count = active && warp < args.K ? (args.K - warp + warps - 1) / warps : 0;
   ColumnSlots<scalar_t, kPer> x{s + base, t + base, grad + base, warps * args.HW, count, args.inv_temp};
+  const float w = args.total_weight();  // its load issues first, the logits' right after it
   x.load();
   WarpsOfBlock group{red, warps, warp, static_cast<int>(threadIdx.x % 32)};
-  const float kl = kl_position<kReverse>(x, group, args.gtemp);
-  if (active && warp == 0) loss[n * args.HW + hw] = args.temp * args.temp * kl;
+  const float kl = kl_position<kReverse>(x, group, args.gtemp * w);
+  if (active && warp == 0) loss[n * args.HW + hw] = w * args.temp * args.temp * kl;
 }
 
 // ---- rows: [rows, K], class innermost ----
@@ -241,7 +245,7 @@ struct RowSlots {
   scalar_t* g;
   int first, step, packs;  // packs first, first + step, ... below packs = K / kV
   bool active;
-  float inv_temp, gtemp;
+  float inv_temp;
   P rs[kR > 0 ? kR : 1], rt[kR > 0 ? kR : 1];
 
   __device__ __forceinline__ P at(const scalar_t* p, int c) const { return *reinterpret_cast<const P*>(p + c * kV); }
@@ -311,19 +315,19 @@ __global__ void __launch_bounds__(kBlockRow ? kRowMaxThreads : kRowThreads) kl_r
   const int lane = threadIdx.x % G;
   const bool active = row < args.N;
   const int64_t base = (active ? row : 0) * args.K;
-  RowSlots<scalar_t, kV, kR> x{s + base, t + base, grad + base, lane, G, args.K / kV, active, args.inv_temp,
-                               args.gtemp};
+  RowSlots<scalar_t, kV, kR> x{s + base, t + base, grad + base, lane, G, args.K / kV, active, args.inv_temp};
+  const float w = args.total_weight();
   x.load();
   float kl;
   if constexpr (kBlockRow) {
     KDLAB_DYNAMIC_SHARED(float, red);
     ThreadsOfBlock group{red};
-    kl = kl_position<kReverse>(x, group, args.gtemp);
+    kl = kl_position<kReverse>(x, group, args.gtemp * w);
   } else {
     LanesOfWarp group{G};
-    kl = kl_position<kReverse>(x, group, args.gtemp);
+    kl = kl_position<kReverse>(x, group, args.gtemp * w);
   }
-  if (active && lane == 0) loss[row] = args.temp * args.temp * kl;
+  if (active && lane == 0) loss[row] = w * args.temp * args.temp * kl;
 }
 
 // ---- launch plans (host code; the CUDA launcher and the emulator share it) ----

@@ -3,16 +3,21 @@
 // kdlab/kernels/__init__.py before this library is loaded.
 #include <torch/library.h>
 
+#include <optional>
 #include <tuple>
 
 namespace kdlab {
 std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, const at::Tensor& teacher,
-                                                 double temperature, bool reverse, int64_t reduction);
+                                                 double temperature, bool reverse, int64_t reduction, double weight,
+                                                 const std::optional<at::Tensor>& weight_tensor);
 std::tuple<at::Tensor, at::Tensor> attention_fused_cuda(const at::Tensor& student, const at::Tensor& teacher,
-                                                        double p, int64_t reduction);
+                                                        double p, int64_t reduction, double weight,
+                                                        const std::optional<at::Tensor>& weight_tensor);
+void scale_unless_one_cuda(at::Tensor grad, const at::Tensor& factor);
 }  // namespace kdlab
 
 TORCH_LIBRARY_IMPL(kdlab, CUDA, m) {
   m.impl("kl_fused", &kdlab::kl_fused_cuda);
   m.impl("attention_fused", &kdlab::attention_fused_cuda);
+  m.impl("scale_unless_one_", &kdlab::scale_unless_one_cuda);
 }

@@ -28,11 +28,23 @@ import torch.nn.functional as F
 from ..utils import at_least_float32 as _acc
 
 
-def _reduce(loss: torch.Tensor, grad: torch.Tensor, reduction: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """0: per position / sample; 1: mean (and the gradient scaled by 1 / count); 2: sum."""
+def _reduce(loss: torch.Tensor, grad: torch.Tensor, reduction: int, weight: float = 1.0,
+            weight_tensor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """0: per position / sample; 1: mean (and the gradient scaled by 1 / count); 2: sum; then both times
+    ``weight`` and ``weight_tensor`` (one value), as the kernels do."""
     if reduction == 1:
-        return loss.mean(), grad / max(loss.numel(), 1)
-    return (loss.sum(), grad) if reduction == 2 else (loss, grad)
+        loss, grad = loss.mean(), grad / max(loss.numel(), 1)
+    elif reduction == 2:
+        loss = loss.sum()
+    w = weight if weight_tensor is None else weight * weight_tensor.reshape(()).to(loss.dtype)
+    return (loss, grad) if weight_tensor is None and weight == 1.0 else (w * loss, w * grad)
+
+
+def scale_unless_one_(grad: torch.Tensor, factor: torch.Tensor) -> None:
+    """``grad *= factor`` (one value) in place, unless it is 1: the backward of the reduced ops. The CUDA
+    implementation decides on the device; here the comparison costs nothing (no GPU to wait for)."""
+    if factor.device.type != "cpu" or factor.item() != 1.0:
+        grad.mul_(factor.to(grad.dtype))
 
 
 def kl_grad_format(student: torch.Tensor, teacher: torch.Tensor) -> torch.memory_format:
@@ -46,11 +58,11 @@ def kl_grad_format(student: torch.Tensor, teacher: torch.Tensor) -> torch.memory
     return torch.contiguous_format
 
 
-def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool, reduction: int = 0
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool, reduction: int = 0,
+             weight: float = 1.0, weight_tensor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, grad)``: ``T^2 KL`` per position ``[N, *spatial]`` (float32, or float64), or its mean
-    (``reduction=1``) or sum (``2``), and the gradient of that loss with respect to ``student``
-    (in ``student.dtype``)."""
+    (``reduction=1``) or sum (``2``), times ``weight`` (and ``weight_tensor``'s one value), and the gradient
+    of that loss with respect to ``student`` (in ``student.dtype``)."""
     log_q = F.log_softmax(_acc(student) / temperature, dim=1)
     log_p = F.log_softmax(_acc(teacher) / temperature, dim=1)
     q, p = log_q.exp(), log_p.exp()
@@ -60,14 +72,16 @@ def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, r
     else:
         kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(1, keepdim=True)
         grad = temperature * (q - p)
-    loss, grad = _reduce((temperature ** 2) * kl.squeeze(1), grad, reduction)
+    loss, grad = _reduce((temperature ** 2) * kl.squeeze(1), grad, reduction, weight, weight_tensor)
     return loss, grad.to(student.dtype).contiguous(memory_format=kl_grad_format(student, teacher))
 
 
 def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0, reduction: int = 0,
-                    eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+                    weight: float = 1.0, weight_tensor: torch.Tensor | None = None, eps: float = 1e-12
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, grad)``: attention transfer per sample ``[N]``, or its mean (``reduction=1``) or sum
-    (``2``), and the gradient of that loss with respect to the student features (``student.dtype``)."""
+    (``2``), times ``weight`` (and ``weight_tensor``'s one value), and the gradient of that loss with
+    respect to the student features (``student.dtype``)."""
     fs, ft = _acc(student), _acc(teacher)
     a_s = fs.abs().pow(p).mean(1).flatten(1)  # (N, HW)
     a_t = ft.abs().pow(p).mean(1).flatten(1)
@@ -78,5 +92,5 @@ def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0
     g_a = 2 * (d - u * (u * d).sum(1, keepdim=True)) / n_s  # (N, HW)
     g_a = g_a.view(fs.shape[0], 1, *fs.shape[2:])
     dfs = (p / fs.shape[1]) * fs.abs().pow(p - 1) * fs.sign()
-    loss, grad = _reduce(loss, g_a * dfs, reduction)
+    loss, grad = _reduce(loss, g_a * dfs, reduction, weight, weight_tensor)
     return loss, grad.to(student.dtype).contiguous()

@@ -27,8 +27,8 @@ MAX_POSITIONS = 8192  # one block of lanes per sample
 
 
 @triton.jit
-def _kl_kernel(s_ptr, t_ptr, loss_ptr, grad_ptr, K, P, temperature, grad_scale,
-               REVERSE: tl.constexpr, BLOCK_K: tl.constexpr):
+def _kl_kernel(s_ptr, t_ptr, loss_ptr, grad_ptr, K, P, temperature, grad_scale, weight, w_ptr,
+               REVERSE: tl.constexpr, BLOCK_K: tl.constexpr, HAS_W: tl.constexpr):
     pid = tl.program_id(0)  # one position: sample n, spatial index j
     n = pid // P
     j = pid % P
@@ -49,12 +49,15 @@ def _kl_kernel(s_ptr, t_ptr, loss_ptr, grad_ptr, K, P, temperature, grad_scale,
     else:  # T^2 sum p (log p - log q);  d/ds = T (q - p)
         kl = tl.sum(tl.where(p > 0, p * (log_p - log_q), 0.0), 0)
         grad = temperature * (q - p)
-    tl.store(loss_ptr + pid, temperature * temperature * kl)
-    tl.store(grad_ptr + offsets, (grad * grad_scale).to(grad_ptr.dtype.element_ty), mask=mask)
+    if HAS_W:  # the weight tensor's value, read on the device
+        weight = weight * tl.load(w_ptr)
+    tl.store(loss_ptr + pid, weight * temperature * temperature * kl)
+    tl.store(grad_ptr + offsets, (grad * (grad_scale * weight)).to(grad_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _attention_kernel(s_ptr, t_ptr, loss_ptr, grad_ptr, CS, CT, HW, p, eps, grad_scale, BLOCK: tl.constexpr):
+def _attention_kernel(s_ptr, t_ptr, loss_ptr, grad_ptr, CS, CT, HW, p, eps, grad_scale, weight, w_ptr,
+                      BLOCK: tl.constexpr, HAS_W: tl.constexpr):
     n = tl.program_id(0)  # one sample
     j = tl.arange(0, BLOCK)
     mask = j < HW
@@ -72,21 +75,49 @@ def _attention_kernel(s_ptr, t_ptr, loss_ptr, grad_ptr, CS, CT, HW, p, eps, grad
     u = a_s / norm_s
     v = a_t / tl.maximum(tl.sqrt(tl.sum(a_t * a_t, 0)), eps)
     d = u - v
-    tl.store(loss_ptr + n, tl.sum(d * d, 0))  # ||u - v||^2
+    if HAS_W:
+        weight = weight * tl.load(w_ptr)
+    tl.store(loss_ptr + n, weight * tl.sum(d * d, 0))  # ||u - v||^2
     g_a = 2 * (d - u * tl.sum(u * d, 0)) / norm_s  # d loss / d a_S
     for c in range(0, CS):  # d loss / d F = g_a (p / C_S) |F|^(p-1) sign(F)
         x = tl.load(s_ptr + (n * CS + c) * HW + j, mask=mask, other=0.0).to(tl.float32)
         ax = tl.abs(x)
         dfs = tl.where(ax > 0, (p / CS) * tl.exp((p - 1) * tl.log(ax)) * tl.where(x > 0, 1.0, -1.0), 0.0)
-        tl.store(grad_ptr + (n * CS + c) * HW + j, (g_a * dfs * grad_scale).to(grad_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_ptr + (n * CS + c) * HW + j, (g_a * dfs * (grad_scale * weight)).to(grad_ptr.dtype.element_ty),
+                 mask=mask)
+
+
+@triton.jit
+def _scale_kernel(g_ptr, f_ptr, n, BLOCK: tl.constexpr):
+    f = tl.load(f_ptr)  # read on the device: no host synchronisation
+    if f != 1.0:  # the usual upstream gradient 1: no pass over memory
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        g = tl.load(g_ptr + i, mask=i < n)
+        tl.store(g_ptr + i, (g.to(tl.float32) * f).to(g_ptr.dtype.element_ty), mask=i < n)
+
+
+def _weight_pointer(weight_tensor: torch.Tensor | None, placeholder: torch.Tensor) -> torch.Tensor:
+    """The weight tensor (one float32 value on the inputs' device), or a placeholder the kernel never reads."""
+    if weight_tensor is None:
+        return placeholder
+    if weight_tensor.numel() != 1 or weight_tensor.dtype != torch.float32 or weight_tensor.device != placeholder.device:
+        raise ValueError("weight_tensor must hold one float32 value on the inputs' device")
+    return weight_tensor
+
+
+def scale_unless_one_(grad: torch.Tensor, factor: torch.Tensor) -> None:
+    """``grad *= factor`` in place unless ``factor`` (one float32 value on the GPU) is 1, decided on the device."""
+    n = grad.numel()
+    if n:
+        _scale_kernel[(triton.cdiv(n, 1024),)](grad, factor.reshape(()).to(torch.float32), n, BLOCK=1024)
 
 
 def _reduce(loss: torch.Tensor, reduction: int) -> torch.Tensor:
     return loss.mean() if reduction == 1 else loss.sum() if reduction == 2 else loss
 
 
-def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool, reduction: int = 0
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool, reduction: int = 0,
+             weight: float = 1.0, weight_tensor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`kdlab.kernels.reference.kl_fused` on Triton: logits ``[N, K, *spatial]`` (any float dtype);
     returns the float32 loss (per position ``[N, *spatial]``, or reduced) and the gradient (``student.dtype``)."""
     n, k = student.shape[:2]
@@ -100,13 +131,14 @@ def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, r
     count = loss.numel()
     if count:
         _kl_kernel[(count,)](s, t, loss, grad, k, positions, float(temperature),
-                             1.0 / count if reduction == 1 else 1.0, REVERSE=bool(reverse),
-                             BLOCK_K=triton.next_power_of_2(k))
+                             1.0 / count if reduction == 1 else 1.0, float(weight), _weight_pointer(weight_tensor, loss),
+                             REVERSE=bool(reverse), BLOCK_K=triton.next_power_of_2(k), HAS_W=weight_tensor is not None)
     return _reduce(loss, reduction), grad.contiguous(memory_format=reference.kl_grad_format(student, teacher))
 
 
 def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0, reduction: int = 0,
-                    eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+                    weight: float = 1.0, weight_tensor: torch.Tensor | None = None, eps: float = 1e-12
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`kdlab.kernels.reference.attention_fused` on Triton: features ``[N, C_S, H, W]`` and
     ``[N, C_T, H, W]``; returns the float32 loss (per sample ``[N]``, or reduced) and the gradient."""
     n, cs, h, w = student.shape
@@ -117,7 +149,8 @@ def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0
     grad = torch.empty_like(s)
     if n:
         _attention_kernel[(n,)](s, t, loss, grad, cs, t.shape[1], h * w, float(p), eps,
-                                1.0 / n if reduction == 1 else 1.0, BLOCK=triton.next_power_of_2(h * w))
+                                1.0 / n if reduction == 1 else 1.0, float(weight), _weight_pointer(weight_tensor, loss),
+                                BLOCK=triton.next_power_of_2(h * w), HAS_W=weight_tensor is not None)
     return _reduce(loss, reduction), grad
 
 

@@ -98,9 +98,9 @@ def _library() -> ctypes.CDLL:
     if _lib is None:
         lib = build()
         i64, f32, i32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_int, ctypes.c_void_p
-        lib.kdlab_emulate_kl.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i64, f32, i32, i32, i32, i32,
+        lib.kdlab_emulate_kl.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i64, f32, i32, i32, i32, f32, ptr, i32,
                                          ctypes.c_uint64, i32, ctypes.c_char_p, i32]
-        lib.kdlab_emulate_attention.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i32, i32, f32, i32, i32,
+        lib.kdlab_emulate_attention.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i32, i32, f32, i32, f32, ptr, i32,
                                                 ctypes.c_uint64, i32, ctypes.c_char_p, i32]
         lib.kdlab_kl_plan.argtypes = [i64, i32, i64, i32, i32, ctypes.POINTER(i64)]
         lib.kdlab_kl_plan.restype = None
@@ -139,14 +139,23 @@ def _reduce(loss: torch.Tensor, reduction: int) -> torch.Tensor:
     return loss if reduction == 0 else loss.mean() if reduction == 1 else loss.sum()
 
 
+def _weight_value(weight_tensor: torch.Tensor | None):
+    """A pointer to the weight tensor's one float32 value, or None (and the tensor, kept alive by the caller)."""
+    if weight_tensor is None:
+        return None, None
+    w = weight_tensor.detach().reshape(1).to(torch.float32).contiguous()
+    return ctypes.c_void_p(w.data_ptr()), w
+
+
 def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool, reduction: int = 0,
-             order: str = "ascending", seed: int = 0, guard: str = "end") -> tuple[torch.Tensor, torch.Tensor]:
+             weight: float = 1.0, weight_tensor: torch.Tensor | None = None, order: str = "ascending", seed: int = 0,
+             guard: str = "end") -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.ops.kdlab.kl_fused`` computed by the CUDA kernels' source under the emulator: logits
     ``[N, K, *spatial]`` float32 -> (``T^2 KL`` per position ``[N, *spatial]`` or its mean / sum,
     gradient like the logits). Contiguous logits take the columns kernel (the rows kernel when there are
     no spatial axes); channels-last 4-D logits take the rows kernel on their own memory order, as on a
-    GPU. ``order``: thread schedule between barriers; ``guard``: which side of every buffer touches an
-    inaccessible page ("end" or "start")."""
+    GPU. ``weight`` and ``weight_tensor`` as in the op; ``order``: thread schedule between barriers;
+    ``guard``: which side of every buffer touches an inaccessible page ("end" or "start")."""
     for x, what in ((student, "student"), (teacher, "teacher")):
         if x.device.type != "cpu" or x.dtype != torch.float32:
             raise TypeError(f"the emulator takes float32 CPU tensors; {what} is {x.dtype} on {x.device}")
@@ -160,14 +169,17 @@ def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, r
     s, t = ((x.permute(0, 2, 3, 1).contiguous() if rows else x.contiguous()) for x in (student, teacher))
     loss = torch.empty((n, *student.shape[2:]), dtype=torch.float32)
     grad = torch.empty_like(s)
+    w_ptr, _keep = _weight_value(weight_tensor)
     if s.numel():
         _call(_library().kdlab_emulate_kl, s.data_ptr(), t.data_ptr(), loss.data_ptr(), grad.data_ptr(), n, k, hw,
-              float(temperature), int(reverse), reduction, int(rows), ORDERS[order], seed, GUARDS[guard])
+              float(temperature), int(reverse), reduction, int(rows), float(weight), w_ptr, ORDERS[order], seed,
+              GUARDS[guard])
     return _reduce(loss, reduction), (grad.permute(0, 3, 1, 2) if rows else grad)
 
 
 def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0, reduction: int = 0,
-                    order: str = "ascending", seed: int = 0, guard: str = "end") -> tuple[torch.Tensor, torch.Tensor]:
+                    weight: float = 1.0, weight_tensor: torch.Tensor | None = None, order: str = "ascending",
+                    seed: int = 0, guard: str = "end") -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.ops.kdlab.attention_fused`` computed by the CUDA kernel's source under the emulator:
     features ``[N, C_S, H, W]``, ``[N, C_T, H, W]`` float32 -> (loss per sample ``[N]`` or its mean /
     sum, gradient ``[N, C_S, H, W]``)."""
@@ -177,7 +189,8 @@ def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0
     n, cs, ct, hw = s.shape[0], s.shape[1], t.shape[1], s.shape[2] * s.shape[3]
     loss = torch.empty(n, dtype=torch.float32)
     grad = torch.empty_like(s)
+    w_ptr, _keep = _weight_value(weight_tensor)
     if s.numel():
         _call(_library().kdlab_emulate_attention, s.data_ptr(), t.data_ptr(), loss.data_ptr(), grad.data_ptr(), n,
-              cs, ct, hw, float(p), reduction, ORDERS[order], seed, GUARDS[guard])
+              cs, ct, hw, float(p), reduction, float(weight), w_ptr, ORDERS[order], seed, GUARDS[guard])
     return _reduce(loss, reduction), grad

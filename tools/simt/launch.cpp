@@ -44,21 +44,23 @@ extern "C" {
 // student, teacher: [N, K, HW] float32, or with rows != 0 rows [N, K] (HW = 1: the layout of [N, K]
 // and channels-last logits); loss_out: [N HW] (per position); grad_out: like student, the gradient of
 // the loss reduced with `reduction` (0 none, 1 mean, 2 sum); guard: 0 buffers end at a guard page, 1
-// start after one. The plan (kernel, block size, classes per load) is the CUDA launcher's. Returns 0,
-// or 1 with a message.
+// start after one; weight, and *weight_value unless it is null (in a guarded one-float buffer, as the
+// kernel reads it on a GPU): the factor of loss and gradient. The plan (kernel, block size, classes per
+// load) is the CUDA launcher's. Returns 0, or 1 with a message.
 int kdlab_emulate_kl(const float* student, const float* teacher, float* loss_out, float* grad_out, int64_t N, int K,
-                     int64_t HW, float temperature, int reverse, int reduction, int rows, int order, uint64_t seed,
-                     int guard, char* error, int error_size) try {
+                     int64_t HW, float temperature, int reverse, int reduction, int rows, float weight,
+                     const float* weight_value, int order, uint64_t seed, int guard, char* error, int error_size) try {
   simt::set_guard(static_cast<simt::Guard>(guard));
   const size_t n = static_cast<size_t>(N * K * HW), positions = static_cast<size_t>(N * HW);
   Arg s(student, n, "student logits"), t(teacher, n, "teacher logits"), loss(nullptr, positions, "loss"),
-      grad(nullptr, n, "gradient");
+      grad(nullptr, n, "gradient"), w(weight_value, 1, "weight tensor");
   const auto aligned = [](Arg& a) { return reinterpret_cast<uintptr_t>(a.ptr()) % 16 == 0; };
   const int vec = K % 4 == 0 && aligned(s) && aligned(t) && aligned(grad) ? 4 : 1;  // as kl.cu for float32
   const bool as_rows = rows != 0 || HW == 1;
   const kdlab::KlPlan plan = as_rows ? kdlab::kl_rows_plan(N * HW, K, vec) : kdlab::kl_columns_plan(N, K, HW);
   const kdlab::KlArgs args{as_rows ? N * HW : N, K, as_rows ? 1 : HW, plan.group, 1.f / temperature, temperature,
-                           kdlab::kl_grad_scale(temperature, reduction, N * HW)};
+                           kdlab::kl_grad_scale(temperature, reduction, N * HW), weight,
+                           weight_value ? w.ptr() : nullptr};
   const float* ps = s.ptr();
   const float* pt = t.ptr();
   float* pl = loss.ptr();
@@ -76,13 +78,14 @@ int kdlab_emulate_kl(const float* student, const float* teacher, float* loss_out
 // fs: [N, Cs, HW], ft: [N, Ct, HW] float32; loss_out: [N]; grad_out: [N, Cs, HW] (of the reduced loss).
 // The three launches of attention.cu, with the maps and per-sample statistics in guarded buffers.
 int kdlab_emulate_attention(const float* fs, const float* ft, float* loss_out, float* grad_out, int64_t N, int Cs,
-                            int Ct, int HW, float p, int reduction, int order, uint64_t seed, int guard,
-                            char* error, int error_size) try {
+                            int Ct, int HW, float p, int reduction, float weight, const float* weight_value, int order,
+                            uint64_t seed, int guard, char* error, int error_size) try {
   simt::set_guard(static_cast<simt::Guard>(guard));
   const size_t ns = static_cast<size_t>(N * Cs * HW), nt = static_cast<size_t>(N * Ct * HW);
   Arg s(fs, ns, "student features"), t(ft, nt, "teacher features"), loss(nullptr, static_cast<size_t>(N), "loss"),
       grad(nullptr, ns, "gradient"), maps(nullptr, static_cast<size_t>(2 * N * HW), "maps"),
-      stats(nullptr, static_cast<size_t>(3 * N), "stats");
+      stats(nullptr, static_cast<size_t>(3 * N), "stats"), w(weight_value, 1, "weight tensor");
+  const float* pw = weight_value ? w.ptr() : nullptr;
   const float gscale = kdlab::attention_grad_scale(reduction, N);
   const auto blocks = static_cast<unsigned>(kdlab::attention_blocks(N, HW));
   const auto threads = static_cast<unsigned>(kdlab::kAtWarps * 32);
@@ -95,10 +98,10 @@ int kdlab_emulate_attention(const float* fs, const float* ft, float* loss_out, f
   });
   if (message.empty())
     message = simt::launch(static_cast<unsigned>(N), static_cast<unsigned>(kdlab::attention_stats_threads(HW)),
-                           32 * sizeof(float), o, seed, [&] { kdlab::attention_stats_kernel(pm, pl, pst, N, HW); });
+                           32 * sizeof(float), o, seed, [&] { kdlab::attention_stats_kernel(pm, pl, pst, N, HW, weight, pw); });
   if (message.empty())
     message = simt::launch(blocks, threads, 0, o, seed, [&] {
-      kdlab::attention_grad_kernel<float>(ps, pm, pst, pg, N, Cs, HW, p, gscale);
+      kdlab::attention_grad_kernel<float>(ps, pm, pst, pg, N, Cs, HW, p, gscale, weight, pw);
     });
   for (const Arg* arg : {&maps, &stats})
     if (message.empty() && !arg->buffer.canaries_intact()) message = "a write outside " + arg->buffer.name;
