@@ -122,6 +122,18 @@ def same_over_processes(value: int, w: World, device: torch.device) -> bool:
     return t[0].item() == -t[1].item()
 
 
+def first_error(message: str | None, w: World) -> str | None:
+    """Agree on a failure that only some processes saw (a file one machine lacks): every process passes its
+    own error message or ``None`` and gets the lowest failing rank's message, prefixed ``rank R:`` when that
+    is not rank 0, or ``None`` when all succeeded. One all-gather of small Python objects."""
+    if w.size == 1:
+        return message
+    messages = [None] * w.size
+    dist.all_gather_object(messages, message)
+    rank = next((r for r, m in enumerate(messages) if m is not None), None)
+    return None if rank is None else messages[rank] if rank == 0 else f"rank {rank}: {messages[rank]}"
+
+
 def barrier(w: World) -> None:
     """Wait for every process (no-op for one)."""
     if w.size > 1:

@@ -137,15 +137,25 @@ def fit(args) -> dict:
         w, device = distributed.setup(args.device)
     except ValueError as e:
         raise FitError(f"--device {args.device}: {e}") from None
-    try:
-        if args.download and not w.main:
-            distributed.barrier(w)  # rank 0 downloads first; the others then read its files
-        images, labels = data.as_tensors(data.load(args.data, "train", download=args.download and w.main))
-        if args.download and w.main:
-            distributed.barrier(w)
+    error, images = None, None
+    if args.download:  # rank 0 downloads first; the others then read its files
+        if w.main:
+            try:
+                data.load(args.data, "train", download=True)
+            except data.DatasetUnavailable as e:
+                error = f"--data {args.data}: {e}"
+        distributed.barrier(w)
+    try:  # what can fail on some processes only (a file one machine lacks) is agreed on before training
+        if error is None:
+            images, labels = data.as_tensors(data.load(args.data, "train"))
+            model, teacher, extra = _models(args, images)
     except data.DatasetUnavailable as e:
-        raise FitError(f"--data {args.data}: {e}") from None
-    model, teacher, extra = _models(args, images)
+        error = f"--data {args.data}: {e}"
+    except FitError as e:
+        error = str(e)
+    error = distributed.first_error(error, w)
+    if error is not None:
+        raise FitError(error)
     steps, lr = DEFAULTS[args.method]
     out = Path(args.out)
     if w.main:

@@ -1,6 +1,8 @@
 """Run by tests/test_distributed.py under ``torchrun``: several ``kdlab fit`` runs in one job (one launch,
-one process group), or, with ``fail``, a job whose rank 1 raises at its second step."""
+one process group); with ``fail``, a job whose rank 1 raises at its second step; with ``rank1-lacks-data``,
+``kdlab fit`` (its command line) where rank 1 finds no data folder."""
 import argparse
+import os
 import sys
 
 import torch
@@ -33,6 +35,12 @@ def main() -> None:
     if sys.argv[1:] == ["fail"]:
         failing_job()
         return
+    if sys.argv[1] == "rank1-lacks-data":
+        if os.environ["RANK"] == "1":
+            os.environ["KDLAB_DATA"] = "/nonexistent-kdlab-data"
+        parser = argparse.ArgumentParser()
+        fit.add_arguments(parser)
+        sys.exit(fit.main(parser.parse_args(sys.argv[2:])))
     parser = argparse.ArgumentParser()
     fit.add_arguments(parser)
     for command in " ".join(sys.argv[1:]).split(" ; "):  # runs separated by " ; "

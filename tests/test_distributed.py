@@ -182,6 +182,21 @@ def test_a_rank_that_raises_ends_the_job_with_its_error():
     assert "rank: 1" in done.stderr  # torchrun's summary names the failed rank
 
 
+@pytest.mark.distributed
+@needs_torchrun
+def test_data_missing_on_one_rank_stops_every_rank_and_rank_0_names_it(tmp_path):
+    """A failure only some processes see (a machine without the data) is agreed on before training: every
+    rank exits with status 2 at once, and rank 0 prints the failing rank's message."""
+    started = time.monotonic()
+    done = torchrun(str(JOB), "rank1-lacks-data", "diffusion", "--out", str(tmp_path), "--steps", "2",
+                    "--batch-size", "4", "--device", "cpu", "--quiet", timeout=180)
+    assert done.returncode != 0 and time.monotonic() - started < 120  # no collective timeout waited out
+    said = [line for line in done.stderr.splitlines() if line.startswith("kdlab fit:")]
+    assert len(said) == 1, done.stderr[-3000:]
+    assert said[0].startswith("kdlab fit: rank 1: --data mnist5k: bundled file /nonexistent-kdlab-data/mnist5k.npz")
+    assert not (tmp_path / "state.safetensors").exists()
+
+
 @pytest.mark.filterwarnings("ignore:Unable to enable fault handler")  # torchrun's @record outside torchrun
 def test_a_global_batch_that_does_not_split_stops_every_rank_and_rank_0_says_why(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
