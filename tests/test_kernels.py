@@ -112,14 +112,29 @@ def test_backward_of_a_reduced_op_returns_the_saved_gradient_without_a_copy():
     assert torch.allclose(s.grad, 3 * before)
 
 
-def test_scale_unless_one_leaves_the_gradient_alone_at_one():
-    """The backward's step: ``grad *= factor`` in place unless the factor is exactly 1."""
-    g = torch.randn(4, 7)
+def test_apply_upstream_leaves_the_gradient_alone_at_one_and_rescales():
+    """The backward's step: ``grad`` holds ``applied`` times the gradient; make it ``factor`` times, in place."""
+    g, applied = torch.randn(4, 7), torch.ones(())
     before = g.clone()
-    torch.ops.kdlab.scale_unless_one_(g, torch.tensor(1.0))
-    assert torch.equal(g, before)
-    torch.ops.kdlab.scale_unless_one_(g, torch.tensor(-0.5))
-    assert torch.equal(g, -0.5 * before)
+    torch.ops.kdlab.apply_upstream_(g, torch.tensor(1.0), applied)
+    assert torch.equal(g, before) and applied.item() == 1.0
+    torch.ops.kdlab.apply_upstream_(g, torch.tensor(-0.5), applied)
+    assert torch.equal(g, -0.5 * before) and applied.item() == -0.5
+    torch.ops.kdlab.apply_upstream_(g, torch.tensor(3.0), applied)
+    assert torch.allclose(g, 3 * before, rtol=1e-6, atol=0)
+
+
+def test_a_second_backward_through_a_retained_graph_gets_its_own_upstream():
+    """The first backward scaled the saved gradient in place; the second must not scale it twice."""
+    s, t = torch.randn(2, 5, 3, requires_grad=True), torch.randn(2, 5, 3)
+    loss = torch.ops.kdlab.kl_fused(s, t, 1.0, False, 1)[0]
+    expected = reference.kl_fused(s.detach(), t, 1.0, False, 1)[1]
+    (first,) = torch.autograd.grad(3 * loss, s, retain_graph=True)
+    assert torch.allclose(first, 3 * expected)
+    (second,) = torch.autograd.grad(-2 * loss, s, retain_graph=True)
+    assert torch.allclose(second, -2 * expected, rtol=1e-5)
+    (third,) = torch.autograd.grad(loss, s)
+    assert torch.allclose(third, expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("reduction", [0, 1, 2])

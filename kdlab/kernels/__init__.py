@@ -12,7 +12,7 @@ under ``torch.compile``:
   ``[N, C_S, H, W]`` / ``[N, C_T, H, W]`` and its gradient;
 - both multiply the loss and the gradient by ``weight`` and by ``weight_tensor``'s one float32 value,
   which the kernels read on the device;
-- ``torch.ops.kdlab.scale_unless_one_(grad, factor)``: the backward's step (below).
+- ``torch.ops.kdlab.apply_upstream_(grad, factor, applied)``: the backward's step (below).
 
 Implementations: CUDA kernels (``kl_kernel.cuh``, ``attention_kernel.cuh``, launched from ``kl.cu`` and
 ``attention.cu``; ``scale.cu``; registered by ``ops.cpp``) built on first use when possible
@@ -21,11 +21,13 @@ compiler is missing; and the reference (:mod:`kdlab.kernels.reference`) for ever
 fallback. :func:`backend` says which runs. The forward saves only the gradient (one tensor the size of the
 student input) for the backward. With a mean or sum reduction inside the op the saved gradient is already
 the answer up to the incoming scalar gradient, and in eager mode the backward hands both to
-``scale_unless_one_``, which reads the scalar on the device: when it is 1 (the usual case, and the case of
-a weighted loss whose weight went into the op) no thread touches the gradient, otherwise it is scaled in
-place; the CPU never waits for the GPU. **So after a backward the op's second output holds the gradient
-actually returned.** Under ``torch.compile`` the backward multiplies (one pass). **Teachers are frozen: the
-ops give no gradient for the teacher input** and raise if one is requested.
+``apply_upstream_``, which reads the scalar on the device: when it equals the factor the gradient already
+holds (1 after the forward: the usual case, and the case of a weighted loss whose weight went into the op)
+no thread touches the gradient, otherwise it is rescaled in place; the CPU never waits for the GPU, and a
+second backward through a retained graph rescales rather than scaling twice. **So after a backward the
+op's second output holds the gradient that backward returned.** Under ``torch.compile`` the backward
+multiplies (one pass). **Teachers are frozen: the ops give no gradient for the teacher input** and raise
+if one is requested.
 
 Public entry points: :func:`kl_distillation` and :func:`attention_transfer` here take the arguments of
 :func:`kdlab.losses.kl_distillation` and :func:`kdlab.feature_losses.attention_transfer` (the formulas, which
@@ -67,7 +69,7 @@ def _register_triton() -> None:
     lib = torch.library.Library("kdlab", "IMPL")
     lib.impl("kl_fused", triton_ops.kl_fused, "CUDA")
     lib.impl("attention_fused", triton_ops.attention_fused, "CUDA")
-    lib.impl("scale_unless_one_", triton_ops.scale_unless_one_, "CUDA")
+    lib.impl("apply_upstream_", triton_ops.apply_upstream_, "CUDA")
     _state["triton_library"] = lib
 
 

@@ -194,7 +194,7 @@ def main() -> int:
     t0 = time.perf_counter()
     compile_and_load(verbose="-v" in sys.argv)
     registered = {op: torch._C._dispatch_has_kernel_for_dispatch_key(f"kdlab::{op}", "CUDA")
-                  for op in ("kl_fused", "attention_fused", "scale_unless_one_")}
+                  for op in ("kl_fused", "attention_fused", "apply_upstream_")}
     archs = visible_archs()
     print(f"built and loaded the kdlab kernels in {time.perf_counter() - t0:.0f} s for compute capability "
           f"{', '.join(archs)} in {build_dir(build_key(archs))}; CUDA implementations registered: {registered}")

@@ -13,11 +13,11 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
 std::tuple<at::Tensor, at::Tensor> attention_fused_cuda(const at::Tensor& student, const at::Tensor& teacher,
                                                         double p, int64_t reduction, double weight,
                                                         const std::optional<at::Tensor>& weight_tensor);
-void scale_unless_one_cuda(at::Tensor grad, const at::Tensor& factor);
+void apply_upstream_cuda(at::Tensor grad, const at::Tensor& factor, at::Tensor applied);
 }  // namespace kdlab
 
 TORCH_LIBRARY_IMPL(kdlab, CUDA, m) {
   m.impl("kl_fused", &kdlab::kl_fused_cuda);
   m.impl("attention_fused", &kdlab::attention_fused_cuda);
-  m.impl("scale_unless_one_", &kdlab::scale_unless_one_cuda);
+  m.impl("apply_upstream_", &kdlab::apply_upstream_cuda);
 }

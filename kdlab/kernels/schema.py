@@ -25,12 +25,13 @@ def define_ops() -> None:
                 "float weight=1.0, Tensor? weight_tensor=None) -> (Tensor, Tensor)")
     _lib.define("attention_fused(Tensor student, Tensor teacher, float p, int reduction=0, float weight=1.0, "
                 "Tensor? weight_tensor=None) -> (Tensor, Tensor)")
-    # grad *= factor unless factor == 1, decided on the device (the backward of the reduced ops)
-    _lib.define("scale_unless_one_(Tensor(a!) grad, Tensor factor) -> ()")
+    # the backward of the reduced ops: grad holds applied * g; make it factor * g and set applied = factor, on the
+    # device (nothing to do, no pass over memory, when factor == applied)
+    _lib.define("apply_upstream_(Tensor(a!) grad, Tensor factor, Tensor(b!) applied) -> ()")
     # the reference serves every backend without a dedicated kernel (CPU, MPS, CUDA before a build)
     _lib.impl("kl_fused", reference.kl_fused, "CompositeExplicitAutograd")
     _lib.impl("attention_fused", reference.attention_fused, "CompositeExplicitAutograd")
-    _lib.impl("scale_unless_one_", reference.scale_unless_one_, "CompositeExplicitAutograd")
+    _lib.impl("apply_upstream_", reference.apply_upstream_, "CompositeExplicitAutograd")
 
     @torch.library.register_fake("kdlab::kl_fused")
     def _kl_fake(student, teacher, temperature, reverse, reduction=0, weight=1.0, weight_tensor=None):
@@ -43,8 +44,8 @@ def define_ops() -> None:
         shape = (student.shape[0],) if reduction == 0 else ()
         return student.new_empty(shape, dtype=torch.promote_types(student.dtype, torch.float32)), student.new_empty(student.shape)
 
-    @torch.library.register_fake("kdlab::scale_unless_one_")
-    def _scale_fake(grad, factor):
+    @torch.library.register_fake("kdlab::apply_upstream_")
+    def _apply_fake(grad, factor, applied):
         return None
 
     def _setup(ctx, inputs, output, reduction_index):
@@ -72,8 +73,11 @@ def define_ops() -> None:
         acc = torch.promote_types(grad.dtype, torch.float32)
         if ctx.reduced:  # grad is already d loss / d student; the upstream gradient is one scalar, usually 1
             if type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling():  # eager, real tensors
-                # in place, decided on the device: no pass over memory when the factor is 1, no host synchronisation
-                torch.ops.kdlab.scale_unless_one_(grad, grad_loss.to(torch.float32).reshape(()))
+                # in place, decided on the device: no pass over memory when the factor is 1, no host synchronisation;
+                # `applied` (the factor grad holds now) lets a second backward through a retained graph rescale
+                if getattr(ctx, "applied", None) is None:
+                    ctx.applied = torch.ones((), dtype=torch.float32, device=grad.device)
+                torch.ops.kdlab.apply_upstream_(grad, grad_loss.to(torch.float32).reshape(()), ctx.applied)
                 return (grad, *nones)
             return ((grad * grad_loss.to(acc)).to(grad.dtype), *nones)
         extra = [1] * (grad.dim() - grad_loss.dim() - 1)  # KL: loss (N, *spatial); attention: loss (N,)
