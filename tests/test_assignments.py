@@ -1,10 +1,11 @@
 """nbgrader end to end: the released assignments are generated from the sources, and autograding
-three sample submissions per assignment records full, partial and zero scores in the gradebook.
+sample submissions records full, partial and zero scores in the gradebook.
 
-The submissions: the tutorial's own step (full marks); a typical mistake whose broken checks were
-edited to ``pass`` (partial credit: nbgrader restores the checks, and only the parts the mistake
-breaks score 0); one that hands the work to kdlab's reference (0 in every part: the checks refuse
-it); and, for one assignment, the model solution with every check cell deleted (0)."""
+The submissions, for every assignment: the tutorial's own step (full marks); a typical mistake whose
+broken checks were edited to ``pass`` (partial credit: nbgrader restores the checks, and only the parts
+the mistake breaks score 0). For one assignment also: one that hands the work to kdlab's reference (0 in
+every part: the checks refuse it; that every assignment's checks refuse it is tested without nbgrader in
+test_exercises.py), and the model solution with every check cell deleted (0)."""
 from __future__ import annotations
 
 import csv
@@ -39,40 +40,18 @@ MISTAKES = {  # assignment -> (solution cell, text replaced, the parts that must
     "08_one_step_distillation": ("my_consistency_function", ("gap = k * (s / a", "gap = (s / a"),  # k missing
                                  {"check_my_consistency_function_weights"}),
 }
-REFERENCE = {  # solution cell -> a body that calls kdlab's own implementation
-    "my_gan_step": "def my_gan_step(G, D, real, z, opt_g, opt_d):\n"
-                   "    out = kd.methods.gan.gan_step(G, D, real, z, opt_g, opt_d)\n"
-                   "    return out['loss_d'].item(), out['loss_g'].item()",
-    "my_mle_step": "def my_mle_step(model, x, opt):\n"
-                   "    return kd.methods.pixelcnn.mle_step(model, x, opt)['bits_per_dim'].item()",
-    "my_distill_step": "def my_distill_step(student, teacher, z, opt, kind='mse', real=None, D=None, opt_d=None, w=0.0):\n"
-                       "    adv = None if D is None else kd.methods.gan.Adversary(D, w, 0.1)\n"
-                       "    if adv is not None:\n        adv.opt = opt_d\n"
-                       "    return kd.methods.gan.distill_step(student, teacher, z, opt, kind, real, adv)['loss'].item()",
+REFERENCE = {  # ONE's solution cell -> a body that calls kdlab's own implementation (every assignment's in test_exercises)
     "my_kl_step": "def my_kl_step(student, x, teacher_logits, opt, T=1.0, direction='forward'):\n"
                   "    return kd.methods.pixelcnn.kl_step(student, x, teacher_logits, opt, T, direction)['kl'].item()",
-    "my_feature_terms": "def my_feature_terms(fs, ft, adapter):\n    L = kd.feature_losses\n"
-                        "    return {'hint': L.hint_loss(adapter(fs), ft), 'attention': L.attention_transfer(fs, ft),\n"
-                        "            'gram': L.gram_loss(adapter(fs), ft)}",
-    "my_band_energies": "def my_band_energies(images, bands):\n    return kd.evaluation.metrics.band_energies(images, bands)",
-    "my_two_step_target": "def my_two_step_target(teacher, z, t, N):\n    return dm.two_step_target(teacher, z, t, N)",
-    "my_progressive_step": "def my_progressive_step(student, teacher, x, t, eps, opt, N):\n"
-                           "    return dm.progressive_step(student, teacher, x, t, eps, opt, N)['loss'].item()",
-    "kernel_logsumexp": "def kernel_logsumexp(x):\n    return torch.logsumexp(x, -1)",
-    "online_logsumexp": "def online_logsumexp(x):\n    return torch.logsumexp(x, -1)",
-    "my_consistency_function": "def my_consistency_function(model, z, t, t_min=cm.T_MIN, sigma_d=0.5, k=10.0):\n"
-                               "    return cm.consistency_function(model, z, t, t_min)",
-    "my_matching_gradient": "def my_matching_gradient(real, fake, x, t, eps, normalise=True):\n"
-                            "    return dmd.matching_gradient(real, fake, x, t, eps, normalise)",
 }
 
 
-KINDS = ("correct", "mistake", "reference")
-DELETED = "03_kl_derivation"  # nbgrader's handling of deleted cells is the same everywhere: one assignment shows it
+KINDS = ("correct", "mistake")
+ONE = "03_kl_derivation"  # nbgrader handles a refused or a deleted check the same everywhere: one assignment shows it
 
 
 def _kinds(assignment: str) -> tuple[str, ...]:
-    return KINDS + ("deleted",) * (assignment == DELETED)
+    return KINDS + ("reference", "deleted") * (assignment == ONE)
 
 
 def _grade(c: dict) -> dict:
@@ -154,8 +133,8 @@ def test_autograde_scores_full_partial_and_zero(autograded, assignment):
     assert {cell: s for cell, (s, _) in scores["correct"].items()} == full
     lost = MISTAKES[assignment][2]
     assert {cell: s for cell, (s, _) in scores["mistake"].items()} == {c: 0.0 if c in lost else m for c, m in full.items()}
-    assert {cell: s for cell, (s, _) in scores["reference"].items()} == {c: 0.0 for c in full}  # refused, part by part
-    if assignment == DELETED:
+    if assignment == ONE:
+        assert {cell: s for cell, (s, _) in scores["reference"].items()} == {c: 0.0 for c in full}  # refused, part by part
         assert sum(s or 0 for s, _ in scores["deleted"].values()) == 0
     exported = autograded[assignment]["exported"]  # nbgrader export: the same totals, hand-graded answers still at 0
     totals = {kind: sum(s or 0 for s, _ in cells.values()) for kind, cells in scores.items()}
@@ -170,6 +149,7 @@ def test_graded_feedback_shows_the_checks_message_not_a_traceback(autograded, as
     for e in errors:
         text = "\n".join(e["traceback"])
         assert e["ename"] == "ExerciseError" and len(e["traceback"]) == 1 and "kdlab/exercises" not in text
-    reference = autograded[assignment]["graded"]["reference"]
-    messages = [o.get("evalue", "") for c in reference["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
-    assert any("score 0" in m for m in messages), "the hidden checks say why a solution that calls the reference scores 0"
+    if assignment == ONE:
+        reference = autograded[assignment]["graded"]["reference"]
+        messages = [o.get("evalue", "") for c in reference["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
+        assert any("score 0" in m for m in messages), "the hidden checks say why a solution that calls the reference scores 0"

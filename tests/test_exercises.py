@@ -196,6 +196,19 @@ DELEGATING = {  # solutions that hand the work to kdlab or torch, and the call t
                                  "def my_consistency_function(model, z, t, t_min=cm.T_MIN, sigma_d=0.5, k=10.0):\n"
                                  "    c_skip, c_out = (c.view(-1, 1, 1, 1) for c in skip_out(t, t_min, sigma_d, k))\n"
                                  "    return c_skip * z + c_out * dm.predict_x(model, z, t, clip=False)", "skip_out")],
+    "my_gan_step": [("def my_gan_step(G, D, real, z, opt_g, opt_d):\n"
+                     "    out = kd.methods.gan.gan_step(G, D, real, z, opt_g, opt_d)\n"
+                     "    return out['loss_d'].item(), out['loss_g'].item()", "gan.gan_step")],
+    "my_mle_step": [("def my_mle_step(model, x, opt):\n"
+                     "    return kd.methods.pixelcnn.mle_step(model, x, opt)['bits_per_dim'].item()", "pixelcnn.mle_step")],
+    "my_band_energies": [("def my_band_energies(images, bands):\n    return kd.evaluation.metrics.band_energies(images, bands)",
+                          "band_energies")],
+    "my_two_step_target": [("def my_two_step_target(teacher, z, t, N):\n    return dm.two_step_target(teacher, z, t, N)",
+                            "two_step_target")],
+    "my_progressive_step": [("def my_progressive_step(student, teacher, x, t, eps, opt, N):\n"
+                             "    return dm.progressive_step(student, teacher, x, t, eps, opt, N)['loss'].item()",
+                             "progressive_step")],
+    "kernel_logsumexp": [("def kernel_logsumexp(x):\n    return torch.logsumexp(x, -1)", "logsumexp")],
     "my_matching_gradient": [("def my_matching_gradient(real, fake, x, t, eps, normalise=True):\n"
                               "    return dmd.matching_gradient(real, fake, x, t, eps, normalise)", "matching_gradient"),
                              ("def my_matching_gradient(real, fake, x, t, eps, normalise=True):\n"
