@@ -28,11 +28,17 @@ FLAGS = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPER
          "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "-Xptxas", "-v"]
 # (max threads, registers, shared memory bytes, max blocks) per SM
 GPUS = {"H100": (2048, 65536, 228 * 1024, 32), "RTX 30-40, L4": (1536, 65536, 100 * 1024, 16), "T4": (1024, 65536, 64 * 1024, 16)}
-# (label, kernel name with {t} for the dtype and {v} for its 16-byte pack, threads, shared bytes)
+# (label, kernel name with {t} for the dtype and {v} for its 16-byte pack, threads, shared bytes[, dtypes])
 PATHS = [
-    ("KL columns, 2 classes/thread (K <= 16)", "void kl_columns_kernel<{t}, false, 2>", 256, 2048),
-    ("KL columns, 8 classes/thread (K <= 64)", "void kl_columns_kernel<{t}, false, 8>", 256, 2048),
-    ("KL columns, 32 classes/thread (K <= 256)", "void kl_columns_kernel<{t}, false, 32>", 256, 2048),
+    ("KL columns, 2 classes/thread (K <= 16)", "void kl_columns_kernel<{t}, false, 2>", 256, 2048, ("float",)),
+    ("KL columns, 8 classes/thread (K <= 64)", "void kl_columns_kernel<{t}, false, 8>", 256, 2048, ("float",)),
+    ("KL columns, 32 classes/thread (K <= 256)", "void kl_columns_kernel<{t}, false, 32>", 256, 2048, ("float",)),
+    ("KL columns, 2 positions/lane, 2 classes/thread (K <= 16)", "void kl_column_pairs_kernel<{t}, false, 2>", 256, 2048,
+     ("BFloat16",)),
+    ("KL columns, 2 positions/lane, 8 classes/thread (K <= 64)", "void kl_column_pairs_kernel<{t}, false, 8>", 256, 2048,
+     ("BFloat16",)),
+    ("KL columns, 2 positions/lane, 32 classes/thread (K <= 256)", "void kl_column_pairs_kernel<{t}, false, 32>", 256,
+     2048, ("BFloat16",)),
     ("KL columns, streaming (K > 256)", "void kl_columns_kernel<{t}, false, 0>", 256, 2048),
     ("KL rows, G <= 32 threads/row, 16-byte loads", "void kl_rows_kernel<{t}, false, {v}, 4, false>", 256, 0),
     ("KL rows, a block (<= 512) per row, 16-byte loads", "void kl_rows_kernel<{t}, false, {v}, 4, true>", 512, 256),
@@ -141,8 +147,10 @@ def main(argv=None) -> int:
     print(f"| path | dtype | registers ({archs}) | spill bytes | shared memory per block | loads in flight per thread "
           f"(sm_{args.archs[0]}) | load widths | blocks per SM: {' / '.join(GPUS)} |")
     print("|---|---|---|---|---|---|---|---|")
-    for label, template, threads, shared in PATHS:
+    for label, template, threads, shared, *only in PATHS:
         for dtype, pack, short in (("float", 4, "fp32"), ("BFloat16", 8, "bf16")):
+            if only and dtype not in only[0]:
+                continue
             name = template.format(t=dtype, v=pack)
             regs = [usage[a][name] for a in args.archs]
             # each GPU with its own architecture's registers when given in the order of GPUS (90, 86, 75)

@@ -48,7 +48,9 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
   const int wide = 16 / static_cast<int>(s.element_size());
   const auto aligned = [&](const at::Tensor& x) { return reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0; };
   const int vec = K % wide == 0 && aligned(s) && aligned(t) && aligned(grad) ? wide : 1;
-  const KlPlan plan = rows ? kl_rows_plan(n_rows, K, vec) : kl_columns_plan(N, K, HW);
+  const auto aligned4 = [&](const at::Tensor& x) { return reinterpret_cast<uintptr_t>(x.data_ptr()) % 4 == 0; };
+  const bool pairs = s.element_size() == 2 && aligned4(s) && aligned4(t) && aligned4(grad);  // 16-bit: 2 positions a lane
+  const KlPlan plan = rows ? kl_rows_plan(n_rows, K, vec) : kl_columns_plan(N, K, HW, pairs);
   TORCH_CHECK(plan.blocks < (1LL << 31), "kl_fused: too many positions for one launch");
   const float temp = static_cast<float>(temperature);
   const KlArgs args{rows ? n_rows : N, K, rows ? 1 : HW, plan.group, 1.f / temp, temp,

@@ -2,12 +2,13 @@
 // respect to the student logits in one pass over memory (formulas in reference.py). Host launch code
 // is in kl.cu; the same source runs under the CPU emulator (tools/simt/launch.cpp, float32 only).
 //
-// Two layouts, two kernels, chosen by kl_plan:
+// Two layouts, two kernels (and a variant), chosen by the plans below:
 // - columns: logits [N, K, *spatial] contiguous, the positions innermost. Lane = position: a warp's
 //   32 lanes read 32 neighbouring positions of one class (coalesced), and the W warps of a block own
 //   interleaved slices of the classes (class k belongs to warp k % W). A thread loads all of its
 //   classes into registers before using any (2 * kPer loads in flight), then the W partial
-//   results of each position are combined across warps through shared memory in warp order.
+//   results of each position are combined across warps through shared memory in warp order. For
+//   16-bit logits each lane takes two neighbouring positions, so each load is 4 bytes wide.
 // - rows: the class axis innermost ([N, K], or [N, *spatial, K] in memory: channels-last). G threads
 //   share a row (G grows with K, up to a block); each reads V classes per load (16 bytes when K and
 //   the pointers allow) and kR loads per tensor, all issued before use; partial results are combined
@@ -228,6 +229,81 @@ __global__ void __launch_bounds__(kColumnMaxWarps * 32, 2) kl_columns_kernel(
   if (active && warp == 0) loss[n * args.HW + hw] = w * args.temp * args.temp * kl;
 }
 
+// Two neighbouring positions per lane, for 16-bit logits with HW even: each load reads both positions'
+// values of one class (4 bytes, so a warp reads 128 bytes per instruction, as in float32), and the pair
+// stays raw in one 32-bit register. The student pairs are overwritten by the gradient, one position at
+// a time, and stored as pairs at the end. s, t, g point at the thread's first class of the even position.
+template <typename scalar_t, int kPer>
+struct ColumnPairSlots {
+  using P = Pack<scalar_t, 2>;
+  const scalar_t* s;
+  const scalar_t* t;
+  scalar_t* g;
+  int64_t stride;
+  int count;
+  float inv_temp;
+  P rs[kPer], rt[kPer];
+
+  __device__ __forceinline__ void load() {
+#pragma unroll
+    for (int i = 0; i < kPer; ++i)  // predicated 4-byte loads, all issued before any is used
+      if (i < count) { rs[i] = *reinterpret_cast<const P*>(s + i * stride); rt[i] = *reinterpret_cast<const P*>(t + i * stride); }
+  }
+  __device__ __forceinline__ void store() {
+#pragma unroll
+    for (int i = 0; i < kPer; ++i)
+      if (i < count) *reinterpret_cast<P*>(g + i * stride) = rs[i];
+  }
+};
+
+// Position kP (0 or 1) of a ColumnPairSlots, as the Slots of kl_position.
+template <typename scalar_t, int kPer, int kP>
+struct PairPosition {
+  ColumnPairSlots<scalar_t, kPer>& x;
+  template <typename F>
+  __device__ __forceinline__ void each(F&& f) {
+#pragma unroll
+    for (int i = 0; i < kPer; ++i)
+      if (i < x.count) f(to_float(x.rs[i].v[kP]) * x.inv_temp, to_float(x.rt[i].v[kP]) * x.inv_temp);
+  }
+  template <typename F>
+  __device__ __forceinline__ void write(F&& f) {  // into the student register: position kP is done with it
+#pragma unroll
+    for (int i = 0; i < kPer; ++i)
+      if (i < x.count) x.rs[i].v[kP] = from_float<scalar_t>(f(to_float(x.rs[i].v[kP]) * x.inv_temp, to_float(x.rt[i].v[kP]) * x.inv_temp));
+  }
+};
+
+// s, t: logits [N, K, HW] with HW even; loss, grad as kl_columns_kernel. Launch: N * ceil(HW / 64)
+// blocks of 32 * warps threads, 2 * warps * 32 floats of shared memory.
+template <typename scalar_t, bool kReverse, int kPer>
+__global__ void __launch_bounds__(kColumnMaxWarps * 32, 2) kl_column_pairs_kernel(
+    const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, float* __restrict__ loss,
+    scalar_t* __restrict__ grad, KlArgs args) {
+  KDLAB_DYNAMIC_SHARED(float, red);
+  constexpr int kTile = 2 * kColumnTile;
+  const int64_t tiles = (args.HW + kTile - 1) / kTile;
+  const int64_t n = blockIdx.x / tiles;
+  const int64_t hw = (blockIdx.x % tiles) * kTile + 2 * (threadIdx.x % 32);  // even, so hw + 1 < HW when hw < HW
+  const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const bool active = hw < args.HW;
+  const int64_t base = (n * args.K + warp) * args.HW + (active ? hw : 0);
+  const int count = active && warp < args.K ? (args.K - warp + warps - 1) / warps : 0;
+  ColumnPairSlots<scalar_t, kPer> x{s + base, t + base, grad + base, warps * args.HW, count, args.inv_temp};
+  const float w = args.total_weight();
+  x.load();
+  WarpsOfBlock group{red, warps, warp, static_cast<int>(threadIdx.x % 32)};
+  PairPosition<scalar_t, kPer, 0> first{x};
+  const float kl0 = kl_position<kReverse>(first, group, args.gtemp * w);
+  PairPosition<scalar_t, kPer, 1> second{x};
+  const float kl1 = kl_position<kReverse>(second, group, args.gtemp * w);
+  x.store();
+  if (active && warp == 0) {
+    loss[n * args.HW + hw] = w * args.temp * args.temp * kl0;
+    loss[n * args.HW + hw + 1] = w * args.temp * args.temp * kl1;
+  }
+}
+
 // ---- rows: [rows, K], class innermost ----
 
 constexpr int kRowPacks = 4;         // kV-wide loads per tensor and thread held in registers
@@ -346,15 +422,18 @@ struct KlPlan {
   int per;        // columns: classes per thread in registers (0: streaming); rows: packs per thread (0: streaming)
   int vec;        // rows: classes per load (kV)
   bool block_row; // rows: one row per block
+  int pos = 1;    // columns: positions per lane (2: kl_column_pairs_kernel)
 };
 
 // Columns plan: classes per thread 2, 8 or 32 (K <= 16, 64, 256) and ceil(K / per) warps, else
-// streaming with 8 warps.
-inline KlPlan kl_columns_plan(int64_t N, int K, int64_t HW) {
+// streaming with 8 warps. `pairs` (16-bit logits, HW even, 4-byte aligned): two positions per lane
+// where the classes fit in registers.
+inline KlPlan kl_columns_plan(int64_t N, int K, int64_t HW, bool pairs = false) {
   const int per = K <= 16 ? 2 : K <= 64 ? 8 : K <= kColumnMaxWarps * kColumnMaxPerThread ? kColumnMaxPerThread : 0;
   const int warps = per ? (K + per - 1) / per : kColumnMaxWarps;
-  const int64_t blocks = N * ((HW + kColumnTile - 1) / kColumnTile);
-  return {blocks, warps * 32, 2 * static_cast<size_t>(warps) * 32 * sizeof(float), 0, per, 1, false};
+  const int pos = pairs && per > 0 && HW % 2 == 0 ? 2 : 1;
+  const int64_t blocks = N * ((HW + pos * kColumnTile - 1) / (pos * kColumnTile));
+  return {blocks, warps * 32, 2 * static_cast<size_t>(warps) * 32 * sizeof(float), 0, per, 1, false, pos};
 }
 
 // Rows plan for classes per load `vec` (K % vec == 0): G = the smallest power of two with
@@ -377,6 +456,20 @@ inline KlPlan kl_rows_plan(int64_t rows, int K, int vec) {
 template <typename scalar_t, bool kReverse, typename Launch>
 void kl_launch_plan(const KlPlan& plan, bool rows, Launch&& launch) {
   constexpr int kVec = 16 / sizeof(scalar_t);
+#ifdef KDLAB_SIMT_EMULATOR
+  constexpr bool kPairs = true;  // the emulator checks the pair kernel's logic in float32
+#else
+  constexpr bool kPairs = sizeof(scalar_t) == 2;  // pairs are for 16-bit logits
+#endif
+  if constexpr (kPairs) {
+    if (!rows && plan.pos == 2) {
+      switch (plan.per) {
+        case 2: return launch(kl_column_pairs_kernel<scalar_t, kReverse, 2>, plan);
+        case 8: return launch(kl_column_pairs_kernel<scalar_t, kReverse, 8>, plan);
+        default: return launch(kl_column_pairs_kernel<scalar_t, kReverse, kColumnMaxPerThread>, plan);
+      }
+    }
+  }
   if (!rows) {
     switch (plan.per) {
       case 2: return launch(kl_columns_kernel<scalar_t, kReverse, 2>, plan);
