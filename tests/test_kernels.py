@@ -112,29 +112,38 @@ def test_backward_of_a_reduced_op_returns_the_saved_gradient_without_a_copy():
     assert torch.allclose(s.grad, 3 * before)
 
 
-def test_apply_upstream_leaves_the_gradient_alone_at_one_and_rescales():
-    """The backward's step: ``grad`` holds ``applied`` times the gradient; make it ``factor`` times, in place."""
-    g, applied = torch.randn(4, 7), torch.ones(())
+def test_apply_upstream_leaves_the_gradient_alone_at_one():
+    """The backward's step: ``grad *= factor`` in place, unless the factor is exactly 1."""
+    g = torch.randn(4, 7)
     before = g.clone()
-    torch.ops.kdlab.apply_upstream_(g, torch.tensor(1.0), applied)
-    assert torch.equal(g, before) and applied.item() == 1.0
-    torch.ops.kdlab.apply_upstream_(g, torch.tensor(-0.5), applied)
-    assert torch.equal(g, -0.5 * before) and applied.item() == -0.5
-    torch.ops.kdlab.apply_upstream_(g, torch.tensor(3.0), applied)
-    assert torch.allclose(g, 3 * before, rtol=1e-6, atol=0)
+    torch.ops.kdlab.apply_upstream_(g, torch.tensor(1.0))
+    assert torch.equal(g, before) and g._version == 0
+    torch.ops.kdlab.apply_upstream_(g, torch.tensor(-0.5))
+    assert torch.equal(g, -0.5 * before)
+    g64 = torch.randn(3, dtype=torch.float64)  # float64 (the reference op) keeps a float64 factor
+    before = g64.clone()
+    torch.ops.kdlab.apply_upstream_(g64, torch.tensor(1 / 3, dtype=torch.float64))
+    assert torch.equal(g64, before * (1 / 3))
 
 
-def test_a_second_backward_through_a_retained_graph_gets_its_own_upstream():
-    """The first backward scaled the saved gradient in place; the second must not scale it twice."""
+def test_a_second_backward_through_a_retained_graph_is_refused():
+    """The first backward scaled the saved gradient in place and handed it out; a second one would scale it
+    again (and change what the first returned), so it raises. A gradient the first returned stays intact."""
     s, t = torch.randn(2, 5, 3, requires_grad=True), torch.randn(2, 5, 3)
     loss = torch.ops.kdlab.kl_fused(s, t, 1.0, False, 1)[0]
     expected = reference.kl_fused(s.detach(), t, 1.0, False, 1)[1]
     (first,) = torch.autograd.grad(3 * loss, s, retain_graph=True)
     assert torch.allclose(first, 3 * expected)
-    (second,) = torch.autograd.grad(-2 * loss, s, retain_graph=True)
-    assert torch.allclose(second, -2 * expected, rtol=1e-5)
-    (third,) = torch.autograd.grad(loss, s)
-    assert torch.allclose(third, expected, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="one backward pass through a graph"):
+        torch.autograd.grad(-2 * loss, s)
+    assert torch.allclose(first, 3 * expected)
+    per_position = torch.ops.kdlab.kl_fused(s, t, 1.0, False, 0)[0]  # reduction none multiplies out of place:
+    w = torch.rand(per_position.shape)  # any number of backwards
+    for _ in range(2):
+        (g,) = torch.autograd.grad((w * per_position).sum(), s, retain_graph=True)
+    x = s.detach().double().requires_grad_(True)
+    (w.double() * kd.losses.kl_distillation(x, t.double(), 1.0, reduction="none")).sum().backward()
+    assert torch.allclose(g.double(), x.grad, rtol=1e-5, atol=1e-9)
 
 
 @pytest.mark.parametrize("reduction", [0, 1, 2])
@@ -341,6 +350,8 @@ def test_public_losses_take_the_fused_path_only_for_a_backward_within_the_backen
     kernels.attention_transfer(torch.randn(2, 3, 5, 4, requires_grad=True), torch.randn(2, 5, 5, 4))  # H W = 20
     assert len(calls) == 3
     kernels.kl_distillation(s, t)  # within them
+    assert len(calls) == 4
+    kernels.kl_distillation(s, t, weight=torch.tensor(0.5, requires_grad=True))  # a learned weight: the formula
     assert len(calls) == 4
     # the formulas themselves never route: kd.losses / kd.feature_losses are plain PyTorch
     kd.losses.kl_distillation(s, t)

@@ -189,6 +189,20 @@ def test_weighted_forward_and_backward_without_a_host_synchronisation(dtype):
         assert torch.allclose(got.float(), factor * ref_grad, rtol=rtol, atol=atol * ref_grad.abs().max().item())
 
 
+def test_weight_tensors_from_the_cpu_or_with_a_gradient():
+    """A CPU weight tensor is copied to the logits' GPU; one that requires a gradient takes the formula, which
+    gives it its gradient."""
+    g = torch.Generator(device="cuda").manual_seed(12)
+    s = torch.randn(8, 16, 4, 4, generator=g, device="cuda", requires_grad=True)
+    t = torch.randn(8, 16, 4, 4, generator=g, device="cuda")
+    from kdlab import losses
+    formula = losses.kl_distillation(s, t, 2.0).detach()
+    assert torch.allclose(kernels.kl_distillation(s, t, 2.0, weight=torch.tensor(0.5)), 0.5 * formula, rtol=1e-4)
+    w = torch.tensor(0.5, device="cuda", requires_grad=True)
+    kernels.kl_distillation(s, t, 2.0, weight=w).backward()
+    assert torch.allclose(w.grad, formula, rtol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_channels_last_logits_are_read_in_place(dtype):
     """[N, K, H, W] stored channels-last (class axis innermost) takes the rows kernel without a copy and

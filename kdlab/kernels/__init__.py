@@ -12,7 +12,7 @@ under ``torch.compile``:
   ``[N, C_S, H, W]`` / ``[N, C_T, H, W]`` and its gradient;
 - both multiply the loss and the gradient by ``weight`` and by ``weight_tensor``'s one float32 value,
   which the kernels read on the device;
-- ``torch.ops.kdlab.apply_upstream_(grad, factor, applied)``: the backward's step (below).
+- ``torch.ops.kdlab.apply_upstream_(grad, factor)``: the backward's step (below).
 
 Implementations: CUDA kernels (``kl_kernel.cuh``, ``attention_kernel.cuh``, launched from ``kl.cu`` and
 ``attention.cu``; ``scale.cu``; registered by ``ops.cpp``) built on first use when possible
@@ -21,11 +21,11 @@ compiler is missing; and the reference (:mod:`kdlab.kernels.reference`) for ever
 fallback. :func:`backend` says which runs. The forward saves only the gradient (one tensor the size of the
 student input) for the backward. With a mean or sum reduction inside the op the saved gradient is already
 the answer up to the incoming scalar gradient, and in eager mode the backward hands both to
-``apply_upstream_``, which reads the scalar on the device: when it equals the factor the gradient already
-holds (1 after the forward: the usual case, and the case of a weighted loss whose weight went into the op)
-no thread touches the gradient, otherwise it is rescaled in place; the CPU never waits for the GPU, and a
-second backward through a retained graph rescales rather than scaling twice. **So after a backward the
-op's second output holds the gradient that backward returned.** Under ``torch.compile`` the backward
+``apply_upstream_``, which reads the scalar on the device: when it is 1 (the usual case, and the case of a
+weighted loss whose weight went into the op) no thread touches the gradient, otherwise it is scaled in
+place; the CPU never waits for the GPU. **So after a backward the op's second output holds the gradient
+that backward returned, and a second backward through the same graph (``retain_graph=True``) is refused**
+with a clear error rather than scaling twice. Under ``torch.compile`` the backward
 multiplies (one pass). **Teachers are frozen: the ops give no gradient for the teacher input** and raise
 if one is requested.
 
@@ -139,14 +139,20 @@ def fused_path(student: torch.Tensor, teacher: torch.Tensor, *, classes: int | N
     return (classes is None or classes <= triton_ops.MAX_CLASSES) and (positions is None or positions <= triton_ops.MAX_POSITIONS)
 
 
-def _split_weight(weight: float | torch.Tensor) -> tuple[float, torch.Tensor | None]:
-    """A loss weight as the ops take it: a Python float, or a tensor of one value (kept on its device, read by
-    the kernel: no host synchronisation), whose gradient is not computed."""
+def _split_weight(weight: float | torch.Tensor, like: torch.Tensor) -> tuple[float, torch.Tensor | None]:
+    """A loss weight as the ops take it: a Python float, or a tensor of one value as float32 on ``like``'s device
+    (already there, as a gradient scaler's scale is, it is read by the kernel: no host synchronisation; from
+    another device it is copied). Its gradient is not computed: the routed losses send a weight that requires
+    one to the formulas."""
     if isinstance(weight, torch.Tensor):
         if weight.numel() != 1:
             raise ValueError(f"weight must be a number or a tensor of one value, got shape {tuple(weight.shape)}")
-        return 1.0, weight.detach().reshape(()).to(torch.float32)
+        return 1.0, weight.detach().reshape(()).to(like.device, torch.float32)
     return float(weight), None
+
+
+def _weight_needs_grad(weight: float | torch.Tensor) -> bool:
+    return isinstance(weight, torch.Tensor) and weight.requires_grad and torch.is_grad_enabled()
 
 
 def kl_fused_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
@@ -158,7 +164,7 @@ def kl_fused_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
         raise RuntimeError("kdlab's fused KL gives no gradient for the teacher logits: teachers are frozen "
                            "(pass teacher_logits.detach())")
     code = {"none": 0, "mean": 1, "sum": 2}[reduction]
-    w, w_tensor = _split_weight(weight)
+    w, w_tensor = _split_weight(weight, student_logits)
     return torch.ops.kdlab.kl_fused(student_logits, teacher_logits, float(temperature), direction == "reverse", code,
                                     w, w_tensor)[0]
 
@@ -167,7 +173,7 @@ def attention_fused_loss(student_feats: torch.Tensor, teacher_feats: torch.Tenso
                          weight: float | torch.Tensor = 1.0) -> torch.Tensor:
     """``weight *`` :func:`kdlab.feature_losses.attention_transfer` (batch mean) through
     ``torch.ops.kdlab.attention_fused``."""
-    w, w_tensor = _split_weight(weight)
+    w, w_tensor = _split_weight(weight, student_feats)
     return torch.ops.kdlab.attention_fused(student_feats, teacher_feats.detach(), float(p), 1, w, w_tensor)[0]
 
 
@@ -179,9 +185,10 @@ def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     :mod:`kdlab.methods` call this one; the kernel gives no gradient for the teacher logits. Passing a loss's
     weight here (the alpha of weighted distillation, or a tensor such as a gradient scaler's scale) rather
     than multiplying the result lets the kernel apply it as it writes the gradient: no extra pass over a
-    logit-sized tensor in the backward."""
+    logit-sized tensor in the backward. A weight tensor that requires a gradient takes the formula, which
+    gives it one."""
     temperature = losses.check_kl_arguments(student_logits, teacher_logits, temperature, direction, reduction)
-    if fused_path(student_logits, teacher_logits, classes=student_logits.shape[1]):
+    if not _weight_needs_grad(weight) and fused_path(student_logits, teacher_logits, classes=student_logits.shape[1]):
         return kl_fused_loss(student_logits, teacher_logits, temperature, direction, reduction, weight)
     loss = losses.kl_distillation(student_logits, teacher_logits, temperature, direction, reduction)
     return loss if isinstance(weight, (int, float)) and weight == 1 else weight * loss
@@ -191,7 +198,7 @@ def attention_transfer(student_feats: torch.Tensor, teacher_feats: torch.Tensor,
                        weight: float | torch.Tensor = 1.0) -> torch.Tensor:
     """``weight *`` :func:`kdlab.feature_losses.attention_transfer` on the fused CUDA kernel when
     :func:`fused_path` allows it, the formula everywhere else (the weight as in :func:`kl_distillation`)."""
-    if student_feats.dim() == 4 and teacher_feats.dim() == 4 and fused_path(
+    if student_feats.dim() == 4 and teacher_feats.dim() == 4 and not _weight_needs_grad(weight) and fused_path(
             student_feats, teacher_feats, positions=student_feats.shape[2] * student_feats.shape[3]):
         feature_losses.check_maps(student_feats, teacher_feats, "attention_transfer")
         return attention_fused_loss(student_feats, teacher_feats, p, weight)

@@ -31,7 +31,10 @@ std::tuple<at::Tensor, at::Tensor> attention_fused_cuda(const at::Tensor& studen
   const int64_t N = s.size(0), HW = s.size(2) * s.size(3);
   at::Tensor loss = at::empty({N}, s.options().dtype(at::kFloat));
   at::Tensor grad = at::empty_like(s);
-  if (s.numel() == 0) return {reduction == 0 ? loss : reduction == 1 ? loss.mean() : loss.sum(), grad};
+  if (s.numel() == 0) {  // N = 0, or no positions or channels (N > 0): nothing to compare, loss 0
+    loss.zero_();
+    return {reduction == 0 ? loss : reduction == 1 ? loss.mean() : loss.sum(), grad};
+  }
   TORCH_CHECK(attention_blocks(N, HW) < (1LL << 31), "attention_fused: too many positions for one launch");
   const int Cs = static_cast<int>(s.size(1)), Ct = static_cast<int>(t.size(1));
   at::Tensor maps = at::empty({2, N, HW}, s.options().dtype(at::kFloat));

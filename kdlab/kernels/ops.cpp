@@ -13,7 +13,7 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
 std::tuple<at::Tensor, at::Tensor> attention_fused_cuda(const at::Tensor& student, const at::Tensor& teacher,
                                                         double p, int64_t reduction, double weight,
                                                         const std::optional<at::Tensor>& weight_tensor);
-void apply_upstream_cuda(at::Tensor grad, const at::Tensor& factor, at::Tensor applied);
+void apply_upstream_cuda(at::Tensor grad, const at::Tensor& factor);
 }  // namespace kdlab
 
 TORCH_LIBRARY_IMPL(kdlab, CUDA, m) {

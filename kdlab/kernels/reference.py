@@ -40,15 +40,12 @@ def _reduce(loss: torch.Tensor, grad: torch.Tensor, reduction: int, weight: floa
     return (loss, grad) if weight_tensor is None and weight == 1.0 else (w * loss, w * grad)
 
 
-def apply_upstream_(grad: torch.Tensor, factor: torch.Tensor, applied: torch.Tensor) -> None:
-    """The backward of the reduced ops: ``grad`` holds ``applied`` (one value) times the gradient; make it
-    ``factor`` times, in place, and set ``applied = factor``. Written through ``.data``, as the CUDA and Triton
-    kernels write through a pointer: the saved tensor's version does not change, so a second backward through
-    a retained graph rescales instead of failing."""
-    ratio = factor.reshape(()).to(torch.float32) / applied.reshape(())
-    if factor.device.type != "cpu" or ratio.item() != 1.0:  # on a CPU the comparison waits for nothing
-        grad.data.mul_(ratio.to(grad.dtype))
-    applied.data.copy_(factor.reshape(applied.shape))
+def apply_upstream_(grad: torch.Tensor, factor: torch.Tensor) -> None:
+    """The backward of the reduced ops: ``grad *= factor`` (one value) in place, unless it is 1. Written through
+    ``.data``, as the CUDA and Triton kernels write through a pointer (the version counter does not move)."""
+    f = factor.reshape(())
+    if f.device.type != "cpu" or f.item() != 1.0:  # on a CPU the comparison waits for nothing
+        grad.data.mul_(f.to(grad.dtype))
 
 
 def kl_grad_format(student: torch.Tensor, teacher: torch.Tensor) -> torch.memory_format:

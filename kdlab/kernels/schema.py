@@ -25,9 +25,8 @@ def define_ops() -> None:
                 "float weight=1.0, Tensor? weight_tensor=None) -> (Tensor, Tensor)")
     _lib.define("attention_fused(Tensor student, Tensor teacher, float p, int reduction=0, float weight=1.0, "
                 "Tensor? weight_tensor=None) -> (Tensor, Tensor)")
-    # the backward of the reduced ops: grad holds applied * g; make it factor * g and set applied = factor, on the
-    # device (nothing to do, no pass over memory, when factor == applied)
-    _lib.define("apply_upstream_(Tensor(a!) grad, Tensor factor, Tensor(b!) applied) -> ()")
+    # the backward of the reduced ops: grad *= factor (one value) in place, unless factor == 1, decided on the device
+    _lib.define("apply_upstream_(Tensor(a!) grad, Tensor factor) -> ()")
     # the reference serves every backend without a dedicated kernel (CPU, MPS, CUDA before a build)
     _lib.impl("kl_fused", reference.kl_fused, "CompositeExplicitAutograd")
     _lib.impl("attention_fused", reference.attention_fused, "CompositeExplicitAutograd")
@@ -45,7 +44,7 @@ def define_ops() -> None:
         return student.new_empty(shape, dtype=torch.promote_types(student.dtype, torch.float32)), student.new_empty(student.shape)
 
     @torch.library.register_fake("kdlab::apply_upstream_")
-    def _apply_fake(grad, factor, applied):
+    def _apply_fake(grad, factor):
         return None
 
     def _setup(ctx, inputs, output, reduction_index):
@@ -69,15 +68,18 @@ def define_ops() -> None:
         nones = (None,) * (ctx.n_inputs - 1)
         if grad_loss is None:  # the loss output was not used: no gradient flows
             return (None, *nones)
+        eager = type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling()  # real tensors, not traced
+        if ctx.reduced and eager and getattr(ctx, "scaled_in_place", False):
+            raise RuntimeError("kdlab's fused distillation ops support one backward pass through a graph: the first "
+                               "one scaled the saved gradient in place and handed it out (retain_graph=True and a "
+                               "second backward); call the loss again, or set KDLAB_KERNELS=reference")
         (grad,) = ctx.saved_tensors
         acc = torch.promote_types(grad.dtype, torch.float32)
         if ctx.reduced:  # grad is already d loss / d student; the upstream gradient is one scalar, usually 1
-            if type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling():  # eager, real tensors
-                # in place, decided on the device: no pass over memory when the factor is 1, no host synchronisation;
-                # `applied` (the factor grad holds now) lets a second backward through a retained graph rescale
-                if getattr(ctx, "applied", None) is None:
-                    ctx.applied = torch.ones((), dtype=torch.float32, device=grad.device)
-                torch.ops.kdlab.apply_upstream_(grad, grad_loss.to(torch.float32).reshape(()), ctx.applied)
+            if eager:
+                # in place, decided on the device: no pass over memory when the factor is 1, no host synchronisation
+                ctx.scaled_in_place = True
+                torch.ops.kdlab.apply_upstream_(grad, grad_loss.to(acc).reshape(()))
                 return (grad, *nones)
             return ((grad * grad_loss.to(acc)).to(grad.dtype), *nones)
         extra = [1] * (grad.dim() - grad_loss.dim() - 1)  # KL: loss (N, *spatial); attention: loss (N,)

@@ -88,13 +88,12 @@ def _attention_kernel(s_ptr, t_ptr, loss_ptr, grad_ptr, CS, CT, HW, p, eps, grad
 
 
 @triton.jit
-def _apply_upstream_kernel(g_ptr, f_ptr, a_ptr, n, BLOCK: tl.constexpr):
+def _apply_upstream_kernel(g_ptr, f_ptr, n, BLOCK: tl.constexpr):
     f = tl.load(f_ptr)  # read on the device: no host synchronisation
-    a = tl.load(a_ptr)  # the factor the gradient holds now
-    if f != a:  # the usual upstream gradient 1 on a fresh gradient: no pass over memory
-        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    if f != 1.0:  # the usual upstream gradient 1: no pass over memory
+        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         g = tl.load(g_ptr + i, mask=i < n)
-        tl.store(g_ptr + i, (g.to(tl.float32) * (f / a)).to(g_ptr.dtype.element_ty), mask=i < n)
+        tl.store(g_ptr + i, (g.to(tl.float32) * f).to(g_ptr.dtype.element_ty), mask=i < n)
 
 
 def _weight_pointer(weight_tensor: torch.Tensor | None, placeholder: torch.Tensor) -> torch.Tensor:
@@ -106,14 +105,11 @@ def _weight_pointer(weight_tensor: torch.Tensor | None, placeholder: torch.Tenso
     return weight_tensor
 
 
-def apply_upstream_(grad: torch.Tensor, factor: torch.Tensor, applied: torch.Tensor) -> None:
-    """:func:`kdlab.kernels.reference.apply_upstream_` on Triton: ``grad *= factor / applied`` unless they are
-    equal, decided on the device, then ``applied = factor`` (a copy on the same stream, after the kernel)."""
+def apply_upstream_(grad: torch.Tensor, factor: torch.Tensor) -> None:
+    """``grad *= factor`` in place unless ``factor`` (one value on the GPU) is 1, decided on the device."""
     n = grad.numel()
-    f = factor.reshape(()).to(torch.float32)
     if n:
-        _apply_upstream_kernel[(triton.cdiv(n, 1024),)](grad, f, applied, n, BLOCK=1024)
-    applied.copy_(f.reshape(applied.shape))
+        _apply_upstream_kernel[(triton.cdiv(n, 1024),)](grad, factor.reshape(()).to(torch.float32), n, BLOCK=1024)
 
 
 def _reduce(loss: torch.Tensor, reduction: int) -> torch.Tensor:
