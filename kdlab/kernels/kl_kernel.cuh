@@ -20,6 +20,8 @@
 #pragma once
 #include "common.cuh"
 
+#include <type_traits>
+
 namespace kdlab {
 
 // kV values of type T in one aligned load or store (16 bytes for 4 floats or 8 bf16 / fp16).
@@ -150,21 +152,29 @@ constexpr int kColumnTile = 32;       // positions per block: one per lane
 constexpr int kColumnMaxWarps = 8;    // warps per block (classes split kColumnMaxWarps ways at most)
 constexpr int kColumnMaxPerThread = 32;  // classes per thread held in registers (K <= 256)
 
-// The elements of one position a columns thread holds: `count` classes, `stride` elements apart in
-// memory (the thread's classes are warp, warp + warps, ...), in registers (kPer > 0, count <= kPer) or,
-// streaming (kPer = 0), read again for each pass. s, t, g point at the thread's first class.
-template <typename scalar_t, int kPer>
+// The elements a columns thread holds: `count` classes, `stride` elements apart in memory (the
+// thread's classes are warp, warp + warps, ...), of one position (kPos = 1) or of two neighbouring
+// positions (kPos = 2: 16-bit logits with HW even; one 4-byte load reads both positions' values of a
+// class, so a warp reads 128 bytes per instruction as in float32, and the pair stays raw in one 32-bit
+// register). In registers when kPer > 0 (count <= kPer), else streaming: read again for each pass
+// (kPos = 1 only). s, t, g point at the thread's first class of its (first) position.
+template <typename scalar_t, int kPer, int kPos>
 struct ColumnSlots {
+  using Value = std::conditional_t<kPos == 2, Pack<scalar_t, 2>, float>;  // a pair raw, or a = s / T
   const scalar_t* s;
   const scalar_t* t;
   scalar_t* g;
   int64_t stride;
   int count;
   float inv_temp;
-  float rs[kPer > 0 ? kPer : 1], rt[kPer > 0 ? kPer : 1];  // a = s / T, b = t / T
+  Value rs[kPer > 0 ? kPer : 1], rt[kPer > 0 ? kPer : 1];
 
   __device__ __forceinline__ void load() {
-    if constexpr (kPer > 0) {
+    if constexpr (kPos == 2) {
+#pragma unroll
+      for (int i = 0; i < kPer; ++i)  // predicated 4-byte loads, all issued before any is used
+        if (i < count) { rs[i] = *reinterpret_cast<const Value*>(s + i * stride); rt[i] = *reinterpret_cast<const Value*>(t + i * stride); }
+    } else if constexpr (kPer > 0) {
 #pragma unroll
       for (int i = 0; i < kPer; ++i) {  // predicated loads, all issued before any is used
         rs[i] = i < count ? to_float(s[i * stride]) * inv_temp : 0.f;
@@ -172,6 +182,7 @@ struct ColumnSlots {
       }
     }
   }
+  // kPos = 1: the Slots of kl_position
   template <typename F>
   __device__ __forceinline__ void each(F&& f) {
     if constexpr (kPer > 0) {
@@ -204,62 +215,18 @@ struct ColumnSlots {
         g[i * stride] = from_float<scalar_t>(f(to_float(s[i * stride]) * inv_temp, to_float(t[i * stride]) * inv_temp));
     }
   }
-};
-
-// s, t: logits [N, K, HW]; loss: [N * HW] float (T^2 KL per position); grad: like s.
-// Launch: N * ceil(HW / 32) blocks of 32 * warps threads, 2 * warps * 32 floats of shared memory.
-// At most 128 registers, so two blocks of 8 warps fit on an SM: one loads while the other computes.
-template <typename scalar_t, bool kReverse, int kPer>
-__global__ void __launch_bounds__(kColumnMaxWarps * 32, 2) kl_columns_kernel(
-    const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, float* __restrict__ loss,
-    scalar_t* __restrict__ grad, KlArgs args) {
-  KDLAB_DYNAMIC_SHARED(float, red);
-  const int64_t tiles = (args.HW + kColumnTile - 1) / kColumnTile;
-  const int64_t n = blockIdx.x / tiles;
-  const int64_t hw = (blockIdx.x % tiles) * kColumnTile + threadIdx.x % 32;
-  const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  const bool active = hw < args.HW;
-  const int64_t base = (n * args.K + warp) * args.HW + (active ? hw : 0);  // class `warp` of this position
-  const int count = active && warp < args.K ? (args.K - warp + warps - 1) / warps : 0;
-  ColumnSlots<scalar_t, kPer> x{s + base, t + base, grad + base, warps * args.HW, count, args.inv_temp};
-  const float w = args.total_weight();  // its load issues first, the logits' right after it
-  x.load();
-  WarpsOfBlock group{red, warps, warp, static_cast<int>(threadIdx.x % 32)};
-  const float kl = kl_position<kReverse>(x, group, args.gtemp * w);
-  if (active && warp == 0) loss[n * args.HW + hw] = w * args.temp * args.temp * kl;
-}
-
-// Two neighbouring positions per lane, for 16-bit logits with HW even: each load reads both positions'
-// values of one class (4 bytes, so a warp reads 128 bytes per instruction, as in float32), and the pair
-// stays raw in one 32-bit register. The student pairs are overwritten by the gradient, one position at
-// a time, and stored as pairs at the end. s, t, g point at the thread's first class of the even position.
-template <typename scalar_t, int kPer>
-struct ColumnPairSlots {
-  using P = Pack<scalar_t, 2>;
-  const scalar_t* s;
-  const scalar_t* t;
-  scalar_t* g;
-  int64_t stride;
-  int count;
-  float inv_temp;
-  P rs[kPer], rt[kPer];
-
-  __device__ __forceinline__ void load() {
-#pragma unroll
-    for (int i = 0; i < kPer; ++i)  // predicated 4-byte loads, all issued before any is used
-      if (i < count) { rs[i] = *reinterpret_cast<const P*>(s + i * stride); rt[i] = *reinterpret_cast<const P*>(t + i * stride); }
-  }
+  // kPos = 2: the student pairs, overwritten by the gradient position by position (PairPosition)
   __device__ __forceinline__ void store() {
 #pragma unroll
     for (int i = 0; i < kPer; ++i)
-      if (i < count) *reinterpret_cast<P*>(g + i * stride) = rs[i];
+      if (i < count) *reinterpret_cast<Value*>(g + i * stride) = rs[i];
   }
 };
 
-// Position kP (0 or 1) of a ColumnPairSlots, as the Slots of kl_position.
+// Position kP (0 or 1) of a two-position ColumnSlots, as the Slots of kl_position.
 template <typename scalar_t, int kPer, int kP>
 struct PairPosition {
-  ColumnPairSlots<scalar_t, kPer>& x;
+  ColumnSlots<scalar_t, kPer, 2>& x;
   template <typename F>
   __device__ __forceinline__ void each(F&& f) {
 #pragma unroll
@@ -274,33 +241,39 @@ struct PairPosition {
   }
 };
 
-// s, t: logits [N, K, HW] with HW even; loss, grad as kl_columns_kernel. Launch: N * ceil(HW / 64)
-// blocks of 32 * warps threads, 2 * warps * 32 floats of shared memory.
-template <typename scalar_t, bool kReverse, int kPer>
-__global__ void __launch_bounds__(kColumnMaxWarps * 32, 2) kl_column_pairs_kernel(
+// s, t: logits [N, K, HW] (kPos = 2: HW even); loss: [N * HW] float (T^2 KL per position); grad: like s.
+// Launch: N * ceil(HW / (32 kPos)) blocks of 32 * warps threads, 2 * warps * 32 floats of shared memory.
+// At most 128 registers, so two blocks of 8 warps fit on an SM: one loads while the other computes.
+template <typename scalar_t, bool kReverse, int kPer, int kPos>
+__global__ void __launch_bounds__(kColumnMaxWarps * 32, 2) kl_columns_kernel(
     const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, float* __restrict__ loss,
     scalar_t* __restrict__ grad, KlArgs args) {
   KDLAB_DYNAMIC_SHARED(float, red);
-  constexpr int kTile = 2 * kColumnTile;
+  constexpr int kTile = kPos * kColumnTile;
   const int64_t tiles = (args.HW + kTile - 1) / kTile;
   const int64_t n = blockIdx.x / tiles;
-  const int64_t hw = (blockIdx.x % tiles) * kTile + 2 * (threadIdx.x % 32);  // even, so hw + 1 < HW when hw < HW
+  const int64_t hw = (blockIdx.x % tiles) * kTile + kPos * (threadIdx.x % 32);  // kPos = 2: hw + 1 < HW when hw < HW
   const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const bool active = hw < args.HW;
-  const int64_t base = (n * args.K + warp) * args.HW + (active ? hw : 0);
+  const int64_t base = (n * args.K + warp) * args.HW + (active ? hw : 0);  // class `warp` of this position
   const int count = active && warp < args.K ? (args.K - warp + warps - 1) / warps : 0;
-  ColumnPairSlots<scalar_t, kPer> x{s + base, t + base, grad + base, warps * args.HW, count, args.inv_temp};
-  const float w = args.total_weight();
+  ColumnSlots<scalar_t, kPer, kPos> x{s + base, t + base, grad + base, warps * args.HW, count, args.inv_temp};
+  const float w = args.total_weight();  // its load issues first, the logits' right after it
   x.load();
   WarpsOfBlock group{red, warps, warp, static_cast<int>(threadIdx.x % 32)};
-  PairPosition<scalar_t, kPer, 0> first{x};
-  const float kl0 = kl_position<kReverse>(first, group, args.gtemp * w);
-  PairPosition<scalar_t, kPer, 1> second{x};
-  const float kl1 = kl_position<kReverse>(second, group, args.gtemp * w);
-  x.store();
+  float kl[kPos];
+  if constexpr (kPos == 1) {
+    kl[0] = kl_position<kReverse>(x, group, args.gtemp * w);
+  } else {
+    PairPosition<scalar_t, kPer, 0> first{x};
+    kl[0] = kl_position<kReverse>(first, group, args.gtemp * w);
+    PairPosition<scalar_t, kPer, 1> second{x};
+    kl[1] = kl_position<kReverse>(second, group, args.gtemp * w);
+    x.store();
+  }
   if (active && warp == 0) {
-    loss[n * args.HW + hw] = w * args.temp * args.temp * kl0;
-    loss[n * args.HW + hw + 1] = w * args.temp * args.temp * kl1;
+#pragma unroll
+    for (int p = 0; p < kPos; ++p) loss[n * args.HW + hw + p] = w * args.temp * args.temp * kl[p];
   }
 }
 
@@ -422,7 +395,7 @@ struct KlPlan {
   int per;        // columns: classes per thread in registers (0: streaming); rows: packs per thread (0: streaming)
   int vec;        // rows: classes per load (kV)
   bool block_row; // rows: one row per block
-  int pos = 1;    // columns: positions per lane (2: kl_column_pairs_kernel)
+  int pos = 1;    // columns: positions per lane (kPos of kl_columns_kernel)
 };
 
 // Columns plan: classes per thread 2, 8 or 32 (K <= 16, 64, 256) and ceil(K / per) warps, else
@@ -464,18 +437,18 @@ void kl_launch_plan(const KlPlan& plan, bool rows, Launch&& launch) {
   if constexpr (kPairs) {
     if (!rows && plan.pos == 2) {
       switch (plan.per) {
-        case 2: return launch(kl_column_pairs_kernel<scalar_t, kReverse, 2>, plan);
-        case 8: return launch(kl_column_pairs_kernel<scalar_t, kReverse, 8>, plan);
-        default: return launch(kl_column_pairs_kernel<scalar_t, kReverse, kColumnMaxPerThread>, plan);
+        case 2: return launch(kl_columns_kernel<scalar_t, kReverse, 2, 2>, plan);
+        case 8: return launch(kl_columns_kernel<scalar_t, kReverse, 8, 2>, plan);
+        default: return launch(kl_columns_kernel<scalar_t, kReverse, kColumnMaxPerThread, 2>, plan);
       }
     }
   }
   if (!rows) {
     switch (plan.per) {
-      case 2: return launch(kl_columns_kernel<scalar_t, kReverse, 2>, plan);
-      case 8: return launch(kl_columns_kernel<scalar_t, kReverse, 8>, plan);
-      case kColumnMaxPerThread: return launch(kl_columns_kernel<scalar_t, kReverse, kColumnMaxPerThread>, plan);
-      default: return launch(kl_columns_kernel<scalar_t, kReverse, 0>, plan);
+      case 2: return launch(kl_columns_kernel<scalar_t, kReverse, 2, 1>, plan);
+      case 8: return launch(kl_columns_kernel<scalar_t, kReverse, 8, 1>, plan);
+      case kColumnMaxPerThread: return launch(kl_columns_kernel<scalar_t, kReverse, kColumnMaxPerThread, 1>, plan);
+      default: return launch(kl_columns_kernel<scalar_t, kReverse, 0, 1>, plan);
     }
   }
   const bool wide = plan.vec == kVec && kVec > 1;
