@@ -180,6 +180,15 @@ def main(argv=None) -> int:
         return 1
     rows, triton, copy_gbps = [], _triton_impls(), copy_bandwidth()
     print(f"device-to-device copy: {copy_gbps:.0f} GB/s")
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "copy_gbps": copy_gbps, "backend": kernels.backend()}
+
+    def done(row: dict) -> None:  # print each row as it is measured and keep the JSON whole after each
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"meta": meta, "rows": rows}, f, indent=1)
     for dtype in DTYPES:
         for shape, temperature, channels_last in KL_SHAPES[:1] if args.quick else KL_SHAPES:
             layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -191,7 +200,7 @@ def main(argv=None) -> int:
             row = _row("kl", list(shape) + (["channels_last"] if channels_last else []), dtype, traffic, impls, s, t,
                        temperature, copy_gbps=copy_gbps)
             row["fused_kernel_ms"] = _time_alone(torch.ops.kdlab.kl_fused, s.detach(), t, temperature, False, 1)
-            rows.append(row)
+            done(row)
         for s_shape, t_shape in AT_SHAPES[:1] if args.quick else AT_SHAPES:
             fs = torch.randn(s_shape, device="cuda").to(dtype).requires_grad_(True)
             ft = torch.randn(t_shape, device="cuda").to(dtype)
@@ -200,7 +209,7 @@ def main(argv=None) -> int:
             impls |= {"triton": triton["attention"]} if triton else {}
             row = _row("attention", [list(s_shape), list(t_shape)], dtype, traffic, impls, fs, ft, copy_gbps=copy_gbps)
             row["fused_kernel_ms"] = _time_alone(torch.ops.kdlab.attention_fused, fs.detach(), ft, 2.0, 1)
-            rows.append(row)
+            done(row)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     print(f"{'kernel':<10}{'shape':<34}{'dtype':<10}{'eager ms':>9}{'compile ms':>11}{'fused ms':>9}"
           f"{'fused GB/s':>11}{'x eager':>8}{'x compile':>10}{'extra MiB e/c/f':>20}{'triton ms':>10}{'of copy':>10}"
@@ -215,11 +224,6 @@ def main(argv=None) -> int:
               f"{g('triton_ms'):>10.3f}{g('fused_pct_of_copy'):>9.0f}%{g('fused_kernel_ms'):>10.3f}")
         for key in (k for k in r if k.endswith("_error")):
             print(f"    {key[:-6]}: {r[key]}")
-    if args.json:
-        meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-                "copy_gbps": copy_gbps, "backend": kernels.backend()}
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
     return 0
 
 

@@ -58,11 +58,10 @@ def main() -> None:
                                      "fid_ci": m["fid_ci"], "precision": m["precision"], "recall": m["recall"],
                                      "mse_to_teacher": m["mse_to_teacher"]}
         print(precision, json.dumps(result["runs"][precision]), flush=True)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(text + "\n")
+        if a.json:  # after each precision, so a run stopped by a time limit keeps what it measured
+            a.json.parent.mkdir(parents=True, exist_ok=True)
+            a.json.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
