@@ -96,7 +96,11 @@ def test_reduced_fused_ops_match_reference(reduction):
     s, t = torch.randn(8, 64, 6, 6, generator=g, device="cuda"), torch.randn(8, 64, 6, 6, generator=g, device="cuda")
     loss, grad = torch.ops.kdlab.kl_fused(s, t, 2.0, False, reduction)
     ref_loss, ref_grad = reference.kl_fused(s, t, 2.0, False, reduction)
-    assert loss.shape == () and torch.allclose(loss, ref_loss, rtol=1e-5) and torch.allclose(grad, ref_grad, rtol=1e-4, atol=1e-9)
+    # float32 on both sides: |q - p| near 0 carries rounding of q and p (~1e-8 at this gradient's scale of ~0.1 for a
+    # sum), so the bound is relative to the gradient's scale as in TOL (an absolute 1e-9 failed on an H200 for the
+    # CUDA and the Triton kernels alike, 2026-11-30)
+    scale = ref_grad.abs().max().item()
+    assert loss.shape == () and torch.allclose(loss, ref_loss, rtol=1e-5) and torch.allclose(grad, ref_grad, rtol=1e-4, atol=1e-5 * scale)
     fs, ft = torch.randn(4, 8, 16, 16, generator=g, device="cuda"), torch.randn(4, 16, 16, 16, generator=g, device="cuda")
     loss, grad = torch.ops.kdlab.attention_fused(fs, ft, 2.0, reduction)
     ref_loss, ref_grad = reference.attention_fused(fs, ft, 2.0, reduction)

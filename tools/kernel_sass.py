@@ -29,20 +29,22 @@ FLAGS = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPER
 # (max threads, registers, shared memory bytes, max blocks) per SM
 GPUS = {"H100": (2048, 65536, 228 * 1024, 32), "RTX 30-40, L4": (1536, 65536, 100 * 1024, 16), "T4": (1024, 65536, 64 * 1024, 16)}
 # (label, kernel name with {t} for the dtype and {v} for its 16-byte pack, threads, shared bytes[, dtypes])
+COLUMNS_SHARED, ROW_BLOCK_SHARED = 5 * 8 * 32 * 4, 5 * 32 * 4  # SoftmaxStats (5 floats) per warp and lane / per warp
 PATHS = [
-    ("KL columns, 2 classes/thread (K <= 16)", "void kl_columns_kernel<{t}, false, 2, 1>", 256, 2048, ("float",)),
-    ("KL columns, 8 classes/thread (K <= 64)", "void kl_columns_kernel<{t}, false, 8, 1>", 256, 2048, ("float",)),
-    ("KL columns, 32 classes/thread (K <= 256)", "void kl_columns_kernel<{t}, false, 32, 1>", 256, 2048, ("float",)),
-    ("KL columns, 2 positions/lane, 2 classes/thread (K <= 16)", "void kl_columns_kernel<{t}, false, 2, 2>", 256, 2048,
-     ("BFloat16",)),
-    ("KL columns, 2 positions/lane, 8 classes/thread (K <= 64)", "void kl_columns_kernel<{t}, false, 8, 2>", 256, 2048,
-     ("BFloat16",)),
+    ("KL columns, 2 classes/thread (K <= 16)", "void kl_columns_kernel<{t}, false, 2, 1>", 256, COLUMNS_SHARED, ("float",)),
+    ("KL columns, 8 classes/thread (K <= 64)", "void kl_columns_kernel<{t}, false, 8, 1>", 256, COLUMNS_SHARED, ("float",)),
+    ("KL columns, 32 classes/thread (K <= 256)", "void kl_columns_kernel<{t}, false, 32, 1>", 256, COLUMNS_SHARED),
+    ("KL columns, 2 positions/lane, 2 classes/thread (K <= 16)", "void kl_columns_kernel<{t}, false, 2, 2>", 256,
+     COLUMNS_SHARED, ("BFloat16",)),
+    ("KL columns, 2 positions/lane, 8 classes/thread (K <= 64)", "void kl_columns_kernel<{t}, false, 8, 2>", 256,
+     COLUMNS_SHARED, ("BFloat16",)),
     ("KL columns, 2 positions/lane, 32 classes/thread (K <= 256)", "void kl_columns_kernel<{t}, false, 32, 2>", 256,
-     2048, ("BFloat16",)),
-    ("KL columns, streaming (K > 256)", "void kl_columns_kernel<{t}, false, 0, 1>", 256, 2048),
+     COLUMNS_SHARED, ("BFloat16",)),
+    ("KL columns, streaming (K > 256)", "void kl_columns_kernel<{t}, false, 0, 1>", 256, COLUMNS_SHARED),
     ("KL rows, G <= 32 threads/row, 16-byte loads", "void kl_rows_kernel<{t}, false, {v}, 4, false>", 256, 0),
-    ("KL rows, a block (<= 512) per row, 16-byte loads", "void kl_rows_kernel<{t}, false, {v}, 4, true>", 512, 256),
-    ("KL rows, streaming, 16-byte loads", "void kl_rows_kernel<{t}, false, {v}, 0, true>", 512, 256),
+    ("KL rows, a block (<= 512) per row, 16-byte loads", "void kl_rows_kernel<{t}, false, {v}, 4, true>", 512,
+     ROW_BLOCK_SHARED),
+    ("KL rows, streaming, 16-byte loads", "void kl_rows_kernel<{t}, false, {v}, 0, true>", 512, ROW_BLOCK_SHARED),
     ("attention maps", "void attention_maps_kernel<{t}>", 256, 2048),
     ("attention gradient", "void attention_grad_kernel<{t}>", 256, 0),
 ]

@@ -30,120 +30,193 @@ struct alignas(sizeof(T) * kV) Pack {
   T v[kV];
 };
 
-// exp(x - m), 0 when m = -inf (then x = -inf too: an empty or all-masked set of logits).
-__device__ __forceinline__ float exp_shifted(float x, float m) { return m == -INFINITY ? 0.f : expf(x - m); }
+// exp(x) as one exp2 instruction of x log2(e), for the small arguments of the kernels (differences
+// from a maximum, taken before the product, so large logits lose no precision to the scaling)
+__device__ __forceinline__ float exp_nat(float x) { return exp2f(x * 1.4426950408889634f); }
 
 // Arguments shared by every KL kernel (passed by value, so all kernels have one signature).
 // columns: N samples, K classes, HW positions per sample. rows: N = rows, K = classes per row, HW = 1.
-// group: threads per row (rows kernels). gtemp = T * (d reduced loss / d per-position loss): T for
-// none / sum, T / positions for mean. The loss and its gradient are multiplied by weight and, when
-// weight_ptr is not null, by the float it points to (read on the device: no host synchronisation).
+// group: threads per row (rows kernels). scale = 1 / T (a = s / T). gtemp = T * (d reduced loss /
+// d per-position loss): T for none / sum, T / positions for mean. The loss and its gradient are
+// multiplied by weight and, when weight_ptr is not null, by the float it points to (read on the
+// device: no host synchronisation).
 struct KlArgs {
   int64_t N;
   int K;
   int64_t HW;
   int group;
-  float inv_temp, temp, gtemp, weight;
+  float scale, temp, gtemp, weight;
   const float* weight_ptr;
   __device__ __forceinline__ float total_weight() const { return weight_ptr ? weight * *weight_ptr : weight; }
 };
 
-// One position's T^2-free KL and gradient, from the element slots a thread holds and a Group that
-// combines partial values over all threads of the position (identically on each of them).
-// With a = s / T, b = t / T, q = softmax(a), p = softmax(b), log q_k = (a_k - max a) - log sum_j exp(a_j - max a):
+// Softmax statistics of some of one position's elements (a = s / T, b = t / T): maxima ma, mb; sums
+// sa = sum exp(a_k - ma), sb = sum exp(b_k - mb); and the KL numerator
+//   forward (weights w_k = exp(b_k - mb)):  d = sum_k w_k ((b_k - mb) - (a_k - ma))
+//   reverse (weights w_k = exp(a_k - ma)):  d = sum_k w_k ((a_k - ma) - (b_k - mb))
+// Differences are taken from the maxima, so a constant offset between student and teacher logits
+// cancels exactly instead of in a large sum. Over the whole position (maxima Ma, Mb, sums Sa, Sb):
+//   forward KL = D / Sb + log Sa - log Sb,  reverse KL = D / Sa + log Sb - log Sa.
+struct SoftmaxStats {
+  float ma, sa, mb, sb, d;
+};
+
+// exp(m - M) for a maximum m <= M; 0 for m = -inf (no elements, or all masked)
+__device__ __forceinline__ float rescale(float m, float M) { return m == -INFINITY ? 0.f : exp_nat(m - M); }
+
+// x's sums and numerator taken to the larger maxima (Ma, Mb): for adding up the parts of a position.
+// d moves with its weights' maximum, and its differences gain ((mb - Mb) - (ma - Ma)) per unit weight.
+template <bool kReverse>
+__device__ __forceinline__ SoftmaxStats shift_stats(const SoftmaxStats& x, float Ma, float Mb) {
+  const float fa = rescale(x.ma, Ma), fb = rescale(x.mb, Mb);
+  const float weight = kReverse ? x.sa : x.sb, f = kReverse ? fa : fb;
+  const float offset = kReverse ? (x.ma - Ma) - (x.mb - Mb) : (x.mb - Mb) - (x.ma - Ma);
+  return {Ma, x.sa * fa, Mb, x.sb * fb, weight > 0.f ? f * (x.d + weight * offset) : 0.f};
+}
+
+// The statistics of the union of two parts; the same bits whichever part comes first (every step is
+// symmetric), so a butterfly leaves identical results on every lane.
+template <bool kReverse>
+__device__ __forceinline__ SoftmaxStats merge_stats(const SoftmaxStats& x, const SoftmaxStats& y) {
+  const float Ma = fmaxf(x.ma, y.ma), Mb = fmaxf(x.mb, y.mb);
+  const SoftmaxStats u = shift_stats<kReverse>(x, Ma, Mb), v = shift_stats<kReverse>(y, Ma, Mb);
+  return {Ma, u.sa + v.sa, Mb, u.sb + v.sb, u.d + v.d};
+}
+
+// The statistics of n parts stored at p[0], p[stride], ... (shared memory; 5 floats a part, field f at
+// p[i * stride + f * fstride]): maxima first, then the sums in part order (deterministic).
+template <bool kReverse>
+__device__ __forceinline__ SoftmaxStats gather_stats(const float* p, int n, int stride, int fstride) {
+  float Ma = -INFINITY, Mb = -INFINITY;
+  for (int i = 0; i < n; ++i) { Ma = fmaxf(Ma, p[i * stride]); Mb = fmaxf(Mb, p[i * stride + 2 * fstride]); }
+  SoftmaxStats total{Ma, 0.f, Mb, 0.f, 0.f};
+  for (int i = 0; i < n; ++i) {
+    const float* q = p + i * stride;
+    const SoftmaxStats u = shift_stats<kReverse>({q[0], q[fstride], q[2 * fstride], q[3 * fstride], q[4 * fstride]}, Ma, Mb);
+    total.sa += u.sa;
+    total.sb += u.sb;
+    total.d += u.d;
+  }
+  return total;
+}
+
+// One position's T^2-free KL and gradient, from the element slots a thread holds and a Group
+// that combines the threads' SoftmaxStats over all threads of the position (identically on each).
+// With q = softmax(s / T), p = softmax(t / T):
 //   forward:  KL = sum_k p_k (log p_k - log q_k),   d (T^2 KL) / d s_k = T (q_k - p_k)
 //   reverse:  KL = sum_k q_k (log q_k - log p_k),   d (T^2 KL) / d s_k = T q_k (log q_k - log p_k - KL)
-// The shift is subtracted before the log-sum-exp, so large logits lose no precision (as in
-// log_softmax); a class with q_k = 0 (a -inf logit) gets gradient 0 in the reverse direction.
-// Slots: each(f) calls f(a, b) for every element the thread holds; write(f) stores f(a, b) as each
-// element's gradient (f already includes gtemp). Returns KL on every thread of the position.
+// where log q_k = (a_k - Ma) - log Sa. A class with q_k = 0 (a -inf logit) gets gradient 0 in the
+// reverse direction. Passes over the thread's elements: maxima; then the sums (2 exponentials each);
+// then the gradient. Slots with kKeep (float registers) keep exp(a_k - ma) and, forward, exp(b_k - mb)
+// (reverse: (a_k - ma) - (b_k - mb)) from the sums pass in place of a_k, b_k, so the gradient pass
+// needs no exponential; other slots read a_k, b_k again and recompute them.
+// Slots: each(f) calls f(a, b) for every element the thread holds; update(f) (kKeep only) lets
+// f(float& a, float& b) replace them; write(f) stores f(x, y) of the held values as each element's
+// gradient (f already includes gscale). Returns KL on every thread of the position.
 template <bool kReverse, typename Slots, typename Group>
-__device__ __forceinline__ float kl_position(Slots& x, Group& group, float gtemp) {
+__device__ __forceinline__ float kl_position(Slots& x, Group& group, float gscale) {
   float ma = -INFINITY, mb = -INFINITY;
   x.each([&](float a, float b) { ma = fmaxf(ma, a); mb = fmaxf(mb, b); });
-  group.max2(ma, mb);
-  float sa = 0.f, sb = 0.f;
-  x.each([&](float a, float b) { sa += exp_shifted(a, ma); sb += exp_shifted(b, mb); });
-  group.sum2(sa, sb);
-  const float la = logf(sa), lb = logf(sb);
-  float kl = 0.f;
-  x.each([&](float a, float b) {
-    const float lq = (a - ma) - la, lp = (b - mb) - lb;
-    if (kReverse) { const float q = expf(lq); if (q > 0.f) kl += q * (lq - lp); }
-    else { const float p = expf(lp); if (p > 0.f) kl += p * (lp - lq); }
-  });
-  group.sum1(kl);
-  x.write([&](float a, float b) {
-    const float lq = (a - ma) - la, lp = (b - mb) - lb, q = expf(lq);
-    return kReverse ? (q > 0.f ? gtemp * q * (lq - lp - kl) : 0.f) : gtemp * (q - expf(lp));
-  });
+  float sa = 0.f, sb = 0.f, d = 0.f;
+  const auto sums = [&](float a, float b, float& ea, float& eb) {
+    ea = ma == -INFINITY ? 0.f : exp_nat(a - ma);  // 0 for a = -inf
+    eb = mb == -INFINITY ? 0.f : exp_nat(b - mb);
+    sa += ea;
+    sb += eb;
+    const float w = kReverse ? ea : eb, diff = kReverse ? (a - ma) - (b - mb) : (b - mb) - (a - ma);
+    if (w > 0.f) d += w * diff;  // a masked weight contributes nothing (not 0 * inf)
+    return diff;
+  };
+  if constexpr (Slots::kKeep) {
+    x.update([&](float& a, float& b) {
+      float ea, eb;
+      const float diff = sums(a, b, ea, eb);
+      a = ea;
+      b = kReverse ? diff : eb;
+    });
+  } else {
+    x.each([&](float a, float b) { float ea, eb; sums(a, b, ea, eb); });
+  }
+  const SoftmaxStats all = group.template combine<kReverse>(SoftmaxStats{ma, sa, mb, sb, d});
+  const float la = logf(all.sa), lb = logf(all.sb);
+  const float kl = kReverse ? all.d / all.sa + lb - la : all.d / all.sb + la - lb;
+  // this thread's factors: q_k = exp(a_k - ma) ca, p_k = exp(b_k - mb) cb
+  const float ca = ma == -INFINITY ? 0.f : exp_nat((ma - all.ma) - la);
+  const float cb = mb == -INFINITY ? 0.f : exp_nat((mb - all.mb) - lb);
+  if constexpr (Slots::kKeep) {
+    if constexpr (kReverse) {
+      const float c = (ma - all.ma) - (mb - all.mb) - la + lb;  // log q_k - log p_k = diff_k + c
+      x.write([&](float ea, float diff) { const float q = ea * ca; return q > 0.f ? gscale * q * ((diff + c) - kl) : 0.f; });
+    } else {
+      x.write([&](float ea, float eb) { return gscale * (ea * ca - eb * cb); });
+    }
+  } else {
+    x.write([&](float a, float b) {
+      const float lq = (a - all.ma) - la, lp = (b - all.mb) - lb, q = exp_nat(lq);
+      return kReverse ? (q > 0.f ? gscale * q * ((lq - lp) - kl) : 0.f) : gscale * (q - exp_nat(lp));
+    });
+  }
   return kl;
 }
 
-// ---- combining partial values over the threads of one position ----
+// ---- combining SoftmaxStats over the threads of one position ----
 
-// The same lane of every warp of the block (columns kernels): partials go through shared memory
-// `red` (2 * warps * 32 floats) and every warp adds them in warp order.
+constexpr int kStatsFloats = 5;  // floats of a SoftmaxStats in shared memory
+
+// The same lane of every warp of the block (columns kernels): each warp's stats go through shared
+// memory `red` (5 * warps * 32 floats) and every warp gathers them in warp order.
 struct WarpsOfBlock {
   float* red;
   int warps, warp, lane;
-  template <typename Op>
-  __device__ __forceinline__ void combine2(float& x, float& y, Op op) {
-    __syncthreads();  // `red` may still be read by the previous combine
-    red[warp * 32 + lane] = x;
-    red[(warps + warp) * 32 + lane] = y;
+  template <bool kReverse>
+  __device__ __forceinline__ SoftmaxStats combine(const SoftmaxStats& x) {
+    __syncthreads();  // `red` may still be read by the previous position's combine
+    float* mine = red + warp * 32 + lane;
+    const int fstride = warps * 32;
+    mine[0] = x.ma;
+    mine[fstride] = x.sa;
+    mine[2 * fstride] = x.mb;
+    mine[3 * fstride] = x.sb;
+    mine[4 * fstride] = x.d;
     __syncthreads();
-    x = red[lane];
-    y = red[warps * 32 + lane];
-    for (int w = 1; w < warps; ++w) { x = op(x, red[w * 32 + lane]); y = op(y, red[(warps + w) * 32 + lane]); }
+    return gather_stats<kReverse>(red + lane, warps, 32, fstride);
   }
-  __device__ __forceinline__ void max2(float& x, float& y) { combine2(x, y, [](float u, float v) { return fmaxf(u, v); }); }
-  __device__ __forceinline__ void sum2(float& x, float& y) { combine2(x, y, [](float u, float v) { return u + v; }); }
-  __device__ __forceinline__ void sum1(float& x) { float unused = 0.f; sum2(x, unused); }
 };
 
 // An aligned group of `size` lanes of one warp (a power of two <= 32; rows kernels), by xor
 // shuffles: every lane of the warp takes part; results are identical on every lane of the group.
+__device__ __forceinline__ SoftmaxStats shuffle_stats(const SoftmaxStats& x, int o) {
+  return {__shfl_xor_sync(0xffffffffu, x.ma, o), __shfl_xor_sync(0xffffffffu, x.sa, o), __shfl_xor_sync(0xffffffffu, x.mb, o),
+          __shfl_xor_sync(0xffffffffu, x.sb, o), __shfl_xor_sync(0xffffffffu, x.d, o)};
+}
+
 struct LanesOfWarp {
   int size;
-  __device__ __forceinline__ void max2(float& x, float& y) {
-    for (int o = size / 2; o > 0; o >>= 1) {
-      x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-      y = fmaxf(y, __shfl_xor_sync(0xffffffffu, y, o));
-    }
-  }
-  __device__ __forceinline__ void sum2(float& x, float& y) {
-    for (int o = size / 2; o > 0; o >>= 1) {
-      x += __shfl_xor_sync(0xffffffffu, x, o);
-      y += __shfl_xor_sync(0xffffffffu, y, o);
-    }
-  }
-  __device__ __forceinline__ void sum1(float& x) {
-    for (int o = size / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  template <bool kReverse>
+  __device__ __forceinline__ SoftmaxStats combine(SoftmaxStats x) {
+    for (int o = size / 2; o > 0; o >>= 1) x = merge_stats<kReverse>(x, shuffle_stats(x, o));
+    return x;
   }
 };
 
-// Every thread of the block (rows kernels with one row per block): warp shuffles, then the warps'
-// results through shared memory `red` (2 * 32 floats) in warp order.
+// Every thread of the block (rows kernels with one row per block): a warp butterfly, then the warps'
+// stats through shared memory `red` (5 * 32 floats), gathered in warp order.
 struct ThreadsOfBlock {
   float* red;
-  template <typename Op>
-  __device__ __forceinline__ void combine2(float& x, float& y, Op op) {
-    for (int o = 16; o > 0; o >>= 1) {
-      x = op(x, __shfl_xor_sync(0xffffffffu, x, o));
-      y = op(y, __shfl_xor_sync(0xffffffffu, y, o));
-    }
+  template <bool kReverse>
+  __device__ __forceinline__ SoftmaxStats combine(SoftmaxStats x) {
+    x = LanesOfWarp{32}.combine<kReverse>(x);
     const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    __syncthreads();
-    if (threadIdx.x % 32 == 0) { red[warp] = x; red[32 + warp] = y; }
-    __syncthreads();
-    x = red[0];
-    y = red[32];
-    for (int w = 1; w < warps; ++w) { x = op(x, red[w]); y = op(y, red[32 + w]); }
+    if (threadIdx.x % 32 == 0) {
+      red[warp] = x.ma;
+      red[32 + warp] = x.sa;
+      red[64 + warp] = x.mb;
+      red[96 + warp] = x.sb;
+      red[128 + warp] = x.d;
+    }
+    __syncthreads();  // one combine per block: `red` is written once
+    return gather_stats<kReverse>(red, warps, 1, 32);
   }
-  __device__ __forceinline__ void max2(float& x, float& y) { combine2(x, y, [](float u, float v) { return fmaxf(u, v); }); }
-  __device__ __forceinline__ void sum2(float& x, float& y) { combine2(x, y, [](float u, float v) { return u + v; }); }
-  __device__ __forceinline__ void sum1(float& x) { float unused = 0.f; sum2(x, unused); }
 };
 
 // ---- columns: [N, K, HW], lane = position ----
@@ -166,8 +239,9 @@ struct ColumnSlots {
   scalar_t* g;
   int64_t stride;
   int count;
-  float inv_temp;
+  float scale;
   Value rs[kPer > 0 ? kPer : 1], rt[kPer > 0 ? kPer : 1];
+  static constexpr bool kKeep = kPer > 0 && kPos == 1;  // float registers: kl_position keeps its exp2 values there
 
   __device__ __forceinline__ void load() {
     if constexpr (kPos == 2) {
@@ -177,8 +251,8 @@ struct ColumnSlots {
     } else if constexpr (kPer > 0) {
 #pragma unroll
       for (int i = 0; i < kPer; ++i) {  // predicated loads, all issued before any is used
-        rs[i] = i < count ? to_float(s[i * stride]) * inv_temp : 0.f;
-        rt[i] = i < count ? to_float(t[i * stride]) * inv_temp : 0.f;
+        rs[i] = i < count ? to_float(s[i * stride]) * scale : 0.f;
+        rt[i] = i < count ? to_float(t[i * stride]) * scale : 0.f;
       }
     }
   }
@@ -195,14 +269,20 @@ struct ColumnSlots {
         float a[kBatch], b[kBatch];
 #pragma unroll
         for (int i = 0; i < kBatch; ++i) {
-          a[i] = i0 + i < count ? to_float(s[(i0 + i) * stride]) * inv_temp : 0.f;
-          b[i] = i0 + i < count ? to_float(t[(i0 + i) * stride]) * inv_temp : 0.f;
+          a[i] = i0 + i < count ? to_float(s[(i0 + i) * stride]) * scale : 0.f;
+          b[i] = i0 + i < count ? to_float(t[(i0 + i) * stride]) * scale : 0.f;
         }
 #pragma unroll
         for (int i = 0; i < kBatch; ++i)
           if (i0 + i < count) f(a[i], b[i]);
       }
     }
+  }
+  template <typename F>
+  __device__ __forceinline__ void update(F&& f) {
+#pragma unroll
+    for (int i = 0; i < kPer; ++i)
+      if (i < count) f(rs[i], rt[i]);
   }
   template <typename F>
   __device__ __forceinline__ void write(F&& f) {
@@ -212,7 +292,7 @@ struct ColumnSlots {
         if (i < count) g[i * stride] = from_float<scalar_t>(f(rs[i], rt[i]));
     } else {
       for (int i = 0; i < count; ++i)
-        g[i * stride] = from_float<scalar_t>(f(to_float(s[i * stride]) * inv_temp, to_float(t[i * stride]) * inv_temp));
+        g[i * stride] = from_float<scalar_t>(f(to_float(s[i * stride]) * scale, to_float(t[i * stride]) * scale));
     }
   }
   // kPos = 2: the student pairs, overwritten by the gradient position by position (PairPosition)
@@ -227,22 +307,23 @@ struct ColumnSlots {
 template <typename scalar_t, int kPer, int kP>
 struct PairPosition {
   ColumnSlots<scalar_t, kPer, 2>& x;
+  static constexpr bool kKeep = false;  // the pair stays raw: the gradient pass recomputes
   template <typename F>
   __device__ __forceinline__ void each(F&& f) {
 #pragma unroll
     for (int i = 0; i < kPer; ++i)
-      if (i < x.count) f(to_float(x.rs[i].v[kP]) * x.inv_temp, to_float(x.rt[i].v[kP]) * x.inv_temp);
+      if (i < x.count) f(to_float(x.rs[i].v[kP]) * x.scale, to_float(x.rt[i].v[kP]) * x.scale);
   }
   template <typename F>
   __device__ __forceinline__ void write(F&& f) {  // into the student register: position kP is done with it
 #pragma unroll
     for (int i = 0; i < kPer; ++i)
-      if (i < x.count) x.rs[i].v[kP] = from_float<scalar_t>(f(to_float(x.rs[i].v[kP]) * x.inv_temp, to_float(x.rt[i].v[kP]) * x.inv_temp));
+      if (i < x.count) x.rs[i].v[kP] = from_float<scalar_t>(f(to_float(x.rs[i].v[kP]) * x.scale, to_float(x.rt[i].v[kP]) * x.scale));
   }
 };
 
 // s, t: logits [N, K, HW] (kPos = 2: HW even); loss: [N * HW] float (T^2 KL per position); grad: like s.
-// Launch: N * ceil(HW / (32 kPos)) blocks of 32 * warps threads, 2 * warps * 32 floats of shared memory.
+// Launch: N * ceil(HW / (32 kPos)) blocks of 32 * warps threads, 5 * warps * 32 floats of shared memory.
 // At most 128 registers, so two blocks of 8 warps fit on an SM: one loads while the other computes.
 template <typename scalar_t, bool kReverse, int kPer, int kPos>
 __global__ void __launch_bounds__(kColumnMaxWarps * 32, 2) kl_columns_kernel(
@@ -257,7 +338,7 @@ __global__ void __launch_bounds__(kColumnMaxWarps * 32, 2) kl_columns_kernel(
   const bool active = hw < args.HW;
   const int64_t base = (n * args.K + warp) * args.HW + (active ? hw : 0);  // class `warp` of this position
   const int count = active && warp < args.K ? (args.K - warp + warps - 1) / warps : 0;
-  ColumnSlots<scalar_t, kPer, kPos> x{s + base, t + base, grad + base, warps * args.HW, count, args.inv_temp};
+  ColumnSlots<scalar_t, kPer, kPos> x{s + base, t + base, grad + base, warps * args.HW, count, args.scale};
   const float w = args.total_weight();  // its load issues first, the logits' right after it
   x.load();
   WarpsOfBlock group{red, warps, warp, static_cast<int>(threadIdx.x % 32)};
@@ -294,8 +375,10 @@ struct RowSlots {
   scalar_t* g;
   int first, step, packs;  // packs first, first + step, ... below packs = K / kV
   bool active;
-  float inv_temp;
+  float scale;
   P rs[kR > 0 ? kR : 1], rt[kR > 0 ? kR : 1];
+  // float logits in registers: kl_position keeps its exp2 values in place of the (unscaled) logits
+  static constexpr bool kKeep = kR > 0 && std::is_same_v<scalar_t, float>;
 
   __device__ __forceinline__ P at(const scalar_t* p, int c) const { return *reinterpret_cast<const P*>(p + c * kV); }
   __device__ __forceinline__ void load() {
@@ -310,7 +393,7 @@ struct RowSlots {
   template <typename F>
   __device__ __forceinline__ void visit(const P& ps, const P& pt, F&& f) const {
 #pragma unroll
-    for (int v = 0; v < kV; ++v) f(to_float(ps.v[v]) * inv_temp, to_float(pt.v[v]) * inv_temp);
+    for (int v = 0; v < kV; ++v) f(to_float(ps.v[v]) * scale, to_float(pt.v[v]) * scale);
   }
   template <typename F>
   __device__ __forceinline__ void each(F&& f) {
@@ -332,11 +415,26 @@ struct RowSlots {
     }
   }
   template <typename F>
+  __device__ __forceinline__ void update(F&& f) {  // kKeep: the registers hold a, b (scaled) afterwards replaced by f
+#pragma unroll
+    for (int i = 0; i < kR; ++i)
+      if (active && first + step * i < packs) {
+#pragma unroll
+        for (int v = 0; v < kV; ++v) {
+          float a = rs[i].v[v] * scale, b = rt[i].v[v] * scale;
+          f(a, b);
+          rs[i].v[v] = a;
+          rt[i].v[v] = b;
+        }
+      }
+  }
+  template <typename F>
   __device__ __forceinline__ void store(int c, const P& ps, const P& pt, F&& f) {
+    const float unit = kKeep ? 1.f : scale;  // kept values are kl_position's own, not logits
     P out;
 #pragma unroll
     for (int v = 0; v < kV; ++v)
-      out.v[v] = from_float<scalar_t>(f(to_float(ps.v[v]) * inv_temp, to_float(pt.v[v]) * inv_temp));
+      out.v[v] = from_float<scalar_t>(f(to_float(ps.v[v]) * unit, to_float(pt.v[v]) * unit));
     *reinterpret_cast<P*>(g + c * kV) = out;
   }
   template <typename F>
@@ -364,7 +462,7 @@ __global__ void __launch_bounds__(kBlockRow ? kRowMaxThreads : kRowThreads) kl_r
   const int lane = threadIdx.x % G;
   const bool active = row < args.N;
   const int64_t base = (active ? row : 0) * args.K;
-  RowSlots<scalar_t, kV, kR> x{s + base, t + base, grad + base, lane, G, args.K / kV, active, args.inv_temp};
+  RowSlots<scalar_t, kV, kR> x{s + base, t + base, grad + base, lane, G, args.K / kV, active, args.scale};
   const float w = args.total_weight();
   x.load();
   float kl;
@@ -406,7 +504,7 @@ inline KlPlan kl_columns_plan(int64_t N, int K, int64_t HW, bool pairs = false) 
   const int warps = per ? (K + per - 1) / per : kColumnMaxWarps;
   const int pos = pairs && per > 0 && HW % 2 == 0 ? 2 : 1;
   const int64_t blocks = N * ((HW + pos * kColumnTile - 1) / (pos * kColumnTile));
-  return {blocks, warps * 32, 2 * static_cast<size_t>(warps) * 32 * sizeof(float), 0, per, 1, false, pos};
+  return {blocks, warps * 32, kStatsFloats * static_cast<size_t>(warps) * 32 * sizeof(float), 0, per, 1, false, pos};
 }
 
 // Rows plan for classes per load `vec` (K % vec == 0): G = the smallest power of two with
@@ -420,8 +518,8 @@ inline KlPlan kl_rows_plan(int64_t rows, int K, int vec) {
     const int per_block = kRowThreads / G;
     return {(rows + per_block - 1) / per_block, kRowThreads, 0, G, kRowPacks, vec, false};
   }
-  if (G <= kRowMaxThreads) return {rows, G, 64 * sizeof(float), G, kRowPacks, vec, true};
-  return {rows, kRowStreamThreads, 64 * sizeof(float), kRowStreamThreads, 0, vec, true};
+  if (G <= kRowMaxThreads) return {rows, G, kStatsFloats * 32 * sizeof(float), G, kRowPacks, vec, true};
+  return {rows, kRowStreamThreads, kStatsFloats * 32 * sizeof(float), kRowStreamThreads, 0, vec, true};
 }
 
 // Calls launch(kernel, plan) with the kernel instantiation for a plan (kVec: the wide load of

@@ -1,0 +1,68 @@
+"""Where the fused KL op's time goes on a GPU (tools/gpu-check profile runs it).
+
+    python tools/profile_kernels.py host            # torch.profiler: CPU-side cost of one forward + backward
+    python tools/profile_kernels.py ncu SPEC...      # one call of the op per SPEC, for Nsight Compute to read
+
+``host``: for a small shape (``[4096, 1024]`` fp32, where the benchmark's forward + backward time is far above the
+kernel's), the host time per forward + backward of the fused op, of the eager formula and of the Triton path
+(200 calls enqueued, one synchronisation), and the profiler's table of the fused path's CPU time by operator.
+``ncu``: e.g. ``ncu --clock-control none --section SpeedOfLight -k regex:kl_ python tools/profile_kernels.py ncu
+kl:256,256,32,32:bfloat16`` (the specs: :func:`ncu`).
+"""
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from kdlab import bench, kernels  # noqa: E402
+
+
+def host() -> None:
+    s = torch.randn(4096, 1024, device="cuda", requires_grad=True)
+    t = torch.randn(4096, 1024, device="cuda")
+    impls = {"fused": bench._kl_fused, "eager": bench._kl_eager} | ({"triton": bench._triton_impls()["kl"]}
+                                                                     if bench._triton_impls() else {})
+    for name, fn in impls.items():
+        for _ in range(20):
+            fn(s, t, 2.0).backward()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(200):
+            s.grad = None
+            fn(s, t, 2.0).backward()
+        host_us = (time.perf_counter() - start) / 200 * 1e6
+        torch.cuda.synchronize()
+        total_us = (time.perf_counter() - start) / 200 * 1e6
+        print(f"{name:<7} host {host_us:7.1f} us per forward + backward enqueued, {total_us:7.1f} us with the GPU's work")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(20):
+            s.grad = None
+            bench._kl_fused(s, t, 2.0).backward()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25))
+
+
+def ncu(specs: list[str]) -> None:
+    """One call of the op per spec: ``kl:256,256,32,32:float32``, ``kl:64,256,28,28:bfloat16:cl`` (channels-last),
+    ``at:128,64,32,32:128,256,32,32:float32`` (attention transfer, student then teacher shape)."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for spec in specs:
+        kind, *parts = spec.split(":")
+        if kind == "kl":
+            size, dtype = tuple(int(n) for n in parts[0].split(",")), getattr(torch, parts[1])
+            layout = torch.channels_last if parts[2:] == ["cl"] else torch.contiguous_format
+            s, t = (torch.randn(size, device="cuda", generator=g).to(dtype).contiguous(memory_format=layout) for _ in range(2))
+            torch.ops.kdlab.kl_fused(s, t, 2.0, False, 1)
+        else:
+            fs = torch.randn(tuple(int(n) for n in parts[0].split(",")), device="cuda", generator=g).to(getattr(torch, parts[2]))
+            ft = torch.randn(tuple(int(n) for n in parts[1].split(",")), device="cuda", generator=g).to(getattr(torch, parts[2]))
+            torch.ops.kdlab.attention_fused(fs, ft, 2.0, 1)
+        torch.cuda.synchronize()
+        print(f"{spec}: backend {kernels.backend()}", flush=True)
+
+
+if __name__ == "__main__":
+    assert kernels.available(), kernels.reason()
+    host() if sys.argv[1] == "host" else ncu(sys.argv[2:])
