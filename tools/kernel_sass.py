@@ -31,16 +31,10 @@ GPUS = {"H100": (2048, 65536, 228 * 1024, 32), "RTX 30-40, L4": (1536, 65536, 10
 # (label, kernel name with {t} for the dtype and {v} for its 16-byte pack, threads, shared bytes[, dtypes])
 COLUMNS_SHARED, ROW_BLOCK_SHARED = 5 * 8 * 32 * 4, 5 * 32 * 4  # SoftmaxStats (5 floats) per warp and lane / per warp
 PATHS = [
-    ("KL columns, 2 classes/thread (K <= 16)", "void kl_columns_kernel<{t}, false, 2, 1>", 256, COLUMNS_SHARED, ("float",)),
-    ("KL columns, 8 classes/thread (K <= 64)", "void kl_columns_kernel<{t}, false, 8, 1>", 256, COLUMNS_SHARED, ("float",)),
-    ("KL columns, 32 classes/thread (K <= 256)", "void kl_columns_kernel<{t}, false, 32, 1>", 256, COLUMNS_SHARED),
-    ("KL columns, 2 positions/lane, 2 classes/thread (K <= 16)", "void kl_columns_kernel<{t}, false, 2, 2>", 256,
-     COLUMNS_SHARED, ("BFloat16",)),
-    ("KL columns, 2 positions/lane, 8 classes/thread (K <= 64)", "void kl_columns_kernel<{t}, false, 8, 2>", 256,
-     COLUMNS_SHARED, ("BFloat16",)),
-    ("KL columns, 2 positions/lane, 32 classes/thread (K <= 256)", "void kl_columns_kernel<{t}, false, 32, 2>", 256,
-     COLUMNS_SHARED, ("BFloat16",)),
-    ("KL columns, streaming (K > 256)", "void kl_columns_kernel<{t}, false, 0, 1>", 256, COLUMNS_SHARED),
+    ("KL columns, 2 classes/thread (K <= 16)", "void kl_columns_kernel<{t}, false, 2>", 256, COLUMNS_SHARED, ("float",)),
+    ("KL columns, 8 classes/thread (K <= 64)", "void kl_columns_kernel<{t}, false, 8>", 256, COLUMNS_SHARED, ("float",)),
+    ("KL columns, 32 classes/thread (K <= 256)", "void kl_columns_kernel<{t}, false, 32>", 256, COLUMNS_SHARED),
+    ("KL columns, streaming (K > 256)", "void kl_columns_kernel<{t}, false, 0>", 256, COLUMNS_SHARED),
     ("KL rows, G <= 32 threads/row, 16-byte loads", "void kl_rows_kernel<{t}, false, {v}, 4, false>", 256, 0),
     ("KL rows, a block (<= 512) per row, 16-byte loads", "void kl_rows_kernel<{t}, false, {v}, 4, true>", 512,
      ROW_BLOCK_SHARED),

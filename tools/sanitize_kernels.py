@@ -12,14 +12,14 @@ from kdlab.kernels import reference  # noqa: E402
 assert kernels.available(), kernels.reason()
 g = torch.Generator(device="cuda").manual_seed(0)
 bad = []
-# every launch plan of kl_kernel.cuh (columns: 2, 8, 32 classes per thread, streaming, two positions per lane
-# for bf16 with H W even; rows: lane groups, a block per row, streaming; 4- and 16-byte loads; channels-last)
+# every launch plan of kl_kernel.cuh (columns: 2, 8, 32 classes per thread, streaming, each with classes
+# padded beyond K; rows: lane groups, a block per row, streaming; 4- and 16-byte loads; channels-last)
 # with partial tiles, both directions, values and gradients, and a weight tensor read on the device
 w = torch.tensor(0.5, device="cuda")
 for shape, channels_last in [((300, 3), False), ((2, 3, 31, 17), False), ((37, 10), False), ((3, 40, 5, 7), False),
                              ((2, 100, 5, 7), False), ((2, 257, 3, 3), False), ((64, 17), False), ((5, 200), False),
                              ((3, 1000), False), ((2, 4100), False), ((1, 20000), False), ((2, 24, 3, 5), True),
-                             ((2, 12, 6, 6), False), ((2, 40, 5, 6), False), ((2, 200, 3, 34), False)]:  # bf16 pairs
+                             ((2, 12, 6, 6), False), ((2, 40, 5, 6), False), ((2, 200, 3, 34), False)]:
     for dtype in (torch.float32, torch.bfloat16):
         for reverse in (False, True):
             layout = torch.channels_last if channels_last else torch.contiguous_format

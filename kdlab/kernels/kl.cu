@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch_v2.h>
 #include <cstdint>
-#include <cstdlib>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -49,11 +48,7 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
   const int wide = 16 / static_cast<int>(s.element_size());
   const auto aligned = [&](const at::Tensor& x) { return reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0; };
   const int vec = K % wide == 0 && aligned(s) && aligned(t) && aligned(grad) ? wide : 1;
-  const auto aligned4 = [&](const at::Tensor& x) { return reinterpret_cast<uintptr_t>(x.data_ptr()) % 4 == 0; };
-  // 16-bit: 2 positions a lane (4-byte loads); KDLAB_KL_PAIRS=0 takes one position a lane, for benchmarking the two
-  const char* pairs_env = std::getenv("KDLAB_KL_PAIRS");
-  const bool pairs = s.element_size() == 2 && aligned4(s) && aligned4(t) && aligned4(grad) && !(pairs_env && pairs_env[0] == '0');
-  const KlPlan plan = rows ? kl_rows_plan(n_rows, K, vec) : kl_columns_plan(N, K, HW, pairs);
+  const KlPlan plan = rows ? kl_rows_plan(n_rows, K, vec) : kl_columns_plan(N, K, HW);
   TORCH_CHECK(plan.blocks < (1LL << 31), "kl_fused: too many positions for one launch");
   const float temp = static_cast<float>(temperature);
   const KlArgs args{rows ? n_rows : N, K, rows ? 1 : HW, plan.group, 1.f / temp, temp,

@@ -2,13 +2,12 @@
 // respect to the student logits in one pass over memory (formulas in reference.py). Host launch code
 // is in kl.cu; the same source runs under the CPU emulator (tools/simt/launch.cpp, float32 only).
 //
-// Two layouts, two kernels (and a variant), chosen by the plans below:
+// Two layouts, two kernels, chosen by the plans below:
 // - columns: logits [N, K, *spatial] contiguous, the positions innermost. Lane = position: a warp's
 //   32 lanes read 32 neighbouring positions of one class (coalesced), and the W warps of a block own
 //   interleaved slices of the classes (class k belongs to warp k % W). A thread loads all of its
 //   classes into registers before using any (2 * kPer loads in flight), then the W partial
-//   results of each position are combined across warps through shared memory in warp order. For
-//   16-bit logits each lane takes two neighbouring positions, so each load is 4 bytes wide.
+//   results of each position are combined across warps through shared memory in warp order.
 // - rows: the class axis innermost ([N, K], or [N, *spatial, K] in memory: channels-last). G threads
 //   share a row (G grows with K, up to a block); each reads V classes per load (16 bytes when K and
 //   the pointers allow) and kR loads per tensor, all issued before use; partial results are combined
@@ -30,9 +29,18 @@ struct alignas(sizeof(T) * kV) Pack {
   T v[kV];
 };
 
-// exp(x) as one exp2 instruction of x log2(e), for the small arguments of the kernels (differences
-// from a maximum, taken before the product, so large logits lose no precision to the scaling)
-__device__ __forceinline__ float exp_nat(float x) { return exp2f(x * 1.4426950408889634f); }
+// exp(x) as one exp2 instruction of x log2(e) (ex2.approx.ftz: relative error about 2^-22, results
+// below 2^-126 flushed to 0), for the kernels' arguments: differences from a maximum, taken before
+// the product, so large logits lose no precision to the scaling. exp(-inf) = 0.
+__device__ __forceinline__ float exp_nat(float x) {
+#ifdef KDLAB_SIMT_EMULATOR
+  return exp2f(x * 1.4426950408889634f);
+#else
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * 1.4426950408889634f));
+  return y;
+#endif
+}
 
 // Arguments shared by every KL kernel (passed by value, so all kernels have one signature).
 // columns: N samples, K classes, HW positions per sample. rows: N = rows, K = classes per row, HW = 1.
@@ -117,14 +125,17 @@ template <bool kReverse, typename Slots, typename Group>
 __device__ __forceinline__ float kl_position(Slots& x, Group& group, float gscale) {
   float ma = -INFINITY, mb = -INFINITY;
   x.each([&](float a, float b) { ma = fmaxf(ma, a); mb = fmaxf(mb, b); });
+  // the shifts of the exponentials: the maxima, or 0 for a thread without a finite logit (whose
+  // exponentials are then exp(-inf) = 0 all the same): no test per element
+  const float ma0 = ma == -INFINITY ? 0.f : ma, mb0 = mb == -INFINITY ? 0.f : mb;
   float sa = 0.f, sb = 0.f, d = 0.f;
   const auto sums = [&](float a, float b, float& ea, float& eb) {
-    ea = ma == -INFINITY ? 0.f : exp_nat(a - ma);  // 0 for a = -inf
-    eb = mb == -INFINITY ? 0.f : exp_nat(b - mb);
+    ea = exp_nat(a - ma0);  // 0 for a = -inf (a masked class, or a register slot beyond the thread's classes)
+    eb = exp_nat(b - mb0);
     sa += ea;
     sb += eb;
-    const float w = kReverse ? ea : eb, diff = kReverse ? (a - ma) - (b - mb) : (b - mb) - (a - ma);
-    if (w > 0.f) d += w * diff;  // a masked weight contributes nothing (not 0 * inf)
+    const float w = kReverse ? ea : eb, diff = kReverse ? (a - ma0) - (b - mb0) : (b - mb0) - (a - ma0);
+    d += w > 0.f ? w * diff : 0.f;  // a masked weight contributes nothing (not 0 * inf)
     return diff;
   };
   if constexpr (Slots::kKeep) {
@@ -164,13 +175,12 @@ __device__ __forceinline__ float kl_position(Slots& x, Group& group, float gscal
 constexpr int kStatsFloats = 5;  // floats of a SoftmaxStats in shared memory
 
 // The same lane of every warp of the block (columns kernels): each warp's stats go through shared
-// memory `red` (5 * warps * 32 floats) and every warp gathers them in warp order.
+// memory `red` (5 * warps * 32 floats) and every warp gathers them in warp order (once per block).
 struct WarpsOfBlock {
   float* red;
   int warps, warp, lane;
   template <bool kReverse>
   __device__ __forceinline__ SoftmaxStats combine(const SoftmaxStats& x) {
-    __syncthreads();  // `red` may still be read by the previous position's combine
     float* mine = red + warp * 32 + lane;
     const int fstride = warps * 32;
     mine[0] = x.ma;
@@ -226,51 +236,51 @@ constexpr int kColumnMaxWarps = 8;    // warps per block (classes split kColumnM
 constexpr int kColumnMaxPerThread = 32;  // classes per thread held in registers (K <= 256)
 
 // The elements a columns thread holds: `count` classes, `stride` elements apart in memory (the
-// thread's classes are warp, warp + warps, ...), of one position (kPos = 1) or of two neighbouring
-// positions (kPos = 2: 16-bit logits with HW even; one 4-byte load reads both positions' values of a
-// class, so a warp reads 128 bytes per instruction as in float32, and the pair stays raw in one 32-bit
-// register). In registers when kPer > 0 (count <= kPer), else streaming: read again for each pass
-// (kPos = 1 only). s, t, g point at the thread's first class of its (first) position.
-template <typename scalar_t, int kPer, int kPos>
+// thread's classes are warp, warp + warps, ...), of one position. In float registers when kPer > 0
+// (count <= kPer; the kPer - count slots beyond hold -inf, a masked class, so the passes over the
+// registers need no bounds checks: only the loads and the stores are predicated), else streaming:
+// read again for each pass. s, t, g point at the thread's first class.
+template <typename scalar_t, int kPer>
 struct ColumnSlots {
-  using Value = std::conditional_t<kPos == 2, Pack<scalar_t, 2>, float>;  // a pair raw, or a = s / T
   const scalar_t* s;
   const scalar_t* t;
   scalar_t* g;
   int64_t stride;
   int count;
   float scale;
-  Value rs[kPer > 0 ? kPer : 1], rt[kPer > 0 ? kPer : 1];
-  static constexpr bool kKeep = kPer > 0 && kPos == 1;  // float registers: kl_position keeps its exp2 values there
+  float rs[kPer > 0 ? kPer : 1], rt[kPer > 0 ? kPer : 1];  // a = s / T, b = t / T, then kl_position's kept values
+  static constexpr bool kKeep = kPer > 0;
 
   __device__ __forceinline__ void load() {
-    if constexpr (kPos == 2) {
+    if constexpr (kPer > 0) {
+      const int last = count > 0 ? count - 1 : 0;  // slots beyond the thread's classes read its last one (or the first)
+      scalar_t raw_s[kPer], raw_t[kPer];
 #pragma unroll
-      for (int i = 0; i < kPer; ++i)  // predicated 4-byte loads, all issued before any is used
-        if (i < count) { rs[i] = *reinterpret_cast<const Value*>(s + i * stride); rt[i] = *reinterpret_cast<const Value*>(t + i * stride); }
-    } else if constexpr (kPer > 0) {
+      for (int i = 0; i < kPer; ++i) {  // unconditional loads of valid addresses: all issued before any is used
+        const int64_t at = (i < last ? i : last) * stride;
+        raw_s[i] = s[at];
+        raw_t[i] = t[at];
+      }
 #pragma unroll
-      for (int i = 0; i < kPer; ++i) {  // predicated loads, all issued before any is used
-        rs[i] = i < count ? to_float(s[i * stride]) * scale : 0.f;
-        rt[i] = i < count ? to_float(t[i * stride]) * scale : 0.f;
+      for (int i = 0; i < kPer; ++i) {
+        rs[i] = i < count ? to_float(raw_s[i]) * scale : -INFINITY;
+        rt[i] = i < count ? to_float(raw_t[i]) * scale : -INFINITY;
       }
     }
   }
-  // kPos = 1: the Slots of kl_position
   template <typename F>
   __device__ __forceinline__ void each(F&& f) {
     if constexpr (kPer > 0) {
 #pragma unroll
-      for (int i = 0; i < kPer; ++i)
-        if (i < count) f(rs[i], rt[i]);
+      for (int i = 0; i < kPer; ++i) f(rs[i], rt[i]);
     } else {
       constexpr int kBatch = 4;  // loads issued together when streaming
       for (int i0 = 0; i0 < count; i0 += kBatch) {
         float a[kBatch], b[kBatch];
 #pragma unroll
         for (int i = 0; i < kBatch; ++i) {
-          a[i] = i0 + i < count ? to_float(s[(i0 + i) * stride]) * scale : 0.f;
-          b[i] = i0 + i < count ? to_float(t[(i0 + i) * stride]) * scale : 0.f;
+          a[i] = i0 + i < count ? to_float(s[(i0 + i) * stride]) * scale : -INFINITY;
+          b[i] = i0 + i < count ? to_float(t[(i0 + i) * stride]) * scale : -INFINITY;
         }
 #pragma unroll
         for (int i = 0; i < kBatch; ++i)
@@ -281,8 +291,7 @@ struct ColumnSlots {
   template <typename F>
   __device__ __forceinline__ void update(F&& f) {
 #pragma unroll
-    for (int i = 0; i < kPer; ++i)
-      if (i < count) f(rs[i], rt[i]);
+    for (int i = 0; i < kPer; ++i) f(rs[i], rt[i]);
   }
   template <typename F>
   __device__ __forceinline__ void write(F&& f) {
@@ -295,67 +304,29 @@ struct ColumnSlots {
         g[i * stride] = from_float<scalar_t>(f(to_float(s[i * stride]) * scale, to_float(t[i * stride]) * scale));
     }
   }
-  // kPos = 2: the student pairs, overwritten by the gradient position by position (PairPosition)
-  __device__ __forceinline__ void store() {
-#pragma unroll
-    for (int i = 0; i < kPer; ++i)
-      if (i < count) *reinterpret_cast<Value*>(g + i * stride) = rs[i];
-  }
 };
 
-// Position kP (0 or 1) of a two-position ColumnSlots, as the Slots of kl_position.
-template <typename scalar_t, int kPer, int kP>
-struct PairPosition {
-  ColumnSlots<scalar_t, kPer, 2>& x;
-  static constexpr bool kKeep = false;  // the pair stays raw: the gradient pass recomputes
-  template <typename F>
-  __device__ __forceinline__ void each(F&& f) {
-#pragma unroll
-    for (int i = 0; i < kPer; ++i)
-      if (i < x.count) f(to_float(x.rs[i].v[kP]) * x.scale, to_float(x.rt[i].v[kP]) * x.scale);
-  }
-  template <typename F>
-  __device__ __forceinline__ void write(F&& f) {  // into the student register: position kP is done with it
-#pragma unroll
-    for (int i = 0; i < kPer; ++i)
-      if (i < x.count) x.rs[i].v[kP] = from_float<scalar_t>(f(to_float(x.rs[i].v[kP]) * x.scale, to_float(x.rt[i].v[kP]) * x.scale));
-  }
-};
-
-// s, t: logits [N, K, HW] (kPos = 2: HW even); loss: [N * HW] float (T^2 KL per position); grad: like s.
-// Launch: N * ceil(HW / (32 kPos)) blocks of 32 * warps threads, 5 * warps * 32 floats of shared memory.
+// s, t: logits [N, K, HW]; loss: [N * HW] float (T^2 KL per position); grad: like s.
+// Launch: N * ceil(HW / 32) blocks of 32 * warps threads, 5 * warps * 32 floats of shared memory.
 // At most 128 registers, so two blocks of 8 warps fit on an SM: one loads while the other computes.
-template <typename scalar_t, bool kReverse, int kPer, int kPos>
+template <typename scalar_t, bool kReverse, int kPer>
 __global__ void __launch_bounds__(kColumnMaxWarps * 32, 2) kl_columns_kernel(
     const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, float* __restrict__ loss,
     scalar_t* __restrict__ grad, KlArgs args) {
   KDLAB_DYNAMIC_SHARED(float, red);
-  constexpr int kTile = kPos * kColumnTile;
-  const int64_t tiles = (args.HW + kTile - 1) / kTile;
+  const int64_t tiles = (args.HW + kColumnTile - 1) / kColumnTile;
   const int64_t n = blockIdx.x / tiles;
-  const int64_t hw = (blockIdx.x % tiles) * kTile + kPos * (threadIdx.x % 32);  // kPos = 2: hw + 1 < HW when hw < HW
+  const int64_t hw = (blockIdx.x % tiles) * kColumnTile + threadIdx.x % 32;
   const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const bool active = hw < args.HW;
   const int64_t base = (n * args.K + warp) * args.HW + (active ? hw : 0);  // class `warp` of this position
   const int count = active && warp < args.K ? (args.K - warp + warps - 1) / warps : 0;
-  ColumnSlots<scalar_t, kPer, kPos> x{s + base, t + base, grad + base, warps * args.HW, count, args.scale};
+  ColumnSlots<scalar_t, kPer> x{s + base, t + base, grad + base, warps * args.HW, count, args.scale};
   const float w = args.total_weight();  // its load issues first, the logits' right after it
   x.load();
   WarpsOfBlock group{red, warps, warp, static_cast<int>(threadIdx.x % 32)};
-  float kl[kPos];
-  if constexpr (kPos == 1) {
-    kl[0] = kl_position<kReverse>(x, group, args.gtemp * w);
-  } else {
-    PairPosition<scalar_t, kPer, 0> first{x};
-    kl[0] = kl_position<kReverse>(first, group, args.gtemp * w);
-    PairPosition<scalar_t, kPer, 1> second{x};
-    kl[1] = kl_position<kReverse>(second, group, args.gtemp * w);
-    x.store();
-  }
-  if (active && warp == 0) {
-#pragma unroll
-    for (int p = 0; p < kPos; ++p) loss[n * args.HW + hw + p] = w * args.temp * args.temp * kl[p];
-  }
+  const float kl = kl_position<kReverse>(x, group, args.gtemp * w);
+  if (active && warp == 0) loss[n * args.HW + hw] = w * args.temp * args.temp * kl;
 }
 
 // ---- rows: [rows, K], class innermost ----
@@ -366,7 +337,9 @@ constexpr int kRowMaxThreads = 512;  // threads of a row in registers (then stre
 constexpr int kRowStreamThreads = 512;
 
 // The elements of one row a rows thread holds: packs (kV classes each) first, first + step, ...:
-// kR of them in registers (kR > 0), or, streaming (kR = 0), every pack of the row, read for each pass.
+// kR of them in float registers (kR > 0; a = s / T, b = t / T, -inf for the slots beyond the row or
+// of an inactive row: a masked class, so the passes need no bounds checks), or, streaming (kR = 0),
+// every pack of the row, read for each pass.
 template <typename scalar_t, int kV, int kR>
 struct RowSlots {
   using P = Pack<scalar_t, kV>;
@@ -376,31 +349,39 @@ struct RowSlots {
   int first, step, packs;  // packs first, first + step, ... below packs = K / kV
   bool active;
   float scale;
-  P rs[kR > 0 ? kR : 1], rt[kR > 0 ? kR : 1];
-  // float logits in registers: kl_position keeps its exp2 values in place of the (unscaled) logits
-  static constexpr bool kKeep = kR > 0 && std::is_same_v<scalar_t, float>;
+  float rs[kR > 0 ? kR : 1][kV], rt[kR > 0 ? kR : 1][kV];  // then kl_position's kept values
+  static constexpr bool kKeep = kR > 0;
 
   __device__ __forceinline__ P at(const scalar_t* p, int c) const { return *reinterpret_cast<const P*>(p + c * kV); }
+  __device__ __forceinline__ bool held(int i) const { return active && first + step * i < packs; }
+  // unconditional loads of valid addresses (a slot beyond the row reads its last pack), all issued together
   __device__ __forceinline__ void load() {
     if constexpr (kR > 0) {
+      P ps[kR], pt[kR];
 #pragma unroll
       for (int i = 0; i < kR; ++i) {
         const int c = first + step * i;
-        if (active && c < packs) { rs[i] = at(s, c); rt[i] = at(t, c); }  // predicated loads, issued together
+        ps[i] = at(s, c < packs ? c : packs - 1);
+        pt[i] = at(t, c < packs ? c : packs - 1);
+      }
+#pragma unroll
+      for (int i = 0; i < kR; ++i) {
+#pragma unroll
+        for (int v = 0; v < kV; ++v) {
+          rs[i][v] = held(i) ? to_float(ps[i].v[v]) * scale : -INFINITY;
+          rt[i][v] = held(i) ? to_float(pt[i].v[v]) * scale : -INFINITY;
+        }
       }
     }
-  }
-  template <typename F>
-  __device__ __forceinline__ void visit(const P& ps, const P& pt, F&& f) const {
-#pragma unroll
-    for (int v = 0; v < kV; ++v) f(to_float(ps.v[v]) * scale, to_float(pt.v[v]) * scale);
   }
   template <typename F>
   __device__ __forceinline__ void each(F&& f) {
     if constexpr (kR > 0) {
 #pragma unroll
-      for (int i = 0; i < kR; ++i)
-        if (active && first + step * i < packs) visit(rs[i], rt[i], f);
+      for (int i = 0; i < kR; ++i) {
+#pragma unroll
+        for (int v = 0; v < kV; ++v) f(rs[i][v], rt[i][v]);
+      }
     } else if (active) {
       constexpr int kBatch = 2;
       for (int c0 = first; c0 < packs; c0 += kBatch * step) {
@@ -410,41 +391,40 @@ struct RowSlots {
           if (c0 + step * i < packs) { ps[i] = at(s, c0 + step * i); pt[i] = at(t, c0 + step * i); }
 #pragma unroll
         for (int i = 0; i < kBatch; ++i)
-          if (c0 + step * i < packs) visit(ps[i], pt[i], f);
+          if (c0 + step * i < packs) {
+#pragma unroll
+            for (int v = 0; v < kV; ++v) f(to_float(ps[i].v[v]) * scale, to_float(pt[i].v[v]) * scale);
+          }
       }
     }
   }
   template <typename F>
-  __device__ __forceinline__ void update(F&& f) {  // kKeep: the registers hold a, b (scaled) afterwards replaced by f
+  __device__ __forceinline__ void update(F&& f) {
 #pragma unroll
-    for (int i = 0; i < kR; ++i)
-      if (active && first + step * i < packs) {
+    for (int i = 0; i < kR; ++i) {
 #pragma unroll
-        for (int v = 0; v < kV; ++v) {
-          float a = rs[i].v[v] * scale, b = rt[i].v[v] * scale;
-          f(a, b);
-          rs[i].v[v] = a;
-          rt[i].v[v] = b;
-        }
-      }
-  }
-  template <typename F>
-  __device__ __forceinline__ void store(int c, const P& ps, const P& pt, F&& f) {
-    const float unit = kKeep ? 1.f : scale;  // kept values are kl_position's own, not logits
-    P out;
-#pragma unroll
-    for (int v = 0; v < kV; ++v)
-      out.v[v] = from_float<scalar_t>(f(to_float(ps.v[v]) * unit, to_float(pt.v[v]) * unit));
-    *reinterpret_cast<P*>(g + c * kV) = out;
+      for (int v = 0; v < kV; ++v) f(rs[i][v], rt[i][v]);
+    }
   }
   template <typename F>
   __device__ __forceinline__ void write(F&& f) {
     if constexpr (kR > 0) {
 #pragma unroll
       for (int i = 0; i < kR; ++i)
-        if (active && first + step * i < packs) store(first + step * i, rs[i], rt[i], f);
+        if (held(i)) {
+          P out;
+#pragma unroll
+          for (int v = 0; v < kV; ++v) out.v[v] = from_float<scalar_t>(f(rs[i][v], rt[i][v]));
+          *reinterpret_cast<P*>(g + (first + step * i) * kV) = out;
+        }
     } else if (active) {
-      for (int c = first; c < packs; c += step) store(c, at(s, c), at(t, c), f);
+      for (int c = first; c < packs; c += step) {
+        const P ps = at(s, c), pt = at(t, c);
+        P out;
+#pragma unroll
+        for (int v = 0; v < kV; ++v) out.v[v] = from_float<scalar_t>(f(to_float(ps.v[v]) * scale, to_float(pt.v[v]) * scale));
+        *reinterpret_cast<P*>(g + c * kV) = out;
+      }
     }
   }
 };
@@ -453,7 +433,7 @@ struct RowSlots {
 // (args.group = blockDim.x threads, kR packs each, or streaming with kR = 0); else args.group
 // (a power of two <= 32) threads per row and kRowThreads / args.group rows per block.
 template <typename scalar_t, bool kReverse, int kV, int kR, bool kBlockRow>
-__global__ void __launch_bounds__(kBlockRow ? kRowMaxThreads : kRowThreads) kl_rows_kernel(
+__global__ void __launch_bounds__(kBlockRow ? kRowMaxThreads : kRowThreads, kBlockRow ? 1 : 2) kl_rows_kernel(
     const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, float* __restrict__ loss,
     scalar_t* __restrict__ grad, KlArgs args) {
   const int G = args.group;
@@ -493,18 +473,15 @@ struct KlPlan {
   int per;        // columns: classes per thread in registers (0: streaming); rows: packs per thread (0: streaming)
   int vec;        // rows: classes per load (kV)
   bool block_row; // rows: one row per block
-  int pos = 1;    // columns: positions per lane (kPos of kl_columns_kernel)
 };
 
 // Columns plan: classes per thread 2, 8 or 32 (K <= 16, 64, 256) and ceil(K / per) warps, else
-// streaming with 8 warps. `pairs` (16-bit logits, HW even, 4-byte aligned): two positions per lane
-// where the classes fit in registers.
-inline KlPlan kl_columns_plan(int64_t N, int K, int64_t HW, bool pairs = false) {
+// streaming with 8 warps.
+inline KlPlan kl_columns_plan(int64_t N, int K, int64_t HW) {
   const int per = K <= 16 ? 2 : K <= 64 ? 8 : K <= kColumnMaxWarps * kColumnMaxPerThread ? kColumnMaxPerThread : 0;
   const int warps = per ? (K + per - 1) / per : kColumnMaxWarps;
-  const int pos = pairs && per > 0 && HW % 2 == 0 ? 2 : 1;
-  const int64_t blocks = N * ((HW + pos * kColumnTile - 1) / (pos * kColumnTile));
-  return {blocks, warps * 32, kStatsFloats * static_cast<size_t>(warps) * 32 * sizeof(float), 0, per, 1, false, pos};
+  const int64_t blocks = N * ((HW + kColumnTile - 1) / kColumnTile);
+  return {blocks, warps * 32, kStatsFloats * static_cast<size_t>(warps) * 32 * sizeof(float), 0, per, 1, false};
 }
 
 // Rows plan for classes per load `vec` (K % vec == 0): G = the smallest power of two with
@@ -527,26 +504,12 @@ inline KlPlan kl_rows_plan(int64_t rows, int K, int vec) {
 template <typename scalar_t, bool kReverse, typename Launch>
 void kl_launch_plan(const KlPlan& plan, bool rows, Launch&& launch) {
   constexpr int kVec = 16 / sizeof(scalar_t);
-#ifdef KDLAB_SIMT_EMULATOR
-  constexpr bool kPairs = true;  // the emulator checks the pair kernel's logic in float32
-#else
-  constexpr bool kPairs = sizeof(scalar_t) == 2;  // pairs are for 16-bit logits
-#endif
-  if constexpr (kPairs) {
-    if (!rows && plan.pos == 2) {
-      switch (plan.per) {
-        case 2: return launch(kl_columns_kernel<scalar_t, kReverse, 2, 2>, plan);
-        case 8: return launch(kl_columns_kernel<scalar_t, kReverse, 8, 2>, plan);
-        default: return launch(kl_columns_kernel<scalar_t, kReverse, kColumnMaxPerThread, 2>, plan);
-      }
-    }
-  }
   if (!rows) {
     switch (plan.per) {
-      case 2: return launch(kl_columns_kernel<scalar_t, kReverse, 2, 1>, plan);
-      case 8: return launch(kl_columns_kernel<scalar_t, kReverse, 8, 1>, plan);
-      case kColumnMaxPerThread: return launch(kl_columns_kernel<scalar_t, kReverse, kColumnMaxPerThread, 1>, plan);
-      default: return launch(kl_columns_kernel<scalar_t, kReverse, 0, 1>, plan);
+      case 2: return launch(kl_columns_kernel<scalar_t, kReverse, 2>, plan);
+      case 8: return launch(kl_columns_kernel<scalar_t, kReverse, 8>, plan);
+      case kColumnMaxPerThread: return launch(kl_columns_kernel<scalar_t, kReverse, kColumnMaxPerThread>, plan);
+      default: return launch(kl_columns_kernel<scalar_t, kReverse, 0>, plan);
     }
   }
   const bool wide = plan.vec == kVec && kVec > 1;

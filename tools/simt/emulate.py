@@ -98,11 +98,11 @@ def _library() -> ctypes.CDLL:
     if _lib is None:
         lib = build()
         i64, f32, i32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_int, ctypes.c_void_p
-        lib.kdlab_emulate_kl.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i64, f32, i32, i32, i32, i32, f32, ptr, i32,
+        lib.kdlab_emulate_kl.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i64, f32, i32, i32, i32, f32, ptr, i32,
                                          ctypes.c_uint64, i32, ctypes.c_char_p, i32]
         lib.kdlab_emulate_attention.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i32, i32, f32, i32, f32, ptr, i32,
                                                 ctypes.c_uint64, i32, ctypes.c_char_p, i32]
-        lib.kdlab_kl_plan.argtypes = [i64, i32, i64, i32, i32, i32, ctypes.POINTER(i64)]
+        lib.kdlab_kl_plan.argtypes = [i64, i32, i64, i32, i32, ctypes.POINTER(i64)]
         lib.kdlab_kl_plan.restype = None
         _lib = lib
     return _lib
@@ -122,18 +122,17 @@ def _call(fn, *args) -> None:
         raise EmulatorError(error.value.decode())
 
 
-def kl_plan(n: int, k: int, hw: int, rows: bool, pairs: bool = False) -> dict:
+def kl_plan(n: int, k: int, hw: int, rows: bool) -> dict:
     """The KL launch plan the CUDA launcher and the emulator use for logits ``[n, k, hw]`` in float32
     (``rows``: the class axis innermost, as for ``[N, K]`` and channels-last), with 16-byte loads where
     ``k % 4 == 0``: the kernel (``"columns"``, ``"rows"``), block size, threads per row, values per
-    thread in registers (0: streaming), classes per load, one row per block, positions per lane (``pairs``:
-    two where 16-bit logits on a GPU would take them)."""
-    out = (ctypes.c_int64 * 8)()
+    thread in registers (0: streaming), classes per load, one row per block."""
+    out = (ctypes.c_int64 * 7)()
     vec = 4 if rows and k % 4 == 0 else 1
-    _library().kdlab_kl_plan(n, k, hw, int(rows), vec, int(pairs), out)
-    blocks, threads, shared, group, per, vec, block_row, pos = list(out)
+    _library().kdlab_kl_plan(n, k, hw, int(rows), vec, out)
+    blocks, threads, shared, group, per, vec, block_row = list(out)
     return {"kernel": "rows" if rows else "columns", "blocks": blocks, "threads": threads, "shared": shared,
-            "group": group, "per": per, "vec": vec, "block_row": bool(block_row), "pos": pos}
+            "group": group, "per": per, "vec": vec, "block_row": bool(block_row)}
 
 
 def _reduce(loss: torch.Tensor, reduction: int) -> torch.Tensor:
@@ -149,14 +148,13 @@ def _weight_value(weight_tensor: torch.Tensor | None):
 
 
 def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool, reduction: int = 0,
-             weight: float = 1.0, weight_tensor: torch.Tensor | None = None, pairs: bool = False,
+             weight: float = 1.0, weight_tensor: torch.Tensor | None = None,
              order: str = "ascending", seed: int = 0, guard: str = "end") -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.ops.kdlab.kl_fused`` computed by the CUDA kernels' source under the emulator: logits
     ``[N, K, *spatial]`` float32 -> (``T^2 KL`` per position ``[N, *spatial]`` or its mean / sum,
     gradient like the logits). Contiguous logits take the columns kernel (the rows kernel when there are
     no spatial axes); channels-last 4-D logits take the rows kernel on their own memory order, as on a
-    GPU. ``weight`` and ``weight_tensor`` as in the op; ``pairs``: the columns kernel with two positions per
-    lane, which 16-bit logits take on a GPU (HW even); ``order``: thread schedule between barriers;
+    GPU. ``weight`` and ``weight_tensor`` as in the op; ``order``: thread schedule between barriers;
     ``guard``: which side of every buffer touches an inaccessible page ("end" or "start")."""
     for x, what in ((student, "student"), (teacher, "teacher")):
         if x.device.type != "cpu" or x.dtype != torch.float32:
@@ -174,7 +172,7 @@ def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, r
     w_ptr, _keep = _weight_value(weight_tensor)
     if s.numel():
         _call(_library().kdlab_emulate_kl, s.data_ptr(), t.data_ptr(), loss.data_ptr(), grad.data_ptr(), n, k, hw,
-              float(temperature), int(reverse), reduction, int(rows), int(pairs), float(weight), w_ptr, ORDERS[order],
+              float(temperature), int(reverse), reduction, int(rows), float(weight), w_ptr, ORDERS[order],
               seed, GUARDS[guard])
     return _reduce(loss, reduction), (grad.permute(0, 3, 1, 2) if rows else grad)
 

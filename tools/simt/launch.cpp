@@ -44,12 +44,11 @@ extern "C" {
 // student, teacher: [N, K, HW] float32, or with rows != 0 rows [N, K] (HW = 1: the layout of [N, K]
 // and channels-last logits); loss_out: [N HW] (per position); grad_out: like student, the gradient of
 // the loss reduced with `reduction` (0 none, 1 mean, 2 sum); guard: 0 buffers end at a guard page, 1
-// start after one; pairs != 0: the two-positions-per-lane columns kernel that 16-bit logits take on a GPU
-// (where HW is even); weight, and *weight_value unless it is null (in a guarded one-float buffer, as the
+// start after one; weight, and *weight_value unless it is null (in a guarded one-float buffer, as the
 // kernel reads it on a GPU): the factor of loss and gradient. The plan (kernel, block size, classes per
 // load) is the CUDA launcher's. Returns 0, or 1 with a message.
 int kdlab_emulate_kl(const float* student, const float* teacher, float* loss_out, float* grad_out, int64_t N, int K,
-                     int64_t HW, float temperature, int reverse, int reduction, int rows, int pairs, float weight,
+                     int64_t HW, float temperature, int reverse, int reduction, int rows, float weight,
                      const float* weight_value, int order, uint64_t seed, int guard, char* error, int error_size) try {
   simt::set_guard(static_cast<simt::Guard>(guard));
   const size_t n = static_cast<size_t>(N * K * HW), positions = static_cast<size_t>(N * HW);
@@ -58,7 +57,7 @@ int kdlab_emulate_kl(const float* student, const float* teacher, float* loss_out
   const auto aligned = [](Arg& a) { return reinterpret_cast<uintptr_t>(a.ptr()) % 16 == 0; };
   const int vec = K % 4 == 0 && aligned(s) && aligned(t) && aligned(grad) ? 4 : 1;  // as kl.cu for float32
   const bool as_rows = rows != 0 || HW == 1;
-  const kdlab::KlPlan plan = as_rows ? kdlab::kl_rows_plan(N * HW, K, vec) : kdlab::kl_columns_plan(N, K, HW, pairs != 0);
+  const kdlab::KlPlan plan = as_rows ? kdlab::kl_rows_plan(N * HW, K, vec) : kdlab::kl_columns_plan(N, K, HW);
   const kdlab::KlArgs args{as_rows ? N * HW : N, K, as_rows ? 1 : HW, plan.group, 1.f / temperature, temperature,
                            kdlab::kl_grad_scale(temperature, reduction, N * HW), weight,
                            weight_value ? w.ptr() : nullptr};
@@ -112,13 +111,12 @@ int kdlab_emulate_attention(const float* fs, const float* ft, float* loss_out, f
 }
 
 // The CUDA launcher's KL plan for logits [N, K, HW] (rows != 0: the class axis innermost), `vec` classes
-// per load and `pairs` (two positions per lane, as for 16-bit logits): out = {blocks, threads, shared
-// bytes, threads per row, values per thread in registers (0: streaming), classes per load, one row per
-// block, positions per lane}.
-void kdlab_kl_plan(int64_t N, int K, int64_t HW, int rows, int vec, int pairs, int64_t* out) {
-  const kdlab::KlPlan p = rows ? kdlab::kl_rows_plan(N * HW, K, vec) : kdlab::kl_columns_plan(N, K, HW, pairs != 0);
-  const int64_t values[] = {p.blocks, p.threads, static_cast<int64_t>(p.shared), p.group, p.per, p.vec, p.block_row, p.pos};
-  for (int i = 0; i < 8; ++i) out[i] = values[i];
+// per load: out = {blocks, threads, shared bytes, threads per row, values per thread in registers
+// (0: streaming), classes per load, one row per block}.
+void kdlab_kl_plan(int64_t N, int K, int64_t HW, int rows, int vec, int64_t* out) {
+  const kdlab::KlPlan p = rows ? kdlab::kl_rows_plan(N * HW, K, vec) : kdlab::kl_columns_plan(N, K, HW);
+  const int64_t values[] = {p.blocks, p.threads, static_cast<int64_t>(p.shared), p.group, p.per, p.vec, p.block_row};
+  for (int i = 0; i < 7; ++i) out[i] = values[i];
 }
 
 }  // extern "C"
