@@ -102,6 +102,34 @@ def test_emulated_reverse_kl_gives_zero_gradient_at_masked_classes(k):
     assert torch.allclose(x.grad, grad, atol=1e-6)
 
 
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+def test_emulated_kl_kernel_masked_and_underflowing_classes_match_the_reference(layout):
+    """Where a thread's share of the weighting distribution underflows at the position's maximum while
+    it holds a -inf logit opposite it (an infinite numerator times a vanishing weight), and where a whole
+    row of the weighting distribution is masked, the kernel gives the float32 reference's finite loss:
+    no NaN that depends on how the classes are split between threads (found in a review; both layouts)."""
+    inf = float("inf")
+    shape = (1, 20) if layout == "rows" else (1, 20, 1, 2)
+    s, t = torch.zeros(shape), torch.zeros(shape)
+    if layout == "rows":  # 4 threads' packs of 4 classes: lane 1 holds classes 4-7 and 12-15
+        t[0, 4:8] = t[0, 12:16] = -200.0
+    else:  # 3 warps of 8 classes: warp 1 holds classes 1, 4, 7, ...
+        t[0, 1::3] = -200.0
+    s[0, 4] = -inf  # the teacher's weight there is exp(-200): 0 in float32
+    masked_student = torch.randn(2, 20, generator=torch.Generator().manual_seed(1))
+    masked_student[1] = -inf
+    masked_teacher = masked_student.flip(0).contiguous()
+    cases = [(s, t, False), (t, s, True)]  # reverse: the student's weight underflows opposite a -inf teacher logit
+    if layout == "rows":
+        cases += [(masked_student, torch.randn(2, 20), True), (torch.randn(2, 20), masked_teacher, False)]
+    for a, b, reverse in cases:
+        loss, grad = emulate.kl_fused(a, b, 1.0, reverse)
+        ref_loss, ref_grad = reference.kl_fused(a, b, 1.0, reverse)
+        assert torch.isfinite(loss).all() and torch.allclose(loss, ref_loss, rtol=1e-5, atol=1e-6), (reverse, loss, ref_loss)
+        finite = torch.isfinite(ref_grad)
+        assert torch.allclose(grad[finite], ref_grad[finite], atol=1e-6)
+
+
 @pytest.mark.parametrize("shape", [(2, 5, 3, 4), (2, 300, 2, 3), (1, 8, 4, 4), (3, 20, 1, 5)])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_emulated_kl_kernel_reads_channels_last_logits_as_rows(shape, reverse):

@@ -29,7 +29,8 @@ struct alignas(sizeof(T) * kV) Pack {
   T v[kV];
 };
 
-// exp(x) as one exp2 instruction of x log2(e) (ex2.approx.ftz: relative error about 2^-22, results
+// exp(x) as one exp2 instruction of x log2(e) (ex2.approx.ftz: relative error about 2^-22, plus the
+// rounding of x log2(e), about |x| 2^-24, so about 2^-18 near the underflow at x = -87; results
 // below 2^-126 flushed to 0), for the kernels' arguments: differences from a maximum, taken before
 // the product, so large logits lose no precision to the scaling. exp(-inf) = 0.
 __device__ __forceinline__ float exp_nat(float x) {
@@ -79,7 +80,10 @@ __device__ __forceinline__ SoftmaxStats shift_stats(const SoftmaxStats& x, float
   const float fa = rescale(x.ma, Ma), fb = rescale(x.mb, Mb);
   const float weight = kReverse ? x.sa : x.sb, f = kReverse ? fa : fb;
   const float offset = kReverse ? (x.ma - Ma) - (x.mb - Mb) : (x.mb - Mb) - (x.ma - Ma);
-  return {Ma, x.sa * fa, Mb, x.sb * fb, weight > 0.f ? f * (x.d + weight * offset) : 0.f};
+  // a part whose weight vanishes at the larger maximum (none, masked, or underflowing in float32) adds
+  // nothing: as a single class with p = 0 adds nothing, and never 0 * inf (an x.d of +inf, from a -inf
+  // logit opposite a finite weight, would otherwise make a NaN that depends on how classes split)
+  return {Ma, x.sa * fa, Mb, x.sb * fb, weight * f > 0.f ? f * (x.d + weight * offset) : 0.f};
 }
 
 // The statistics of the union of two parts; the same bits whichever part comes first (every step is
@@ -150,7 +154,8 @@ __device__ __forceinline__ float kl_position(Slots& x, Group& group, float gscal
   }
   const SoftmaxStats all = group.template combine<kReverse>(SoftmaxStats{ma, sa, mb, sb, d});
   const float la = logf(all.sa), lb = logf(all.sb);
-  const float kl = kReverse ? all.d / all.sa + lb - la : all.d / all.sb + la - lb;
+  const float weights = kReverse ? all.sa : all.sb;  // 0 when the weighting distribution is all masked: KL 0, as the reference
+  const float kl = weights > 0.f ? (kReverse ? all.d / all.sa + lb - la : all.d / all.sb + la - lb) : 0.f;
   // this thread's factors: q_k = exp(a_k - ma) ca, p_k = exp(b_k - mb) cb
   const float ca = ma == -INFINITY ? 0.f : exp_nat((ma - all.ma) - la);
   const float cb = mb == -INFINITY ? 0.f : exp_nat((mb - all.mb) - lb);
@@ -253,7 +258,9 @@ struct ColumnSlots {
 
   __device__ __forceinline__ void load() {
     if constexpr (kPer > 0) {
-      const int last = count > 0 ? count - 1 : 0;  // slots beyond the thread's classes read its last one (or the first)
+      // slots beyond the thread's classes read its last one; a thread with none (an inactive lane) reads
+      // class `warp` of its sample, which exists: the plans give warps = ceil(K / per) <= K
+      const int last = count > 0 ? count - 1 : 0;
       scalar_t raw_s[kPer], raw_t[kPer];
 #pragma unroll
       for (int i = 0; i < kPer; ++i) {  // unconditional loads of valid addresses: all issued before any is used
