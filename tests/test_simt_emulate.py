@@ -67,7 +67,7 @@ def test_emulated_kl_kernel_matches_float64(shape, reverse):
         assert close(loss, ref) and close(grad, ref_grad)
 
 
-@pytest.mark.parametrize("shape", [(5, 3), (4, 10), (3, 100), (2, 400)])  # each path of kl_row
+@pytest.mark.parametrize("shape", [(5, 3), (4, 10), (3, 100), (2, 400), (1, 8196), (1, 300, 3)])  # rows, streaming, columns
 def test_emulated_kl_kernel_keeps_precision_for_large_logits(shape):
     """Softmax ignores a common shift: logits around +-1e4 must lose no more than their own rounding."""
     g = torch.Generator().manual_seed(9)
@@ -102,25 +102,35 @@ def test_emulated_reverse_kl_gives_zero_gradient_at_masked_classes(k):
     assert torch.allclose(x.grad, grad, atol=1e-6)
 
 
-@pytest.mark.parametrize("layout", ["rows", "columns"])
+@pytest.mark.parametrize("layout", ["rows", "columns", "streaming rows", "streaming columns"])
 def test_emulated_kl_kernel_masked_and_underflowing_classes_match_the_reference(layout):
     """Where a thread's share of the weighting distribution underflows at the position's maximum while
     it holds a -inf logit opposite it (an infinite numerator times a vanishing weight), and where a whole
     row of the weighting distribution is masked, the kernel gives the float32 reference's finite loss:
-    no NaN that depends on how the classes are split between threads (found in a review; both layouts)."""
+    no NaN that depends on how the classes are split between threads (found in a review; both layouts).
+    Streaming: the thread's first batch holds the underflowing part, so its own running maximum rises
+    past it later (the online rescaling meets the same 0 * inf)."""
     inf = float("inf")
-    shape = (1, 20) if layout == "rows" else (1, 20, 1, 2)
+    shape = {"rows": (1, 20), "columns": (1, 20, 1, 2), "streaming rows": (1, 8196),
+             "streaming columns": (1, 1030, 1, 2)}[layout]
     s, t = torch.zeros(shape), torch.zeros(shape)
     if layout == "rows":  # 4 threads' packs of 4 classes: lane 1 holds classes 4-7 and 12-15
         t[0, 4:8] = t[0, 12:16] = -200.0
-    else:  # 3 warps of 8 classes: warp 1 holds classes 1, 4, 7, ...
+        s[0, 4] = -inf  # the teacher's weight there is exp(-200): 0 in float32
+    elif layout == "columns":  # 3 warps of 8 classes: warp 1 holds classes 1, 4, 7, ...
         t[0, 1::3] = -200.0
-    s[0, 4] = -inf  # the teacher's weight there is exp(-200): 0 in float32
+        s[0, 4] = -inf
+    elif layout == "streaming rows":  # 512 threads; thread 0's first batch: packs 0 and 512 (classes 0-3, 2048-2051)
+        t[0, 0:4] = t[0, 2048:2052] = -200.0
+        s[0, 0] = -inf
+    else:  # 8 warps; warp 1's first batch of 8: classes 1, 9, ..., 57
+        t[0, 1:64:8] = -200.0
+        s[0, 9] = -inf
     masked_student = torch.randn(2, 20, generator=torch.Generator().manual_seed(1))
     masked_student[1] = -inf
     masked_teacher = masked_student.flip(0).contiguous()
     cases = [(s, t, False), (t, s, True)]  # reverse: the student's weight underflows opposite a -inf teacher logit
-    if layout == "rows":
+    if layout.endswith("rows"):
         cases += [(masked_student, torch.randn(2, 20), True), (torch.randn(2, 20), masked_teacher, False)]
     for a, b, reverse in cases:
         loss, grad = emulate.kl_fused(a, b, 1.0, reverse)

@@ -13,7 +13,9 @@
 //   the pointers allow) and kR loads per tensor, all issued before use; partial results are combined
 //   with group shuffles (G <= 32) or across the block's warps.
 // When K is too large for registers (columns: K > 256; rows: K > 512 kR V), the streaming variants
-// read the logits again for each pass instead (the second and later reads mostly hit L2).
+// read the logits twice: once for the statistics (each thread's maxima raised as it goes, its sums
+// rescaled to them: accumulate_online), once for the gradient. On an H200 the second read came from
+// DRAM, not L2, at [512, 32768]: every row of the grid is in flight at once.
 // Every combine runs in a fixed order, so results are bitwise reproducible (no atomics). Global
 // traffic of the register paths: read s, read t, write grad, write one float per position.
 #pragma once
@@ -112,47 +114,69 @@ __device__ __forceinline__ SoftmaxStats gather_stats(const float* p, int n, int 
   return total;
 }
 
+// One element's terms at shifts (ma0, mb0): ea = exp(a - ma0) and eb = exp(b - mb0) are added to r.sa and
+// r.sb, w (diff) to r.d, where w = eb forward, ea reverse, and diff = (b - mb0) - (a - ma0) forward, its
+// negative reverse (returned). A masked weight (w = 0) adds nothing, not 0 * inf.
+template <bool kReverse>
+__device__ __forceinline__ float add_element(SoftmaxStats& r, float a, float b, float ma0, float mb0, float& ea, float& eb) {
+  ea = exp_nat(a - ma0);  // 0 for a = -inf (a masked class, or a slot beyond the thread's classes)
+  eb = exp_nat(b - mb0);
+  r.sa += ea;
+  r.sb += eb;
+  const float w = kReverse ? ea : eb, diff = kReverse ? (a - ma0) - (b - mb0) : (b - mb0) - (a - ma0);
+  r.d += w > 0.f ? w * diff : 0.f;
+  return diff;
+}
+
+// The shift of the exponentials for a maximum m: m, or 0 when m = -inf (no finite logit: the
+// exponentials are exp(-inf) = 0 all the same), so no element needs a test.
+__device__ __forceinline__ float finite_shift(float m) { return m == -INFINITY ? 0.f : m; }
+
+// Online statistics (streaming slots): r's parts so far and kB more elements a, b (-inf for none). The
+// maxima rise to the batch's, r is taken to them (shift_stats: exp(old - new) on each sum and on d's
+// weights, 2 exponentials a batch), then the batch's terms are added at the new maxima.
+template <bool kReverse, int kB>
+__device__ __forceinline__ void accumulate_online(SoftmaxStats& r, const float (&a)[kB], const float (&b)[kB]) {
+  float Ma = r.ma, Mb = r.mb;
+#pragma unroll
+  for (int i = 0; i < kB; ++i) { Ma = fmaxf(Ma, a[i]); Mb = fmaxf(Mb, b[i]); }
+  r = shift_stats<kReverse>(r, Ma, Mb);
+  const float ma0 = finite_shift(Ma), mb0 = finite_shift(Mb);
+#pragma unroll
+  for (int i = 0; i < kB; ++i) { float ea, eb; add_element<kReverse>(r, a[i], b[i], ma0, mb0, ea, eb); }
+}
+
 // One position's T^2-free KL and gradient, from the element slots a thread holds and a Group
 // that combines the threads' SoftmaxStats over all threads of the position (identically on each).
 // With q = softmax(s / T), p = softmax(t / T):
 //   forward:  KL = sum_k p_k (log p_k - log q_k),   d (T^2 KL) / d s_k = T (q_k - p_k)
 //   reverse:  KL = sum_k q_k (log q_k - log p_k),   d (T^2 KL) / d s_k = T q_k (log q_k - log p_k - KL)
 // where log q_k = (a_k - Ma) - log Sa. A class with q_k = 0 (a -inf logit) gets gradient 0 in the
-// reverse direction. Passes over the thread's elements: maxima; then the sums (2 exponentials each);
-// then the gradient. Slots with kKeep (float registers) keep exp(a_k - ma) and, forward, exp(b_k - mb)
-// (reverse: (a_k - ma) - (b_k - mb)) from the sums pass in place of a_k, b_k, so the gradient pass
-// needs no exponential; other slots read a_k, b_k again and recompute them.
-// Slots: each(f) calls f(a, b) for every element the thread holds; update(f) (kKeep only) lets
-// f(float& a, float& b) replace them; write(f) stores f(x, y) of the held values as each element's
-// gradient (f already includes gscale). Returns KL on every thread of the position.
+// reverse direction. Slots with kKeep (float registers): passes over the registers for the maxima,
+// then the sums (2 exponentials each), which keep exp(a_k - ma) and, forward, exp(b_k - mb) (reverse:
+// (a_k - ma) - (b_k - mb)) in place of a_k, b_k, so the gradient pass needs no exponential. Streaming
+// slots: one read for the online statistics, one to write the gradient, recomputing the exponentials.
+// Slots: kKeep: each(f) calls f(a, b) for every element the thread holds, update(f) lets
+// f(float& a, float& b) replace them; streaming: batches(f) calls f(a, b) with arrays of the next
+// elements (-inf beyond the thread's). write(f) stores f(x, y) of the held (or re-read) values as each
+// element's gradient (f already includes gscale). Returns KL on every thread of the position.
 template <bool kReverse, typename Slots, typename Group>
 __device__ __forceinline__ float kl_position(Slots& x, Group& group, float gscale) {
-  float ma = -INFINITY, mb = -INFINITY;
-  x.each([&](float a, float b) { ma = fmaxf(ma, a); mb = fmaxf(mb, b); });
-  // the shifts of the exponentials: the maxima, or 0 for a thread without a finite logit (whose
-  // exponentials are then exp(-inf) = 0 all the same): no test per element
-  const float ma0 = ma == -INFINITY ? 0.f : ma, mb0 = mb == -INFINITY ? 0.f : mb;
-  float sa = 0.f, sb = 0.f, d = 0.f;
-  const auto sums = [&](float a, float b, float& ea, float& eb) {
-    ea = exp_nat(a - ma0);  // 0 for a = -inf (a masked class, or a register slot beyond the thread's classes)
-    eb = exp_nat(b - mb0);
-    sa += ea;
-    sb += eb;
-    const float w = kReverse ? ea : eb, diff = kReverse ? (a - ma0) - (b - mb0) : (b - mb0) - (a - ma0);
-    d += w > 0.f ? w * diff : 0.f;  // a masked weight contributes nothing (not 0 * inf)
-    return diff;
-  };
+  SoftmaxStats mine{-INFINITY, 0.f, -INFINITY, 0.f, 0.f};
   if constexpr (Slots::kKeep) {
+    x.each([&](float a, float b) { mine.ma = fmaxf(mine.ma, a); mine.mb = fmaxf(mine.mb, b); });
+    const float ma0 = finite_shift(mine.ma), mb0 = finite_shift(mine.mb);
     x.update([&](float& a, float& b) {
       float ea, eb;
-      const float diff = sums(a, b, ea, eb);
+      const float diff = add_element<kReverse>(mine, a, b, ma0, mb0, ea, eb);
       a = ea;
       b = kReverse ? diff : eb;
     });
   } else {
-    x.each([&](float a, float b) { float ea, eb; sums(a, b, ea, eb); });
+    x.batches([&](const auto& a, const auto& b) { accumulate_online<kReverse>(mine, a, b); });
   }
-  const SoftmaxStats all = group.template combine<kReverse>(SoftmaxStats{ma, sa, mb, sb, d});
+  const float ma = mine.ma, mb = mine.mb;
+  const SoftmaxStats all = group.template combine<kReverse>(mine);
   const float la = logf(all.sa), lb = logf(all.sb);
   const float weights = kReverse ? all.sa : all.sb;  // 0 when the weighting distribution is all masked: KL 0, as the reference
   const float kl = weights > 0.f ? (kReverse ? all.d / all.sa + lb - la : all.d / all.sb + la - lb) : 0.f;
@@ -277,22 +301,20 @@ struct ColumnSlots {
   }
   template <typename F>
   __device__ __forceinline__ void each(F&& f) {
-    if constexpr (kPer > 0) {
 #pragma unroll
-      for (int i = 0; i < kPer; ++i) f(rs[i], rt[i]);
-    } else {
-      constexpr int kBatch = 4;  // loads issued together when streaming
-      for (int i0 = 0; i0 < count; i0 += kBatch) {
-        float a[kBatch], b[kBatch];
+    for (int i = 0; i < kPer; ++i) f(rs[i], rt[i]);
+  }
+  template <typename F>
+  __device__ __forceinline__ void batches(F&& f) {  // streaming: kBatch classes a batch, their loads issued together
+    constexpr int kBatch = 4;
+    for (int i0 = 0; i0 < count; i0 += kBatch) {
+      float a[kBatch], b[kBatch];
 #pragma unroll
-        for (int i = 0; i < kBatch; ++i) {
-          a[i] = i0 + i < count ? to_float(s[(i0 + i) * stride]) * scale : -INFINITY;
-          b[i] = i0 + i < count ? to_float(t[(i0 + i) * stride]) * scale : -INFINITY;
-        }
-#pragma unroll
-        for (int i = 0; i < kBatch; ++i)
-          if (i0 + i < count) f(a[i], b[i]);
+      for (int i = 0; i < kBatch; ++i) {
+        a[i] = i0 + i < count ? to_float(s[(i0 + i) * stride]) * scale : -INFINITY;
+        b[i] = i0 + i < count ? to_float(t[(i0 + i) * stride]) * scale : -INFINITY;
       }
+      f(a, b);
     }
   }
   template <typename F>
@@ -383,26 +405,34 @@ struct RowSlots {
   }
   template <typename F>
   __device__ __forceinline__ void each(F&& f) {
-    if constexpr (kR > 0) {
 #pragma unroll
-      for (int i = 0; i < kR; ++i) {
+    for (int i = 0; i < kR; ++i) {
 #pragma unroll
-        for (int v = 0; v < kV; ++v) f(rs[i][v], rt[i][v]);
+      for (int v = 0; v < kV; ++v) f(rs[i][v], rt[i][v]);
+    }
+  }
+  template <typename F>
+  __device__ __forceinline__ void batches(F&& f) {  // streaming: kBatch packs a batch, their loads issued together
+    constexpr int kBatch = 2;
+    if (!active) return;
+    for (int c0 = first; c0 < packs; c0 += kBatch * step) {
+      P ps[kBatch], pt[kBatch];
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {  // a pack beyond the row reads the row's last one, then is masked
+        const int c = c0 + step * i < packs ? c0 + step * i : packs - 1;
+        ps[i] = at(s, c);
+        pt[i] = at(t, c);
       }
-    } else if (active) {
-      constexpr int kBatch = 2;
-      for (int c0 = first; c0 < packs; c0 += kBatch * step) {
-        P ps[kBatch], pt[kBatch];
+      float a[kBatch * kV], b[kBatch * kV];
 #pragma unroll
-        for (int i = 0; i < kBatch; ++i)
-          if (c0 + step * i < packs) { ps[i] = at(s, c0 + step * i); pt[i] = at(t, c0 + step * i); }
+      for (int i = 0; i < kBatch; ++i) {
 #pragma unroll
-        for (int i = 0; i < kBatch; ++i)
-          if (c0 + step * i < packs) {
-#pragma unroll
-            for (int v = 0; v < kV; ++v) f(to_float(ps[i].v[v]) * scale, to_float(pt[i].v[v]) * scale);
-          }
+        for (int v = 0; v < kV; ++v) {
+          a[i * kV + v] = c0 + step * i < packs ? to_float(ps[i].v[v]) * scale : -INFINITY;
+          b[i * kV + v] = c0 + step * i < packs ? to_float(pt[i].v[v]) * scale : -INFINITY;
+        }
       }
+      f(a, b);
     }
   }
   template <typename F>
