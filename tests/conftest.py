@@ -15,3 +15,15 @@ def mnist5k_train():
     import kdlab as kd
 
     return kd.data.as_tensors(kd.data.load("mnist5k", "train"))
+
+
+def pytest_configure(config):
+    """``KDLAB_TEST_EXTENSION=1`` (a developer machine with nvcc, no GPU needed; set TORCH_CUDA_ARCH_LIST): build
+    and load the CUDA extension first, so the CPU tests of the ops (tests/test_kernels.py) run through its C++
+    autograd (autograd.cpp, registered for CPU too) instead of schema.py's Python formula."""
+    if os.environ.get("KDLAB_TEST_EXTENSION") == "1":
+        from kdlab.kernels import build
+
+        build.define_ops()
+        build.compile_and_load()
+        assert torch._C._dispatch_has_kernel_for_dispatch_key("kdlab::kl_fused", "AutogradCPU")

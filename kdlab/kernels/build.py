@@ -36,7 +36,7 @@ from .schema import define_ops
 # torch.utils.cpp_extension is imported where a build needs it: importing it looks for a CUDA
 # toolkit and warns on machines without one, and `import kdlab` must stay quiet there
 
-SOURCES = [Path(__file__).with_name(n) for n in ("ops.cpp", "kl.cu", "attention.cu", "scale.cu")]
+SOURCES = [Path(__file__).with_name(n) for n in ("ops.cpp", "autograd.cpp", "kl.cu", "attention.cu", "scale.cu")]
 HEADERS = [Path(__file__).with_name(n) for n in ("common.cuh", "kl_kernel.cuh", "attention_kernel.cuh", "op_args.h")]
 MODES = ("auto", "reference", "fused", "triton")
 

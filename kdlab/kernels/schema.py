@@ -2,7 +2,8 @@
 pure-PyTorch reference (:mod:`.reference`) as the composite implementation, fake (meta) kernels for
 ``torch.compile``, and the autograd formula (the forward already returns the student gradient).
 The CUDA implementations register later, from ``ops.cpp``, when :mod:`.build` loads them (or the
-Triton ones, from :mod:`.triton_ops`)."""
+Triton ones, from :mod:`.triton_ops`); the extension's ``autograd.cpp`` then registers the same autograd
+formula in C++ for CUDA and CPU tensors, which takes precedence over this Python one (less host time a call)."""
 from __future__ import annotations
 
 import torch
