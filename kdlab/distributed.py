@@ -6,7 +6,8 @@ network in ``DistributedDataParallel`` and gives every process its slice of the 
 
 How a global batch of ``B`` is split over ``W`` processes (``B % W == 0``): every process draws the
 whole batch (images, noise, times) from the same per-step generator, exactly as one process would,
-and keeps rows ``[rank * B / W, (rank + 1) * B / W)``. Each process's loss is the mean over its
+and keeps rows ``[rank * B / W, (rank + 1) * B / W)`` (:meth:`kdlab.engine.Trainer.shard` takes them before
+copying them to the process's device). Each process's loss is the mean over its
 ``B / W`` rows; DDP averages the gradients over the processes, so the update is that of the mean over
 all ``B`` rows, the one-process update up to the order of floating-point additions.
 """

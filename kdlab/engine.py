@@ -148,10 +148,11 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-def sample_batch(images: torch.Tensor, batch_size: int, g: torch.Generator, device) -> torch.Tensor:
-    """``batch_size`` rows of ``images`` drawn uniformly with replacement by ``g``, on ``device``."""
+def sample_batch(images: torch.Tensor, batch_size: int, g: torch.Generator, device=None) -> torch.Tensor:
+    """``batch_size`` rows of ``images`` drawn uniformly with replacement by ``g``, on ``device`` (``None``:
+    where ``images`` are; a global batch stays there until :meth:`Trainer.shard` copies each process's rows)."""
     idx = torch.randint(len(images), (batch_size,), generator=g)
-    return images[idx].to(get_device(device))
+    return images[idx] if device is None else images[idx].to(get_device(device))
 
 
 def check_images(images: torch.Tensor, model: nn.Module, name: str = "images") -> None:
@@ -289,9 +290,12 @@ class Trainer:
         ``config.precision="bf16"`` its forward runs under bfloat16 autocast (:class:`Autocast`)."""
         return self.nets[name]
 
-    def shard(self, x: torch.Tensor) -> torch.Tensor:
-        """This process's rows of a global batch ``x`` ``[config.batch_size, ...]`` (all of them for one process)."""
-        return _distributed.shard(x, self.world)
+    def shard(self, x: torch.Tensor, to_device: bool = True) -> torch.Tensor:
+        """This process's rows of a global batch ``x`` ``[config.batch_size, ...]`` (all of them for one process),
+        on the training device (``to_device=False``: where ``x`` is, e.g. indices into a CPU dataset): the rows are
+        taken first, so each process copies only its own ``B / W``."""
+        rows = _distributed.shard(x, self.world)
+        return rows.to(self.device) if to_device else rows
 
     def add_callback(self, event: str, fn: Callable[["Trainer"], None]) -> None:
         check_choice("event", event, EVENTS)

@@ -164,10 +164,10 @@ def train_diffusion(model: nn.Module, images: torch.Tensor, config: TrainConfig,
     def step(s: int, g: torch.Generator):
         for group in opt.param_groups:  # warm-up, then cosine decay: a function of the step, so resuming is exact
             group["lr"] = config.lr * min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
-        x = sample_batch(images, config.batch_size, g, trainer.device)  # (B, C, H, W), the global batch
-        t = torch.rand(config.batch_size, generator=g).to(trainer.device)  # (B,)
-        eps = torch.randn(x.shape, generator=g).to(trainer.device)
-        return diffusion_step(trainer.net("model"), *map(trainer.shard, (x, t, eps)), opt)  # this process's rows
+        x = sample_batch(images, config.batch_size, g)  # (B, C, H, W), the global batch, where the images are
+        t = torch.rand(config.batch_size, generator=g)  # (B,)
+        eps = torch.randn(x.shape, generator=g)
+        return diffusion_step(trainer.net("model"), *map(trainer.shard, (x, t, eps)), opt)  # this process's rows, on its device
 
     trainer.fit(step)
     return ema.model.eval(), trainer.history
@@ -210,10 +210,10 @@ def distill_round(student: nn.Module, teacher: nn.Module, images: torch.Tensor, 
                       desc=f"distil {2 * student_steps} -> {student_steps} steps", distributed=True)
 
     def step(s: int, g: torch.Generator):
-        x = sample_batch(images, config.batch_size, g, trainer.device)  # (B, C, H, W)
+        x = sample_batch(images, config.batch_size, g)  # (B, C, H, W), the global batch
         i = torch.randint(1, student_steps + 1, (config.batch_size,), generator=g)
-        t = (i.double() / student_steps).to(trainer.device, images.dtype)  # (B,) on the student's grid
-        eps = torch.randn(x.shape, generator=g).to(trainer.device)
+        t = (i.double() / student_steps).to(images.dtype)  # (B,) on the student's grid
+        eps = torch.randn(x.shape, generator=g)
         return progressive_step(trainer.net("student"), teacher, *map(trainer.shard, (x, t, eps)), opt, student_steps)
 
     return trainer.fit(step)

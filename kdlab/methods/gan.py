@@ -115,10 +115,10 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, images: torch.Tens
 
     def step(s: int, g: torch.Generator):
         if labels is None:
-            real, real_labels = sample_batch(images, config.batch_size, g, trainer.device), None  # (B, C, H, W)
+            real, real_labels = sample_batch(images, config.batch_size, g), None  # (B, C, H, W), the global batch
         else:
             idx = torch.randint(len(images), (config.batch_size,), generator=g)
-            real, real_labels = images[idx].to(trainer.device), labels[idx].to(trainer.device)
+            real, real_labels = images[idx], labels[idx]
         z = generator.sample_noise(config.batch_size, g)  # (B, noise_dim), on the generator's device
         real, real_labels, z = (None if v is None else trainer.shard(v) for v in (real, real_labels, z))
         return gan_step(trainer.net("generator"), trainer.net("discriminator"), real, z, opt_g, opt_d, real_labels,
@@ -309,7 +309,7 @@ def distill(student: nn.Module, teacher: nn.Module, config: TrainConfig, recipe:
 
     def step(s: int, g: torch.Generator):
         z = student.sample_noise(config.batch_size, g)  # (B, noise_dim), shared; z first, then any classes
-        real = sample_batch(real_images, config.batch_size, g, trainer.device) if adversary else None
+        real = sample_batch(real_images, config.batch_size, g) if adversary else None
         return distill_step(trainer.net("student"), teacher, trainer.shard(z), opt, kind,
                             None if real is None else trainer.shard(real), adversary, features)
 

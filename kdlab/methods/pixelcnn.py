@@ -43,7 +43,7 @@ def train_pixelcnn(model: nn.Module, images: torch.Tensor, config: TrainConfig,
                       run={"kind": "pixelcnn", "model": models.architecture(model)}, distributed=True)
 
     def step(s: int, g: torch.Generator):
-        x = quantize(sample_batch(images, config.batch_size, g, trainer.device), model.levels)  # (B, 1, H, W)
+        x = quantize(sample_batch(images, config.batch_size, g), model.levels)  # (B, 1, H, W), the global batch
         return mle_step(trainer.net("model"), trainer.shard(x), opt)
 
     return trainer.fit(step)
@@ -160,7 +160,7 @@ def distill_pixelcnn(student: nn.Module, teacher: nn.Module, images: torch.Tenso
 
     def step(s: int, g: torch.Generator):
         idx = torch.randint(pool_size if context == "student" else len(images), (config.batch_size,), generator=g)
-        idx = trainer.shard(idx)  # this process's rows of the global batch
+        idx = trainer.shard(idx, to_device=False)  # this process's rows of the global batch, indices on the CPU
         if context == "student":
             x, target = pool.images[idx.to(trainer.device)], pool.teacher_logits[idx.to(trainer.device)]
         else:
