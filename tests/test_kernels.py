@@ -321,6 +321,19 @@ def test_mixed_dtypes_and_empty_batches_use_the_reference_path():
     assert loss.shape == (0, 2, 2) and grad.shape == (0, 4, 2, 2)
 
 
+def test_kl_logits_beyond_the_kernels_32_bit_offsets_take_the_formula(monkeypatch):
+    """The KL kernel's offsets within a sample are 32-bit: (K + 64) H W < 2^31 (kl.cu refuses the rest), so
+    the routed loss sends larger samples to the formula (meta tensors: shapes without memory)."""
+    calls = []
+    monkeypatch.setattr(kernels, "use_fused", lambda x, other=None: True)
+    monkeypatch.setitem(kernels._state, "backend", "cuda")
+    monkeypatch.setattr(kernels, "kl_fused_loss", lambda *a: calls.append(a[0].shape) or a[0].sum())
+    for k, hw, fused in ((64, 2 ** 24 - 1, True), (64, 2 ** 24, False), (2, 2 ** 30, False)):
+        s = torch.empty(1, k, hw, device="meta", requires_grad=True)
+        kernels.kl_distillation(s, torch.empty(1, k, hw, device="meta"))
+        assert (calls[-1:] == [s.shape]) == fused, (k, hw)
+
+
 def test_public_losses_take_the_fused_path_only_for_a_backward_within_the_backend_limits(monkeypatch):
     """The routing of kd.kernels.kl_distillation / attention_transfer, with the CUDA checks faked: the CUDA
     kernels take any K and H W; the Triton kernels at most their one-block limits."""

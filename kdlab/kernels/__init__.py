@@ -37,6 +37,7 @@ true and a backward will follow, the formula otherwise. ``KDLAB_KERNELS=referenc
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -139,6 +140,12 @@ def fused_path(student: torch.Tensor, teacher: torch.Tensor, *, classes: int | N
     return (classes is None or classes <= triton_ops.MAX_CLASSES) and (positions is None or positions <= triton_ops.MAX_POSITIONS)
 
 
+def _offsets_fit(logits: torch.Tensor) -> bool:
+    """Whether the KL kernel's 32-bit offsets within a sample reach all of ``logits`` ``[N, K, *spatial]``:
+    ``(K + 64) * prod(spatial) < 2^31`` (``kColumnOffsetSlack`` in kl_kernel.cuh; kl.cu checks the same)."""
+    return (logits.shape[1] + 64) * math.prod(logits.shape[2:]) < 2 ** 31
+
+
 def _split_weight(weight: float | torch.Tensor, like: torch.Tensor) -> tuple[float, torch.Tensor | None]:
     """A loss weight as the ops take it: a Python float, or a tensor of one value as float32 on ``like``'s device
     (already there, as a gradient scaler's scale is, it is read by the kernel: no host synchronisation; from
@@ -188,7 +195,8 @@ def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     logit-sized tensor in the backward. A weight tensor that requires a gradient takes the formula, which
     gives it one."""
     temperature = losses.check_kl_arguments(student_logits, teacher_logits, temperature, direction, reduction)
-    if not _weight_needs_grad(weight) and fused_path(student_logits, teacher_logits, classes=student_logits.shape[1]):
+    if (not _weight_needs_grad(weight) and _offsets_fit(student_logits)
+            and fused_path(student_logits, teacher_logits, classes=student_logits.shape[1])):
         return kl_fused_loss(student_logits, teacher_logits, temperature, direction, reduction, weight)
     loss = losses.kl_distillation(student_logits, teacher_logits, temperature, direction, reduction)
     return loss if isinstance(weight, (int, float)) and weight == 1 else weight * loss

@@ -12,6 +12,8 @@
 #define KDLAB_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::simt::dynamic_shared())
 #else
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #define KDLAB_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
 #endif
 
@@ -35,6 +37,23 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
   float total = 0.f;
   for (int w = 0; w < warps; ++w) total += red[w];
   return total;
+}
+
+// *p through the read-only data path (ld.global.nc, LDG.E.CONSTANT), for data no thread of the launch writes:
+// what nvcc chooses itself for a const __restrict__ pointer it can follow, but not for one that
+// went through opaque() (kl_kernel.cuh). 4- and 2-byte types (float, c10::Half, c10::BFloat16).
+template <typename T>
+__device__ __forceinline__ T load_nc(const T* p) {
+#ifdef KDLAB_SIMT_EMULATOR
+  return *p;
+#else
+  static_assert(sizeof(T) == 4 || sizeof(T) == 2, "load_nc: 4- or 2-byte values");
+  using Bits = std::conditional_t<sizeof(T) == 4, unsigned int, unsigned short>;
+  const Bits bits = __ldg(reinterpret_cast<const Bits*>(p));
+  T v;
+  memcpy(&v, &bits, sizeof(T));
+  return v;
+#endif
 }
 
 // Storage type <-> float. c10::Half / c10::BFloat16 convert with round-to-nearest-even in their

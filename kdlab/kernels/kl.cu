@@ -48,6 +48,9 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
   const int wide = 16 / static_cast<int>(s.element_size());
   const auto aligned = [&](const at::Tensor& x) { return reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0; };
   const int vec = K % wide == 0 && aligned(s) && aligned(t) && aligned(grad) ? wide : 1;
+  TORCH_CHECK(rows || (static_cast<int64_t>(K) + kColumnOffsetSlack) * HW < (1LL << 31),
+              "kl_fused: ", K, " classes x ", HW, " positions per sample are too many for the kernel's 32-bit offsets "
+              "(at most 2^31 logits per sample; the public losses use the formula there)");
   const KlPlan plan = rows ? kl_rows_plan(n_rows, K, vec) : kl_columns_plan(N, K, HW);
   TORCH_CHECK(plan.blocks < (1LL << 31), "kl_fused: too many positions for one launch");
   const float temp = static_cast<float>(temperature);
