@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from .metrics import gaussian_stats, sqrt_psd
+from .metrics import frechet_distance, gaussian_stats, sqrt_psd
 
 LEVEL = 0.95
 N_RESAMPLES = 200
@@ -79,14 +79,12 @@ def bootstrap(statistic: Callable[[np.ndarray], float], n: int, n_resamples: int
 
 def _fid_from(mu_ref: torch.Tensor, sigma_ref: torch.Tensor) -> Callable[[torch.Tensor], float]:
     """FID of features ``[n, D]`` against a fixed reference, with the reference's square root
-    computed once: Tr((S1^1/2 S2 S1^1/2)^1/2) is symmetric in S1 and S2."""
+    computed once: Tr((S1^1/2 S2 S1^1/2)^1/2) is symmetric in S1 and S2, so the reference goes first."""
     mu_ref, sigma_ref = mu_ref.double(), sigma_ref.double()
-    root_ref, trace_ref = sqrt_psd(sigma_ref), torch.trace(sigma_ref)
+    root_ref = sqrt_psd(sigma_ref)
 
     def fid(features: torch.Tensor) -> float:
-        mu, sigma = gaussian_stats(features)
-        cross = torch.linalg.eigvalsh(root_ref @ sigma @ root_ref).clamp_min(0).sqrt().sum()
-        return max(((mu - mu_ref).pow(2).sum() + torch.trace(sigma) + trace_ref - 2 * cross).item(), 0.0)
+        return frechet_distance(mu_ref, sigma_ref, *gaussian_stats(features), root1=root_ref)
 
     return fid
 

@@ -137,13 +137,16 @@ def sqrt_psd(m: torch.Tensor) -> torch.Tensor:
     return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
 
 
-def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
+def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor,
+                     root1: torch.Tensor | None = None) -> float:
     """Fréchet distance between Gaussians N(mu1, sigma1) and N(mu2, sigma2), in float64:
 
         ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1^1/2 sigma2 sigma1^1/2)^1/2)
-    """
+
+    ``root1``: ``sqrt_psd(sigma1)`` (float64) when already computed, e.g. for a fixed reference compared with
+    many bootstrap resamples."""
     mu1, mu2, s1, s2 = (t.double() for t in (mu1, mu2, sigma1, sigma2))
-    root1 = sqrt_psd(s1)
+    root1 = sqrt_psd(s1) if root1 is None else root1
     cross = torch.linalg.eigvalsh(root1 @ s2 @ root1).clamp_min(0).sqrt().sum()
     value = ((mu1 - mu2).pow(2).sum() + torch.trace(s1) + torch.trace(s2) - 2 * cross).item()
     return max(value, 0.0)  # rounding can leave about -1e-5 for identical inputs
