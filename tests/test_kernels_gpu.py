@@ -239,6 +239,21 @@ def test_large_shapes_have_no_limit():
     assert torch.allclose(loss, ref_loss, rtol=1e-4) and torch.allclose(grad, ref_grad, rtol=1e-3, atol=1e-9)
 
 
+def test_samples_beyond_32_bit_offsets_are_refused_by_the_op_and_take_the_formula():
+    """(K + 64) H W >= 2^31 in the positions-innermost layout: the CUDA op refuses it with a clear error; the
+    routed loss computes it with the formula (bf16 [1, 2, 2^25]: 128 MiB a tensor)."""
+    if kernels.backend() != "cuda":
+        pytest.skip("a limit of the CUDA kernels")
+    s = torch.randn(1, 2, 2 ** 25, device="cuda", dtype=torch.bfloat16)
+    t = torch.randn(1, 2, 2 ** 25, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="32-bit offsets"):
+        torch.ops.kdlab.kl_fused(s, t, 2.0, False, 1)
+    x = s.clone().requires_grad_(True)
+    loss = kernels.kl_distillation(x, t, 2.0)
+    loss.backward()
+    assert type(loss.grad_fn).__name__ != "CppFunction" and torch.isfinite(x.grad).all()
+
+
 def test_kernels_run_on_a_side_stream_and_inside_a_cuda_graph():
     """The launchers use the current stream; a captured forward + backward replays with new inputs."""
     g = torch.Generator(device="cuda").manual_seed(10)

@@ -123,7 +123,7 @@ def test_emulated_kl_kernel_masked_and_underflowing_classes_match_the_reference(
     elif layout == "streaming rows":  # 512 threads; thread 0's first batch: packs 0 and 512 (classes 0-3, 2048-2051)
         t[0, 0:4] = t[0, 2048:2052] = -200.0
         s[0, 0] = -inf
-    else:  # 8 warps; warp 1's first batch of 8: classes 1, 9, ..., 57
+    else:  # 8 warps; warp 1's first two batches of 4: classes 1, 9, ..., 57
         t[0, 1:64:8] = -200.0
         s[0, 9] = -inf
     masked_student = torch.randn(2, 20, generator=torch.Generator().manual_seed(1))
@@ -138,6 +138,30 @@ def test_emulated_kl_kernel_masked_and_underflowing_classes_match_the_reference(
         assert torch.isfinite(loss).all() and torch.allclose(loss, ref_loss, rtol=1e-5, atol=1e-6), (reverse, loss, ref_loss)
         finite = torch.isfinite(ref_grad)
         assert torch.allclose(grad[finite], ref_grad[finite], atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 1030, 1, 2), (1, 8196)])  # streaming columns, streaming rows
+def test_emulated_streaming_kl_is_infinite_where_a_masked_student_class_has_teacher_weight(shape):
+    """A thread's first batches with every student logit masked (ma = -inf) while the teacher's are finite:
+    the forward KL is +inf as in the reference, not NaN from -inf - -inf when the next batch arrives (found in
+    a review); reverse, with the roles swapped, likewise; and finite once those classes have no weight."""
+    inf = float("inf")
+    s, t = torch.zeros(shape), torch.zeros(shape)
+    # thread 0's first two batches: columns, classes 0, 8, ..., 56 (warp 0); rows, packs 0, 512, 1024, 1536
+    masked = torch.zeros(shape[1], dtype=torch.bool)
+    if len(shape) == 4:
+        masked[0:64:8] = True
+    else:
+        for pack in (0, 512, 1024, 1536):
+            masked[4 * pack:4 * pack + 4] = True
+    s[0, masked] = -inf
+    for a, b, reverse in ((s, t, False), (t, s, True)):
+        loss, _ = emulate.kl_fused(a, b, 1.0, reverse)
+        ref_loss, _ = reference.kl_fused(a, b, 1.0, reverse)
+        assert torch.isinf(ref_loss).all() and torch.equal(loss, ref_loss), (reverse, loss, ref_loss)
+    t[0, masked] = -inf  # the teacher masks them too: no weight there, a finite KL
+    loss, _ = emulate.kl_fused(s, t, 1.0, False)
+    assert torch.isfinite(loss).all() and torch.allclose(loss, reference.kl_fused(s, t, 1.0, False)[0], atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 3, 4), (2, 300, 2, 3), (1, 8, 4, 4), (3, 20, 1, 5)])

@@ -146,7 +146,7 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     ``root1``: ``sqrt_psd(sigma1)`` (float64) when already computed, e.g. for a fixed reference compared with
     many bootstrap resamples."""
     mu1, mu2, s1, s2 = (t.double() for t in (mu1, mu2, sigma1, sigma2))
-    root1 = sqrt_psd(s1) if root1 is None else root1
+    root1 = sqrt_psd(s1) if root1 is None else root1.double()
     cross = torch.linalg.eigvalsh(root1 @ s2 @ root1).clamp_min(0).sqrt().sum()
     value = ((mu1 - mu2).pow(2).sum() + torch.trace(s1) + torch.trace(s2) - 2 * cross).item()
     return max(value, 0.0)  # rounding can leave about -1e-5 for identical inputs

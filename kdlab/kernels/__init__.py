@@ -140,10 +140,14 @@ def fused_path(student: torch.Tensor, teacher: torch.Tensor, *, classes: int | N
     return (classes is None or classes <= triton_ops.MAX_CLASSES) and (positions is None or positions <= triton_ops.MAX_POSITIONS)
 
 
-def _offsets_fit(logits: torch.Tensor) -> bool:
-    """Whether the KL kernel's 32-bit offsets within a sample reach all of ``logits`` ``[N, K, *spatial]``:
-    ``(K + 64) * prod(spatial) < 2^31`` (``kColumnOffsetSlack`` in kl_kernel.cuh; kl.cu checks the same)."""
-    return (logits.shape[1] + 64) * math.prod(logits.shape[2:]) < 2 ** 31
+def _offsets_fit(student: torch.Tensor, teacher: torch.Tensor) -> bool:
+    """Whether the KL kernel's 32-bit offsets within a sample reach all of logits ``[N, K, *spatial]``: in the
+    positions-innermost layout ``(K + 64) * prod(spatial) < 2^31`` (``kColumnOffsetSlack`` in kl_kernel.cuh; kl.cu
+    checks the same); the class-innermost layouts ([N, K], both channels-last) have no such limit."""
+    positions = math.prod(student.shape[2:])
+    channels_last = (student.dim() == 4 and not student.is_contiguous()  # as kl.cu decides
+                     and all(x.is_contiguous(memory_format=torch.channels_last) for x in (student, teacher)))
+    return positions == 1 or channels_last or (student.shape[1] + 64) * positions < 2 ** 31
 
 
 def _split_weight(weight: float | torch.Tensor, like: torch.Tensor) -> tuple[float, torch.Tensor | None]:
@@ -195,7 +199,7 @@ def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     logit-sized tensor in the backward. A weight tensor that requires a gradient takes the formula, which
     gives it one."""
     temperature = losses.check_kl_arguments(student_logits, teacher_logits, temperature, direction, reduction)
-    if (not _weight_needs_grad(weight) and _offsets_fit(student_logits)
+    if (not _weight_needs_grad(weight) and _offsets_fit(student_logits, teacher_logits)
             and fused_path(student_logits, teacher_logits, classes=student_logits.shape[1])):
         return kl_fused_loss(student_logits, teacher_logits, temperature, direction, reduction, weight)
     loss = losses.kl_distillation(student_logits, teacher_logits, temperature, direction, reduction)

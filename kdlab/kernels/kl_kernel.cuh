@@ -15,7 +15,7 @@
 // When K is too large for registers (columns: K > 256; rows: K > 512 kR V), the streaming variants
 // read the logits twice: once for the statistics (each thread's maxima raised as it goes, its sums
 // rescaled to them: accumulate_online), once for the gradient. On an H200 the second read came from
-// DRAM, not L2, at [512, 32768]: every row of the grid is in flight at once.
+// DRAM, not L2, at [512, 32768]: 264 of its 512 rows (2 blocks an SM) are in flight at once.
 // Every combine runs in a fixed order, so results are bitwise reproducible (no atomics). Global
 // traffic of the register paths: read s, read t, write grad, write one float per position.
 #pragma once
@@ -93,7 +93,10 @@ template <bool kReverse>
 __device__ __forceinline__ SoftmaxStats shift_stats(const SoftmaxStats& x, float Ma, float Mb) {
   const float fa = rescale(x.ma, Ma), fb = rescale(x.mb, Mb);
   const float weight = kReverse ? x.sa : x.sb, f = kReverse ? fa : fb;
-  const float offset = kReverse ? (x.ma - Ma) - (x.mb - Mb) : (x.mb - Mb) - (x.ma - Ma);
+  // an unchanged maximum moves by 0, also when it is -inf (a part, or a stream so far, with every logit of
+  // one side masked: -inf - -inf would be NaN where the numerator is rightly +inf)
+  const float da = x.ma == Ma ? 0.f : x.ma - Ma, db = x.mb == Mb ? 0.f : x.mb - Mb;
+  const float offset = kReverse ? da - db : db - da;
   // a part whose weight vanishes at the larger maximum (none, masked, or underflowing in float32) adds
   // nothing: as a single class with p = 0 adds nothing, and never 0 * inf (an x.d of +inf, from a -inf
   // logit opposite a finite weight, would otherwise make a NaN that depends on how classes split)

@@ -119,7 +119,7 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, images: torch.Tens
         else:
             idx = torch.randint(len(images), (config.batch_size,), generator=g)
             real, real_labels = images[idx], labels[idx]
-        z = generator.sample_noise(config.batch_size, g)  # (B, noise_dim), on the generator's device
+        z = generator.sample_noise(config.batch_size, g, device="cpu")  # (B, noise_dim), the global batch
         real, real_labels, z = (None if v is None else trainer.shard(v) for v in (real, real_labels, z))
         return gan_step(trainer.net("generator"), trainer.net("discriminator"), real, z, opt_g, opt_d, real_labels,
                         (lambda x: diff_augment(x, g)) if augment else None)
@@ -308,7 +308,7 @@ def distill(student: nn.Module, teacher: nn.Module, config: TrainConfig, recipe:
         adversary.discriminator = trainer.net("discriminator")
 
     def step(s: int, g: torch.Generator):
-        z = student.sample_noise(config.batch_size, g)  # (B, noise_dim), shared; z first, then any classes
+        z = student.sample_noise(config.batch_size, g, device="cpu")  # (B, noise_dim); z first, then any classes
         real = sample_batch(real_images, config.batch_size, g) if adversary else None
         return distill_step(trainer.net("student"), teacher, trainer.shard(z), opt, kind,
                             None if real is None else trainer.shard(real), adversary, features)
