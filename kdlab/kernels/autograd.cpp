@@ -69,11 +69,12 @@ variable_list fused_backward(AutogradContext* ctx, const variable_list& grads, s
   variable_list out(n_inputs);
   const at::Tensor& g = grads[0];
   if (!g.defined()) return out;  // the loss output was not used: no gradient flows
+  const bool reduced = ctx->saved_data["reduced"].toBool(), in_place = reduced && eager(g);
+  TORCH_CHECK(!(in_place && ctx->saved_data.count("scaled_in_place")), kTwice);  // before the saved gradient is read
   at::Tensor grad = ctx->get_saved_variables()[0];
   const at::ScalarType acc = at::promote_types(grad.scalar_type(), at::kFloat);
-  if (ctx->saved_data["reduced"].toBool()) {
-    if (eager(g) && eager(grad)) {
-      TORCH_CHECK(!ctx->saved_data.count("scaled_in_place"), kTwice);
+  if (reduced) {
+    if (in_place) {
       ctx->saved_data["scaled_in_place"] = true;
       static const auto apply_upstream = c10::Dispatcher::singleton()
           .findSchemaOrThrow("kdlab::apply_upstream_", "")
