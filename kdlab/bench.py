@@ -86,12 +86,18 @@ def _triton_impls() -> dict:
             "attention": lambda fs, ft: LossAndGradient.apply(triton_ops.attention_fused, fs, ft, 2.0, 1)}
 
 
-def _time(fn, x, *args, repeats: int = 50, warmup: int = 10) -> tuple[float, float]:
-    """Median ms of ``fn(x, *args).backward()`` and the peak memory above the inputs (MiB)."""
+def _forward_backward(fn, x, *args):
+    """``fn(x, *args).backward()`` as a function of nothing, ``x.grad`` cleared first (no accumulation)."""
     def run():
         x.grad = None
         fn(x, *args).backward()
 
+    return run
+
+
+def _time(fn, x, *args, repeats: int = 50, warmup: int = 10) -> tuple[float, float]:
+    """Median ms of ``fn(x, *args).backward()`` and the peak memory above the inputs (MiB)."""
+    run = _forward_backward(fn, x, *args)
     for _ in range(warmup):
         run()
     torch.cuda.synchronize()
@@ -116,10 +122,7 @@ def _time_pipelined(fn, x, *args, repeats: int = 50) -> float:
     """Mean ms per ``fn(x, *args).backward()`` over ``repeats`` enqueued back to back with one synchronisation, as a
     training loop runs them: the host prepares the next call while the GPU works, so this is the larger of the two
     times a call, where :func:`_time` (one call from an idle GPU) adds them up."""
-    def run():
-        x.grad = None
-        fn(x, *args).backward()
-
+    run = _forward_backward(fn, x, *args)
     for _ in range(5):
         run()
     torch.cuda.synchronize()

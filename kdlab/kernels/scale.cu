@@ -8,8 +8,6 @@
 // been scaled and handed out.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch_v2.h>
-#include <array>
-#include <atomic>
 #include <algorithm>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -29,23 +27,6 @@ __global__ void apply_upstream_kernel(scalar_t* __restrict__ grad, const float* 
     grad[i] = from_float<scalar_t>(to_float(grad[i]) * f);
 }
 
-// The multiprocessor count of `device`, asked of the runtime once per device (about 2 us a call on the H200's
-// host, in the backward of every reduced fused loss).
-static int multiprocessors(int device) {
-  static std::array<std::atomic<int>, 64> known{};  // 0: not asked yet
-  if (device < 0 || device >= static_cast<int>(known.size())) {
-    int n = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-    return n;
-  }
-  int n = known[device].load(std::memory_order_relaxed);
-  if (n == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-    known[device].store(n, std::memory_order_relaxed);
-  }
-  return n;
-}
-
 void apply_upstream_cuda(at::Tensor grad, const at::Tensor& factor) {
   TORCH_CHECK(grad.is_cuda() && factor.device() == grad.device(), "apply_upstream_: expected CUDA tensors on one device");
   TORCH_CHECK(factor.numel() == 1 && factor.scalar_type() == at::kFloat, "apply_upstream_: factor must be one float32");
@@ -53,7 +34,8 @@ void apply_upstream_cuda(at::Tensor grad, const at::Tensor& factor) {
   const int64_t n = grad.numel();
   if (n == 0) return;
   c10::cuda::CUDAGuard guard(grad.device());
-  const int sms = multiprocessors(grad.get_device());
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, grad.get_device()));
   const int64_t blocks = std::min<int64_t>((n + 255) / 256, 8LL * sms);
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_V2(grad.scalar_type(), "apply_upstream_", AT_WRAP([&] {

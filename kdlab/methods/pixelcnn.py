@@ -162,7 +162,8 @@ def distill_pixelcnn(student: nn.Module, teacher: nn.Module, images: torch.Tenso
         idx = torch.randint(pool_size if context == "student" else len(images), (config.batch_size,), generator=g)
         idx = trainer.shard(idx, to_device=False)  # this process's rows of the global batch, indices on the CPU
         if context == "student":
-            x, target = pool.images[idx.to(trainer.device)], pool.teacher_logits[idx.to(trainer.device)]
+            local = idx.to(trainer.device)  # the pool lives on the training device
+            x, target = pool.images[local], pool.teacher_logits[local]
         else:
             x = quantize(images[idx].to(trainer.device), student.levels)  # (B, 1, H, W) levels
             with torch.no_grad():
