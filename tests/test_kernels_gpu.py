@@ -36,10 +36,11 @@ def _ref_inputs(*xs):
 
 
 # every launch plan of kl_kernel.cuh per dtype: columns with 2, 8, 32 classes per thread (full and partial
-# register tiles) and streaming; rows with a few threads, a warp, a block per row and
-# streaming, with 16-byte loads where K allows (K % 8 == 0 for 16-bit types, % 4 for float32)
+# register tiles; with 32, the full-tile kernel for K = 256 and the general one for K = 100) and streaming;
+# rows with a few threads, a warp, a block per row and streaming, with 16-byte loads where K allows
+# (K % 8 == 0 for 16-bit types, % 4 for float32)
 SHAPES = [(64, 10), (33, 2), (16, 1000), (5, 4100), (4, 32768), (3, 65535), (2, 3, 31, 17), (4, 12, 8, 6),
-          (4, 40, 9, 9), (4, 40, 10, 10), (16, 256, 28, 28), (8, 257, 5, 7), (4, 1024, 3, 3)]
+          (4, 40, 9, 9), (4, 40, 10, 10), (4, 100, 7, 9), (16, 256, 28, 28), (8, 257, 5, 7), (4, 1024, 3, 3)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -31,11 +31,12 @@ def close(actual, expected, rtol=2e-5, atol=2e-6):
 
 
 # every launch plan (kl_kernel.cuh), at and around each boundary, with partial tiles and partial rows:
-# columns ([N, K, HW], lane = position): 2, 8 or 32 classes per thread in registers, or streaming (K > 256);
+# columns ([N, K, HW], lane = position): 2, 8 or 32 classes per thread in registers (32: a full-tile kernel
+# when K is a multiple of 32), or streaming (K > 256);
 # rows ([N, K]): G <= 32 threads per row sharing a block, one row per block (G <= 512), streaming beyond,
 # each with 4-byte and 16-byte loads (K % 4 == 0)
-KL_COLUMNS = [(2, 4, 9, 17), (3, 16, 5, 7), (3, 17, 5, 7), (2, 64, 33), (2, 65, 3), (2, 256, 3), (2, 257, 4),
-              (1, 1030, 3)]
+KL_COLUMNS = [(2, 4, 9, 17), (3, 16, 5, 7), (3, 17, 5, 7), (2, 64, 33), (2, 65, 3), (2, 256, 3), (1, 96, 40),
+              (2, 257, 4), (1, 1030, 3)]
 KL_ROWS = [(37, 2), (300, 3), (64, 12), (6, 17), (20, 300), (3, 516), (2, 1023), (2, 8192), (1, 8196), (1, 9999)]
 KL_SHAPES = KL_COLUMNS + KL_ROWS
 
@@ -45,9 +46,9 @@ def test_kl_shapes_cover_every_plan():
     seen = set()
     for shape in KL_SHAPES:
         plan = emulate.kl_plan(shape[0], shape[1], math.prod(shape[2:]), rows=len(shape) == 2)
-        seen.add((plan["kernel"], plan["per"], plan["vec"], plan["block_row"]))
-    columns = {("columns", per, 1, False) for per in (2, 8, 32, 0)}
-    rows = {("rows", per, vec, block) for vec in (1, 4) for per, block in ((4, False), (4, True), (0, True))}
+        seen.add((plan["kernel"], plan["per"], plan["vec"], plan["block_row"], plan["full"]))
+    columns = {("columns", per, 1, False, False) for per in (2, 8, 32, 0)} | {("columns", 32, 1, False, True)}
+    rows = {("rows", per, vec, block, False) for vec in (1, 4) for per, block in ((4, False), (4, True), (0, True))}
     assert seen == columns | rows
     # threads per row grow with K: one thread for a 16-byte row, a warp for 512 classes, 512 threads, then streaming
     assert [emulate.kl_plan(1, k, 1, rows=True)["group"] for k in (4, 512, 8192, 8196)] == [1, 32, 512, 512]
@@ -67,7 +68,8 @@ def test_emulated_kl_kernel_matches_float64(shape, reverse):
         assert close(loss, ref) and close(grad, ref_grad)
 
 
-@pytest.mark.parametrize("shape", [(5, 3), (4, 10), (3, 100), (2, 400), (1, 8196), (1, 300, 3)])  # rows, streaming, columns
+@pytest.mark.parametrize("shape", [(5, 3), (4, 10), (3, 100), (2, 400), (1, 8196),  # rows, streaming
+                                   (1, 100, 3), (1, 128, 3), (1, 300, 3)])  # columns: 32 a thread, full tile, streaming
 def test_emulated_kl_kernel_keeps_precision_for_large_logits(shape):
     """Softmax ignores a common shift: logits around +-1e4 must lose no more than their own rounding."""
     g = torch.Generator().manual_seed(9)
@@ -190,15 +192,17 @@ def test_emulated_kl_kernel_reduces_and_scales_the_gradient(reduction):
     assert close(grad, ref_grad / positions if reduction == 1 else ref_grad)
 
 
-@pytest.mark.parametrize("shape", [(4, 9, 3, 5), (6, 300), (2, 20000)])  # columns, rows, streaming rows
+@pytest.mark.parametrize("shape", [(4, 9, 3, 5), (2, 128, 3, 5), (6, 300), (2, 20000)])  # columns, full, rows, streaming
 def test_emulated_kernels_apply_the_weight_to_loss_and_gradient(shape):
     """weight * weight_tensor multiplies the loss and the gradient the kernel writes (the alpha of weighted
-    distillation, folded in: the backward has nothing left to scale)."""
+    distillation, folded in: the backward has nothing left to scale), of either sign, in both directions."""
     g = torch.Generator().manual_seed(12)
     s, t = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-    per_position, ref_grad = value_and_grad64(kl64, s, t, 2.0, False)
-    loss, grad = emulate.kl_fused(s, t, 2.0, False, 1, weight=0.5, weight_tensor=torch.tensor(0.3))
-    assert close(loss, 0.15 * per_position.mean()) and close(grad, 0.15 * ref_grad / per_position.numel())
+    for reverse, weight in ((False, 0.5), (True, -0.5)):
+        per_position, ref_grad = value_and_grad64(kl64, s, t, 2.0, reverse)
+        loss, grad = emulate.kl_fused(s, t, 2.0, reverse, 1, weight=weight, weight_tensor=torch.tensor(0.3))
+        factor = 0.3 * weight
+        assert close(loss, factor * per_position.mean()) and close(grad, factor * ref_grad / per_position.numel())
     fs, ft = torch.randn(2, 3, 5, 6, generator=g), torch.randn(2, 4, 5, 6, generator=g)
     at_ref, at_grad = value_and_grad64(at64, fs, ft, 2.0)
     loss, grad = emulate.attention_fused(fs, ft, 2.0, 2, weight=-2.0, weight_tensor=torch.tensor(0.25))

@@ -1,5 +1,5 @@
-"""Read the fused kernels' machine code without a GPU: registers, spills, loads in flight, load width and
-blocks per SM, for each launch path, as the table in kdlab/kernels/README.md.
+"""Read the fused kernels' machine code without a GPU: registers, spills, instructions, loads in flight, load
+width and blocks per SM, for each launch path, as the table in kdlab/kernels/README.md.
 
     CUDA_HOME=/usr/local/cuda python tools/kernel_sass.py [--archs 90 86 75] [--out DIR]
 
@@ -7,7 +7,8 @@ Compiles kl.cu, attention.cu and scale.cu to cubins with nvcc (``-O3``, the flag
 ``torch.utils.cpp_extension`` uses), reads ``ptxas -v`` and the SASS from ``cuobjdump -sass`` (CUDA's own,
 or the copy Triton bundles). "Loads in flight" is the most global loads (LDG) a thread has issued and
 not yet used, in a straight-line model of its SASS: in-order issue, one instruction per cycle, a load's
-registers ready 600 cycles after issue (branches are ignored, so a loop counts once).
+registers ready 600 cycles after issue (branches are ignored, so a loop counts once). "Instructions" counts
+the kernel's SASS without the NOP padding: static, so a loop counts once.
 """
 from __future__ import annotations
 
@@ -31,10 +32,12 @@ GPUS = {"H100": (2048, 65536, 228 * 1024, 32), "RTX 30-40, L4": (1536, 65536, 10
 # (label, kernel name with {t} for the dtype and {v} for its 16-byte pack, threads, shared bytes[, dtypes])
 COLUMNS_SHARED, ROW_BLOCK_SHARED = 5 * 8 * 32 * 4, 5 * 32 * 4  # SoftmaxStats (5 floats) per warp and lane / per warp
 PATHS = [
-    ("KL columns, 2 classes/thread (K <= 16)", "void kl_columns_kernel<{t}, false, 2>", 256, COLUMNS_SHARED, ("float",)),
-    ("KL columns, 8 classes/thread (K <= 64)", "void kl_columns_kernel<{t}, false, 8>", 256, COLUMNS_SHARED, ("float",)),
-    ("KL columns, 32 classes/thread (K <= 256)", "void kl_columns_kernel<{t}, false, 32>", 256, COLUMNS_SHARED),
-    ("KL columns, streaming (K > 256)", "void kl_columns_kernel<{t}, false, 0>", 256, COLUMNS_SHARED),
+    ("KL columns, 2 classes/thread (K <= 16)", "void kl_columns_kernel<{t}, false, 2, false>", 256, COLUMNS_SHARED, ("float",)),
+    ("KL columns, 8 classes/thread (K <= 64)", "void kl_columns_kernel<{t}, false, 8, false>", 256, COLUMNS_SHARED, ("float",)),
+    ("KL columns, 32 classes/thread (K <= 256)", "void kl_columns_kernel<{t}, false, 32, false>", 256, COLUMNS_SHARED),
+    ("KL columns, 32 classes/thread, full (K = 96, 128, ..., 256)", "void kl_columns_kernel<{t}, false, 32, true>", 256,
+     COLUMNS_SHARED),
+    ("KL columns, streaming (K > 256)", "void kl_columns_kernel<{t}, false, 0, false>", 256, COLUMNS_SHARED),
     ("KL rows, G <= 32 threads/row, 16-byte loads", "void kl_rows_kernel<{t}, false, {v}, 4, false>", 256, 0),
     ("KL rows, a block (<= 512) per row, 16-byte loads", "void kl_rows_kernel<{t}, false, {v}, 4, true>", 512,
      ROW_BLOCK_SHARED),
@@ -113,6 +116,11 @@ def loads_in_flight(instrs: list[str], latency: int = 600) -> int:
     return best
 
 
+def instructions(instrs: list[str]) -> int:
+    """Static SASS instructions, without NOPs (padding)."""
+    return sum(1 for i in instrs if not i.startswith("NOP"))
+
+
 def load_widths(instrs: list[str]) -> str:
     """The widths of the thread's global loads (the weight tensor's float is one of them), e.g. ``2 B, 4 B``."""
     widths = {16 if ".128" in o else 8 if ".64" in o else 2 if ".U16" in o or ".16" in o else 4
@@ -140,9 +148,10 @@ def main(argv=None) -> int:
         usage[arch], arch_sass = compile_arch(arch, out)
         sass = sass or arch_sass  # the first architecture's
     archs = " / ".join(f"sm_{a}" for a in args.archs)
-    print(f"| path | dtype | registers ({archs}) | spill bytes | shared memory per block | loads in flight per thread "
-          f"(sm_{args.archs[0]}) | load widths | blocks per SM: {' / '.join(GPUS)} |")
-    print("|---|---|---|---|---|---|---|---|")
+    first = f"sm_{args.archs[0]}"
+    print(f"| path | dtype | registers ({archs}) | spill bytes | shared memory per block | instructions ({first}) "
+          f"| loads in flight per thread ({first}) | load widths | blocks per SM: {' / '.join(GPUS)} |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, template, threads, shared, *only in PATHS:
         for dtype, pack, short in (("float", 4, "fp32"), ("BFloat16", 8, "bf16")):
             if only and dtype not in only[0]:
@@ -153,7 +162,8 @@ def main(argv=None) -> int:
             occupancy = " / ".join(str(blocks_per_sm(regs[min(j, len(regs) - 1)][0], threads, shared, gpu))
                                    for j, gpu in enumerate(GPUS.values()))
             print(f"| {label} | {short} | {' / '.join(str(r) for r, _ in regs)} | {' / '.join(str(s) for _, s in regs)} | "
-                  f"{shared} B | {loads_in_flight(sass[name])} | {load_widths(sass[name])} | {occupancy} |")
+                  f"{shared} B | {instructions(sass[name]):,} | {loads_in_flight(sass[name])} | {load_widths(sass[name])} | "
+                  f"{occupancy} |")
     return 0
 
 

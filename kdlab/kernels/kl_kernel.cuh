@@ -31,19 +31,24 @@ struct alignas(sizeof(T) * kV) Pack {
   T v[kV];
 };
 
-// exp(x) as one exp2 instruction of x log2(e) (ex2.approx.ftz: relative error about 2^-22, plus the
-// rounding of x log2(e), about |x| 2^-24, so about 2^-18 near the underflow at x = -87; results
-// below 2^-126 flushed to 0), for the kernels' arguments: differences from a maximum, taken before
-// the product, so large logits lose no precision to the scaling. exp(-inf) = 0.
-__device__ __forceinline__ float exp_nat(float x) {
+// exp(x / T) for inv_t = 1 / T as one exp2 instruction of x (log2(e) / T) (ex2.approx.ftz: relative error
+// about 2^-22, plus the rounding of the product, about |x / T| 2^-24, so about 2^-18 near the underflow at
+// x / T = -87; results below 2^-126 flushed to 0), for the kernels' arguments: differences from a maximum,
+// in the logits' own units. The kernels keep logits as loaded and subtract before dividing by T, so large
+// logits lose no precision to the scaling, and the division costs no instruction of its own.
+// exp(-inf) = 0.
+__device__ __forceinline__ float exp_over_t(float x, float inv_t) {
 #ifdef KDLAB_SIMT_EMULATOR
-  return exp2f(x * 1.4426950408889634f);
+  return exp2f(x * (inv_t * 1.4426950408889634f));
 #else
   float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * 1.4426950408889634f));
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * (inv_t * 1.4426950408889634f)));
   return y;
 #endif
 }
+
+// exp(x), the same instruction
+__device__ __forceinline__ float exp_nat(float x) { return exp_over_t(x, 1.f); }
 
 // p itself, hidden from the optimiser: nvcc would otherwise fold a thread's 64-bit base offset into each
 // 32-bit element offset (64-bit adds, a shift and a 64-bit add an address) instead of one IMAD.WIDE
@@ -59,7 +64,7 @@ __device__ __forceinline__ T* opaque(T* p) {
 
 // Arguments shared by every KL kernel (passed by value, so all kernels have one signature).
 // columns: N samples, K classes, HW positions per sample. rows: N = rows, K = classes per row, HW = 1.
-// group: threads per row (rows kernels). scale = 1 / T (a = s / T). gtemp = T * (d reduced loss /
+// group: threads per row (rows kernels). scale = 1 / T. gtemp = T * (d reduced loss /
 // d per-position loss): T for none / sum, T / positions for mean. The loss and its gradient are
 // multiplied by weight and, when weight_ptr is not null, by the float it points to (read on the
 // device: no host synchronisation).
@@ -73,25 +78,26 @@ struct KlArgs {
   __device__ __forceinline__ float total_weight() const { return weight_ptr ? weight * *weight_ptr : weight; }
 };
 
-// Softmax statistics of some of one position's elements (a = s / T, b = t / T): maxima ma, mb; sums
-// sa = sum exp(a_k - ma), sb = sum exp(b_k - mb); and the KL numerator
-//   forward (weights w_k = exp(b_k - mb)):  d = sum_k w_k ((b_k - mb) - (a_k - ma))
-//   reverse (weights w_k = exp(a_k - ma)):  d = sum_k w_k ((a_k - ma) - (b_k - mb))
+// Softmax statistics of some of one position's elements, student logits a and teacher logits b as
+// loaded (not divided by T): maxima ma, mb; sums sa = sum exp((a_k - ma) / T), sb = sum exp((b_k - mb) / T);
+// and the KL numerator, in the logits' units
+//   forward (weights w_k = exp((b_k - mb) / T)):  d = sum_k w_k ((b_k - mb) - (a_k - ma))
+//   reverse (weights w_k = exp((a_k - ma) / T)):  d = sum_k w_k ((a_k - ma) - (b_k - mb))
 // Differences are taken from the maxima, so a constant offset between student and teacher logits
 // cancels exactly instead of in a large sum. Over the whole position (maxima Ma, Mb, sums Sa, Sb):
-//   forward KL = D / Sb + log Sa - log Sb,  reverse KL = D / Sa + log Sb - log Sa.
+//   forward KL = D / (T Sb) + log Sa - log Sb,  reverse KL = D / (T Sa) + log Sb - log Sa.
 struct SoftmaxStats {
   float ma, sa, mb, sb, d;
 };
 
-// exp(m - M) for a maximum m <= M; 0 for m = -inf (no elements, or all masked)
-__device__ __forceinline__ float rescale(float m, float M) { return m == -INFINITY ? 0.f : exp_nat(m - M); }
+// exp((m - M) / T) for a maximum m <= M; 0 for m = -inf (no elements, or all masked)
+__device__ __forceinline__ float rescale(float m, float M, float inv_t) { return m == -INFINITY ? 0.f : exp_over_t(m - M, inv_t); }
 
 // x's sums and numerator taken to the larger maxima (Ma, Mb): for adding up the parts of a position.
 // d moves with its weights' maximum, and its differences gain ((mb - Mb) - (ma - Ma)) per unit weight.
 template <bool kReverse>
-__device__ __forceinline__ SoftmaxStats shift_stats(const SoftmaxStats& x, float Ma, float Mb) {
-  const float fa = rescale(x.ma, Ma), fb = rescale(x.mb, Mb);
+__device__ __forceinline__ SoftmaxStats shift_stats(const SoftmaxStats& x, float Ma, float Mb, float inv_t) {
+  const float fa = rescale(x.ma, Ma, inv_t), fb = rescale(x.mb, Mb, inv_t);
   const float weight = kReverse ? x.sa : x.sb, f = kReverse ? fa : fb;
   // an unchanged maximum moves by 0, also when it is -inf (a part, or a stream so far, with every logit of
   // one side masked: -inf - -inf would be NaN where the numerator is rightly +inf)
@@ -106,22 +112,22 @@ __device__ __forceinline__ SoftmaxStats shift_stats(const SoftmaxStats& x, float
 // The statistics of the union of two parts; the same bits whichever part comes first (every step is
 // symmetric), so a butterfly leaves identical results on every lane.
 template <bool kReverse>
-__device__ __forceinline__ SoftmaxStats merge_stats(const SoftmaxStats& x, const SoftmaxStats& y) {
+__device__ __forceinline__ SoftmaxStats merge_stats(const SoftmaxStats& x, const SoftmaxStats& y, float inv_t) {
   const float Ma = fmaxf(x.ma, y.ma), Mb = fmaxf(x.mb, y.mb);
-  const SoftmaxStats u = shift_stats<kReverse>(x, Ma, Mb), v = shift_stats<kReverse>(y, Ma, Mb);
+  const SoftmaxStats u = shift_stats<kReverse>(x, Ma, Mb, inv_t), v = shift_stats<kReverse>(y, Ma, Mb, inv_t);
   return {Ma, u.sa + v.sa, Mb, u.sb + v.sb, u.d + v.d};
 }
 
 // The statistics of n parts stored at p[0], p[stride], ... (shared memory; 5 floats a part, field f at
 // p[i * stride + f * fstride]): maxima first, then the sums in part order (deterministic).
 template <bool kReverse>
-__device__ __forceinline__ SoftmaxStats gather_stats(const float* p, int n, int stride, int fstride) {
+__device__ __forceinline__ SoftmaxStats gather_stats(const float* p, int n, int stride, int fstride, float inv_t) {
   float Ma = -INFINITY, Mb = -INFINITY;
   for (int i = 0; i < n; ++i) { Ma = fmaxf(Ma, p[i * stride]); Mb = fmaxf(Mb, p[i * stride + 2 * fstride]); }
   SoftmaxStats total{Ma, 0.f, Mb, 0.f, 0.f};
   for (int i = 0; i < n; ++i) {
     const float* q = p + i * stride;
-    const SoftmaxStats u = shift_stats<kReverse>({q[0], q[fstride], q[2 * fstride], q[3 * fstride], q[4 * fstride]}, Ma, Mb);
+    const SoftmaxStats u = shift_stats<kReverse>({q[0], q[fstride], q[2 * fstride], q[3 * fstride], q[4 * fstride]}, Ma, Mb, inv_t);
     total.sa += u.sa;
     total.sb += u.sb;
     total.d += u.d;
@@ -129,17 +135,19 @@ __device__ __forceinline__ SoftmaxStats gather_stats(const float* p, int n, int 
   return total;
 }
 
-// One element's terms at shifts (ma0, mb0): ea = exp(a - ma0) and eb = exp(b - mb0) are added to r.sa and
-// r.sb, w (diff) to r.d, where w = eb forward, ea reverse, and diff = (b - mb0) - (a - ma0) forward, its
-// negative reverse (returned). A masked weight (w = 0) adds nothing, not 0 * inf.
+// One element's terms at shifts (ma0, mb0): ea = exp((a - ma0) / T) and eb = exp((b - mb0) / T) are added
+// to r.sa and r.sb, w diff to r.d, where w = eb forward, ea reverse, and diff = (b - mb0) - (a - ma0)
+// forward, its negative reverse (returned). A masked weight (w = 0) adds nothing, not 0 * inf: a
+// predicated fused multiply-add, no select.
 template <bool kReverse>
-__device__ __forceinline__ float add_element(SoftmaxStats& r, float a, float b, float ma0, float mb0, float& ea, float& eb) {
-  ea = exp_nat(a - ma0);  // 0 for a = -inf (a masked class, or a slot beyond the thread's classes)
-  eb = exp_nat(b - mb0);
+__device__ __forceinline__ float add_element(SoftmaxStats& r, float a, float b, float ma0, float mb0, float inv_t, float& ea,
+                                             float& eb) {
+  ea = exp_over_t(a - ma0, inv_t);  // 0 for a = -inf (a masked class, or a slot beyond the thread's classes)
+  eb = exp_over_t(b - mb0, inv_t);
   r.sa += ea;
   r.sb += eb;
   const float w = kReverse ? ea : eb, diff = kReverse ? (a - ma0) - (b - mb0) : (b - mb0) - (a - ma0);
-  r.d += w > 0.f ? w * diff : 0.f;
+  if (w > 0.f) r.d = fmaf(w, diff, r.d);
   return diff;
 }
 
@@ -148,17 +156,17 @@ __device__ __forceinline__ float add_element(SoftmaxStats& r, float a, float b, 
 __device__ __forceinline__ float finite_shift(float m) { return m == -INFINITY ? 0.f : m; }
 
 // Online statistics (streaming slots): r's parts so far and kB more elements a, b (-inf for none). The
-// maxima rise to the batch's, r is taken to them (shift_stats: exp(old - new) on each sum and on d's
-// weights, 2 exponentials a batch), then the batch's terms are added at the new maxima.
+// maxima rise to the batch's, r is taken to them (shift_stats: exp((old - new) / T) on each sum and on
+// d's weights, 2 exponentials a batch), then the batch's terms are added at the new maxima.
 template <bool kReverse, int kB>
-__device__ __forceinline__ void accumulate_online(SoftmaxStats& r, const float (&a)[kB], const float (&b)[kB]) {
+__device__ __forceinline__ void accumulate_online(SoftmaxStats& r, const float (&a)[kB], const float (&b)[kB], float inv_t) {
   float Ma = r.ma, Mb = r.mb;
 #pragma unroll
   for (int i = 0; i < kB; ++i) { Ma = fmaxf(Ma, a[i]); Mb = fmaxf(Mb, b[i]); }
-  r = shift_stats<kReverse>(r, Ma, Mb);
+  r = shift_stats<kReverse>(r, Ma, Mb, inv_t);
   const float ma0 = finite_shift(Ma), mb0 = finite_shift(Mb);
 #pragma unroll
-  for (int i = 0; i < kB; ++i) { float ea, eb; add_element<kReverse>(r, a[i], b[i], ma0, mb0, ea, eb); }
+  for (int i = 0; i < kB; ++i) { float ea, eb; add_element<kReverse>(r, a[i], b[i], ma0, mb0, inv_t, ea, eb); }
 }
 
 // One position's T^2-free KL and gradient, from the element slots a thread holds and a Group
@@ -166,48 +174,55 @@ __device__ __forceinline__ void accumulate_online(SoftmaxStats& r, const float (
 // With q = softmax(s / T), p = softmax(t / T):
 //   forward:  KL = sum_k p_k (log p_k - log q_k),   d (T^2 KL) / d s_k = T (q_k - p_k)
 //   reverse:  KL = sum_k q_k (log q_k - log p_k),   d (T^2 KL) / d s_k = T q_k (log q_k - log p_k - KL)
-// where log q_k = (a_k - Ma) - log Sa. A class with q_k = 0 (a -inf logit) gets gradient 0 in the
-// reverse direction. Slots with kKeep (float registers): passes over the registers for the maxima,
-// then the sums (2 exponentials each), which keep exp(a_k - ma) and, forward, exp(b_k - mb) (reverse:
-// (a_k - ma) - (b_k - mb)) in place of a_k, b_k, so the gradient pass needs no exponential. Streaming
+// where log q_k = (a_k - Ma) / T - log Sa (a, b: the logits as loaded; inv_t = 1 / T). A class with
+// q_k = 0 (a -inf logit) gets gradient 0 in the reverse direction. Slots with kKeep (float registers):
+// passes over the registers for the maxima, then the sums (2 exponentials each), which keep
+// exp((a_k - ma) / T) and, forward, exp((b_k - mb) / T) (reverse: (a_k - ma) - (b_k - mb)) in place of
+// a_k, b_k, so the gradient pass needs no exponential. Streaming
 // slots: one read for the online statistics, one to write the gradient, recomputing the exponentials.
 // Slots: kKeep: each(f) calls f(a, b) for every element the thread holds, update(f) lets
 // f(float& a, float& b) replace them; streaming: batches(f) calls f(a, b) with arrays of the next
 // elements (-inf beyond the thread's). write(f) stores f(x, y) of the held (or re-read) values as each
 // element's gradient (f already includes gscale). Returns KL on every thread of the position.
 template <bool kReverse, typename Slots, typename Group>
-__device__ __forceinline__ float kl_position(Slots& x, Group& group, float gscale) {
+__device__ __forceinline__ float kl_position(Slots& x, Group& group, float gscale, float inv_t) {
   SoftmaxStats mine{-INFINITY, 0.f, -INFINITY, 0.f, 0.f};
   if constexpr (Slots::kKeep) {
     x.each([&](float a, float b) { mine.ma = fmaxf(mine.ma, a); mine.mb = fmaxf(mine.mb, b); });
     const float ma0 = finite_shift(mine.ma), mb0 = finite_shift(mine.mb);
     x.update([&](float& a, float& b) {
       float ea, eb;
-      const float diff = add_element<kReverse>(mine, a, b, ma0, mb0, ea, eb);
+      const float diff = add_element<kReverse>(mine, a, b, ma0, mb0, inv_t, ea, eb);
       a = ea;
       b = kReverse ? diff : eb;
     });
   } else {
-    x.batches([&](const auto& a, const auto& b) { accumulate_online<kReverse>(mine, a, b); });
+    x.batches([&](const auto& a, const auto& b) { accumulate_online<kReverse>(mine, a, b, inv_t); });
   }
   const float ma = mine.ma, mb = mine.mb;
-  const SoftmaxStats all = group.template combine<kReverse>(mine);
+  const SoftmaxStats all = group.template combine<kReverse>(mine, inv_t);
   const float la = logf(all.sa), lb = logf(all.sb);
   const float weights = kReverse ? all.sa : all.sb;  // 0 when the weighting distribution is all masked: KL 0, as the reference
-  const float kl = weights > 0.f ? (kReverse ? all.d / all.sa + lb - la : all.d / all.sb + la - lb) : 0.f;
-  // this thread's factors: q_k = exp(a_k - ma) ca, p_k = exp(b_k - mb) cb
-  const float ca = ma == -INFINITY ? 0.f : exp_nat((ma - all.ma) - la);
-  const float cb = mb == -INFINITY ? 0.f : exp_nat((mb - all.mb) - lb);
+  const float kl = weights > 0.f ? (kReverse ? all.d * inv_t / all.sa + lb - la : all.d * inv_t / all.sb + la - lb) : 0.f;
+  // this thread's factors: q_k = exp((a_k - ma) / T) ca, p_k = exp((b_k - mb) / T) cb
+  const float ca = ma == -INFINITY ? 0.f : exp_nat((ma - all.ma) * inv_t - la);
+  const float cb = mb == -INFINITY ? 0.f : exp_nat((mb - all.mb) * inv_t - lb);
   if constexpr (Slots::kKeep) {
+    const float gca = gscale * ca;  // gscale goes into the thread's factors: a multiplication a class less
     if constexpr (kReverse) {
-      const float c = (ma - all.ma) - (mb - all.mb) - la + lb;  // log q_k - log p_k = diff_k + c
-      x.write([&](float ea, float diff) { const float q = ea * ca; return q > 0.f ? gscale * q * ((diff + c) - kl) : 0.f; });
+      // log q_k - log p_k - KL = diff_k / T + c
+      const float c = ((ma - all.ma) - (mb - all.mb)) * inv_t - la + lb - kl;
+      x.write([&](float ea, float diff) {
+        const float gq = ea * gca;  // gscale q_k: 0 where q_k is (a masked class: diff may be infinite)
+        return gq != 0.f ? gq * fmaf(diff, inv_t, c) : 0.f;
+      });
     } else {
-      x.write([&](float ea, float eb) { return gscale * (ea * ca - eb * cb); });
+      const float gcb = gscale * cb;
+      x.write([&](float ea, float eb) { return ea * gca - eb * gcb; });
     }
   } else {
     x.write([&](float a, float b) {
-      const float lq = (a - all.ma) - la, lp = (b - all.mb) - lb, q = exp_nat(lq);
+      const float lq = (a - all.ma) * inv_t - la, lp = (b - all.mb) * inv_t - lb, q = exp_nat(lq);
       return kReverse ? (q > 0.f ? gscale * q * ((lq - lp) - kl) : 0.f) : gscale * (q - exp_nat(lp));
     });
   }
@@ -224,7 +239,7 @@ struct WarpsOfBlock {
   float* red;
   int warps, warp, lane;
   template <bool kReverse>
-  __device__ __forceinline__ SoftmaxStats combine(const SoftmaxStats& x) {
+  __device__ __forceinline__ SoftmaxStats combine(const SoftmaxStats& x, float inv_t) {
     float* mine = red + warp * 32 + lane;
     const int fstride = warps * 32;
     mine[0] = x.ma;
@@ -233,7 +248,7 @@ struct WarpsOfBlock {
     mine[3 * fstride] = x.sb;
     mine[4 * fstride] = x.d;
     __syncthreads();
-    return gather_stats<kReverse>(red + lane, warps, 32, fstride);
+    return gather_stats<kReverse>(red + lane, warps, 32, fstride, inv_t);
   }
 };
 
@@ -247,8 +262,8 @@ __device__ __forceinline__ SoftmaxStats shuffle_stats(const SoftmaxStats& x, int
 struct LanesOfWarp {
   int size;
   template <bool kReverse>
-  __device__ __forceinline__ SoftmaxStats combine(SoftmaxStats x) {
-    for (int o = size / 2; o > 0; o >>= 1) x = merge_stats<kReverse>(x, shuffle_stats(x, o));
+  __device__ __forceinline__ SoftmaxStats combine(SoftmaxStats x, float inv_t) {
+    for (int o = size / 2; o > 0; o >>= 1) x = merge_stats<kReverse>(x, shuffle_stats(x, o), inv_t);
     return x;
   }
 };
@@ -258,8 +273,8 @@ struct LanesOfWarp {
 struct ThreadsOfBlock {
   float* red;
   template <bool kReverse>
-  __device__ __forceinline__ SoftmaxStats combine(SoftmaxStats x) {
-    x = LanesOfWarp{32}.combine<kReverse>(x);
+  __device__ __forceinline__ SoftmaxStats combine(SoftmaxStats x, float inv_t) {
+    x = LanesOfWarp{32}.combine<kReverse>(x, inv_t);
     const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
     if (threadIdx.x % 32 == 0) {
       red[warp] = x.ma;
@@ -269,7 +284,7 @@ struct ThreadsOfBlock {
       red[128 + warp] = x.d;
     }
     __syncthreads();  // one combine per block: `red` is written once
-    return gather_stats<kReverse>(red, warps, 1, 32);
+    return gather_stats<kReverse>(red, warps, 1, 32, inv_t);
   }
 };
 
@@ -289,19 +304,30 @@ constexpr int kColumnOffsetSlack = 64;
 // read again for each pass. s, t, g point at the thread's first class, hidden by opaque(); offsets
 // from them are 32-bit (below): one IMAD.WIDE an address. With 64-bit offsets nvcc spent about 20% of
 // the 32-class kernel's instructions on addresses (sm_90: 2,344 -> 1,864 in fp32, 2,536 -> 2,032 in bf16).
-template <typename scalar_t, int kPer>
+// kFull: K = kPer warps, so every thread of an active lane holds exactly kPer classes: no clamped
+// addresses, no -inf slots and no per-class store predicate (an inactive lane, count 0, computes on
+// its sample's position 0, which exists, and stores nothing).
+template <typename scalar_t, int kPer, bool kFull = false>
 struct ColumnSlots {
   const scalar_t* s;
   const scalar_t* t;
   scalar_t* g;
   int stride;
   int count;
-  float scale;
-  float rs[kPer > 0 ? kPer : 1], rt[kPer > 0 ? kPer : 1];  // a = s / T, b = t / T, then kl_position's kept values
+  float rs[kPer > 0 ? kPer : 1], rt[kPer > 0 ? kPer : 1];  // the logits as floats, then kl_position's kept values
   static constexpr bool kKeep = kPer > 0;
+  static_assert(!kFull || kPer > 0, "a full tile holds its classes in registers");
+
+  __device__ __forceinline__ bool stores(int i) const { return kFull ? count > 0 : i < count; }
 
   __device__ __forceinline__ void load() {
-    if constexpr (kPer > 0) {
+    if constexpr (kFull) {
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {  // all loads issued before any is used
+        rs[i] = to_float(load_nc(s + i * stride));
+        rt[i] = to_float(load_nc(t + i * stride));
+      }
+    } else if constexpr (kPer > 0) {
       // slots beyond the thread's classes read its last one; a thread with none (an inactive lane) reads
       // class `warp` of its sample, which exists: the plans give warps = ceil(K / per) <= K
       const int last = count > 0 ? count - 1 : 0;
@@ -314,8 +340,8 @@ struct ColumnSlots {
       }
 #pragma unroll
       for (int i = 0; i < kPer; ++i) {
-        rs[i] = i < count ? to_float(raw_s[i]) * scale : -INFINITY;
-        rt[i] = i < count ? to_float(raw_t[i]) * scale : -INFINITY;
+        rs[i] = i < count ? to_float(raw_s[i]) : -INFINITY;
+        rt[i] = i < count ? to_float(raw_t[i]) : -INFINITY;
       }
     }
   }
@@ -331,8 +357,8 @@ struct ColumnSlots {
       float a[kBatch], b[kBatch];
 #pragma unroll
       for (int i = 0; i < kBatch; ++i) {
-        a[i] = i0 + i < count ? to_float(load_nc(s + (i0 + i) * stride)) * scale : -INFINITY;
-        b[i] = i0 + i < count ? to_float(load_nc(t + (i0 + i) * stride)) * scale : -INFINITY;
+        a[i] = i0 + i < count ? to_float(load_nc(s + (i0 + i) * stride)) : -INFINITY;
+        b[i] = i0 + i < count ? to_float(load_nc(t + (i0 + i) * stride)) : -INFINITY;
       }
       f(a, b);
     }
@@ -347,36 +373,39 @@ struct ColumnSlots {
     if constexpr (kPer > 0) {
 #pragma unroll
       for (int i = 0; i < kPer; ++i)
-        if (i < count) g[i * stride] = from_float<scalar_t>(f(rs[i], rt[i]));
+        if (stores(i)) g[i * stride] = from_float<scalar_t>(f(rs[i], rt[i]));
     } else {
       for (int i = 0; i < count; ++i)
-        g[i * stride] = from_float<scalar_t>(f(to_float(load_nc(s + i * stride)) * scale, to_float(load_nc(t + i * stride)) * scale));
+        g[i * stride] = from_float<scalar_t>(f(to_float(load_nc(s + i * stride)), to_float(load_nc(t + i * stride))));
     }
   }
 };
 
 // s, t: logits [N, K, HW]; loss: [N * HW] float (T^2 KL per position); grad: like s.
 // Launch: N * ceil(HW / 32) blocks of 32 * warps threads, 5 * warps * 32 floats of shared memory.
-// At most 128 registers, so two blocks of 8 warps fit on an SM: one loads while the other computes.
-template <typename scalar_t, bool kReverse, int kPer>
-__global__ void __launch_bounds__(kColumnMaxWarps * 32, 2) kl_columns_kernel(
+// 32 classes a thread: at most 128 registers, so two blocks of 8 warps fit on an SM (one loads while the
+// other computes); fewer classes or streaming: at most 64, four blocks.
+template <typename scalar_t, bool kReverse, int kPer, bool kFull>
+__global__ void __launch_bounds__(kColumnMaxWarps * 32, kPer == kColumnMaxPerThread ? 2 : 4) kl_columns_kernel(
     const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, float* __restrict__ loss,
     scalar_t* __restrict__ grad, KlArgs args) {
   KDLAB_DYNAMIC_SHARED(float, red);
-  const int64_t tiles = (args.HW + kColumnTile - 1) / kColumnTile;
-  const int64_t n = blockIdx.x / tiles;
-  const int64_t hw = (blockIdx.x % tiles) * kColumnTile + threadIdx.x % 32;
+  // block and class indices in 32 bits (unsigned division: a few instructions, where 64-bit division is a
+  // call): the launcher guarantees (K + 64) HW < 2^31 and fewer than 2^31 blocks
+  const unsigned tiles = (static_cast<unsigned>(args.HW) + kColumnTile - 1) / kColumnTile;
+  const unsigned n = blockIdx.x / tiles;
+  const int hw = static_cast<int>((blockIdx.x - n * tiles) * kColumnTile + threadIdx.x % 32);
   const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const bool active = hw < args.HW;
-  const int64_t base = (n * args.K + warp) * args.HW + (active ? hw : 0);  // class `warp` of this position
-  const int count = active && warp < args.K ? (args.K - warp + warps - 1) / warps : 0;
-  ColumnSlots<scalar_t, kPer> x{opaque(s + base), opaque(t + base), opaque(grad + base), static_cast<int>(warps * args.HW),
-                                count, args.scale};
+  const int64_t base = (static_cast<int64_t>(n) * args.K + warp) * args.HW + (active ? hw : 0);  // class `warp` here
+  const int count = active && warp < args.K ? static_cast<int>(static_cast<unsigned>(args.K - warp + warps - 1) / warps) : 0;
+  ColumnSlots<scalar_t, kPer, kFull> x{opaque(s + base), opaque(t + base), opaque(grad + base), static_cast<int>(warps * args.HW),
+                                count};
   const float w = args.total_weight();  // its load issues first, the logits' right after it
   x.load();
   WarpsOfBlock group{red, warps, warp, static_cast<int>(threadIdx.x % 32)};
-  const float kl = kl_position<kReverse>(x, group, args.gtemp * w);
-  if (active && warp == 0) loss[n * args.HW + hw] = w * args.temp * args.temp * kl;
+  const float kl = kl_position<kReverse>(x, group, args.gtemp * w, args.scale);
+  if (active && warp == 0) loss[static_cast<int64_t>(n) * args.HW + hw] = w * args.temp * args.temp * kl;
 }
 
 // ---- rows: [rows, K], class innermost ----
@@ -398,8 +427,7 @@ struct RowSlots {
   scalar_t* g;
   int first, step, packs;  // packs first, first + step, ... below packs = K / kV
   bool active;
-  float scale;
-  float rs[kR > 0 ? kR : 1][kV], rt[kR > 0 ? kR : 1][kV];  // then kl_position's kept values
+  float rs[kR > 0 ? kR : 1][kV], rt[kR > 0 ? kR : 1][kV];  // the logits as floats, then kl_position's kept values
   static constexpr bool kKeep = kR > 0;
 
   __device__ __forceinline__ P at(const scalar_t* p, int c) const { return *reinterpret_cast<const P*>(p + c * kV); }
@@ -418,8 +446,8 @@ struct RowSlots {
       for (int i = 0; i < kR; ++i) {
 #pragma unroll
         for (int v = 0; v < kV; ++v) {
-          rs[i][v] = held(i) ? to_float(ps[i].v[v]) * scale : -INFINITY;
-          rt[i][v] = held(i) ? to_float(pt[i].v[v]) * scale : -INFINITY;
+          rs[i][v] = held(i) ? to_float(ps[i].v[v]) : -INFINITY;
+          rt[i][v] = held(i) ? to_float(pt[i].v[v]) : -INFINITY;
         }
       }
     }
@@ -449,8 +477,8 @@ struct RowSlots {
       for (int i = 0; i < kBatch; ++i) {
 #pragma unroll
         for (int v = 0; v < kV; ++v) {
-          a[i * kV + v] = c0 + step * i < packs ? to_float(ps[i].v[v]) * scale : -INFINITY;
-          b[i * kV + v] = c0 + step * i < packs ? to_float(pt[i].v[v]) * scale : -INFINITY;
+          a[i * kV + v] = c0 + step * i < packs ? to_float(ps[i].v[v]) : -INFINITY;
+          b[i * kV + v] = c0 + step * i < packs ? to_float(pt[i].v[v]) : -INFINITY;
         }
       }
       f(a, b);
@@ -480,7 +508,7 @@ struct RowSlots {
         const P ps = at(s, c), pt = at(t, c);
         P out;
 #pragma unroll
-        for (int v = 0; v < kV; ++v) out.v[v] = from_float<scalar_t>(f(to_float(ps.v[v]) * scale, to_float(pt.v[v]) * scale));
+        for (int v = 0; v < kV; ++v) out.v[v] = from_float<scalar_t>(f(to_float(ps.v[v]), to_float(pt.v[v])));
         *reinterpret_cast<P*>(g + c * kV) = out;
       }
     }
@@ -489,9 +517,10 @@ struct RowSlots {
 
 // s, t: logits [rows = args.N, K]; loss: [rows] float; grad: like s. kBlockRow: one row per block
 // (args.group = blockDim.x threads, kR packs each, or streaming with kR = 0); else args.group
-// (a power of two <= 32) threads per row and kRowThreads / args.group rows per block.
+// (a power of two <= 32) threads per row and kRowThreads / args.group rows per block. Two blocks an SM
+// at least, except a row's registers (kBlockRow, kR > 0: up to 128 registers a thread).
 template <typename scalar_t, bool kReverse, int kV, int kR, bool kBlockRow>
-__global__ void __launch_bounds__(kBlockRow ? kRowMaxThreads : kRowThreads, kBlockRow ? 1 : 2) kl_rows_kernel(
+__global__ void __launch_bounds__(kBlockRow ? kRowMaxThreads : kRowThreads, kBlockRow && kR > 0 ? 1 : 2) kl_rows_kernel(
     const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, float* __restrict__ loss,
     scalar_t* __restrict__ grad, KlArgs args) {
   const int G = args.group;
@@ -500,17 +529,17 @@ __global__ void __launch_bounds__(kBlockRow ? kRowMaxThreads : kRowThreads, kBlo
   const int lane = threadIdx.x % G;
   const bool active = row < args.N;
   const int64_t base = (active ? row : 0) * args.K;
-  RowSlots<scalar_t, kV, kR> x{s + base, t + base, grad + base, lane, G, args.K / kV, active, args.scale};
+  RowSlots<scalar_t, kV, kR> x{s + base, t + base, grad + base, lane, G, args.K / kV, active};
   const float w = args.total_weight();
   x.load();
   float kl;
   if constexpr (kBlockRow) {
     KDLAB_DYNAMIC_SHARED(float, red);
     ThreadsOfBlock group{red};
-    kl = kl_position<kReverse>(x, group, args.gtemp * w);
+    kl = kl_position<kReverse>(x, group, args.gtemp * w, args.scale);
   } else {
     LanesOfWarp group{G};
-    kl = kl_position<kReverse>(x, group, args.gtemp * w);
+    kl = kl_position<kReverse>(x, group, args.gtemp * w, args.scale);
   }
   if (active && lane == 0) loss[row] = w * args.temp * args.temp * kl;
 }
@@ -531,15 +560,18 @@ struct KlPlan {
   int per;        // columns: classes per thread in registers (0: streaming); rows: packs per thread (0: streaming)
   int vec;        // rows: classes per load (kV)
   bool block_row; // rows: one row per block
+  bool full;      // columns: every thread holds exactly `per` classes (kFull)
 };
 
 // Columns plan: classes per thread 2, 8 or 32 (K <= 16, 64, 256) and ceil(K / per) warps, else
-// streaming with 8 warps.
+// streaming with 8 warps. With 32 classes a thread and K a multiple of 32 (K = 96, 128, ..., 256), the
+// full-tile kernel (only that size has one: the others' time goes to the combine, not the classes).
 inline KlPlan kl_columns_plan(int64_t N, int K, int64_t HW) {
   const int per = K <= 16 ? 2 : K <= 64 ? 8 : K <= kColumnMaxWarps * kColumnMaxPerThread ? kColumnMaxPerThread : 0;
   const int warps = per ? (K + per - 1) / per : kColumnMaxWarps;
   const int64_t blocks = N * ((HW + kColumnTile - 1) / kColumnTile);
-  return {blocks, warps * 32, kStatsFloats * static_cast<size_t>(warps) * 32 * sizeof(float), 0, per, 1, false};
+  const bool full = per == kColumnMaxPerThread && K % per == 0;
+  return {blocks, warps * 32, kStatsFloats * static_cast<size_t>(warps) * 32 * sizeof(float), 0, per, 1, false, full};
 }
 
 // Rows plan for classes per load `vec` (K % vec == 0): G = the smallest power of two with
@@ -564,10 +596,12 @@ void kl_launch_plan(const KlPlan& plan, bool rows, Launch&& launch) {
   constexpr int kVec = 16 / sizeof(scalar_t);
   if (!rows) {
     switch (plan.per) {
-      case 2: return launch(kl_columns_kernel<scalar_t, kReverse, 2>, plan);
-      case 8: return launch(kl_columns_kernel<scalar_t, kReverse, 8>, plan);
-      case kColumnMaxPerThread: return launch(kl_columns_kernel<scalar_t, kReverse, kColumnMaxPerThread>, plan);
-      default: return launch(kl_columns_kernel<scalar_t, kReverse, 0>, plan);
+      case 2: return launch(kl_columns_kernel<scalar_t, kReverse, 2, false>, plan);
+      case 8: return launch(kl_columns_kernel<scalar_t, kReverse, 8, false>, plan);
+      case kColumnMaxPerThread:
+        if (plan.full) return launch(kl_columns_kernel<scalar_t, kReverse, kColumnMaxPerThread, true>, plan);
+        return launch(kl_columns_kernel<scalar_t, kReverse, kColumnMaxPerThread, false>, plan);
+      default: return launch(kl_columns_kernel<scalar_t, kReverse, 0, false>, plan);
     }
   }
   const bool wide = plan.vec == kVec && kVec > 1;

@@ -126,13 +126,14 @@ def kl_plan(n: int, k: int, hw: int, rows: bool) -> dict:
     """The KL launch plan the CUDA launcher and the emulator use for logits ``[n, k, hw]`` in float32
     (``rows``: the class axis innermost, as for ``[N, K]`` and channels-last), with 16-byte loads where
     ``k % 4 == 0``: the kernel (``"columns"``, ``"rows"``), block size, threads per row, values per
-    thread in registers (0: streaming), classes per load, one row per block."""
-    out = (ctypes.c_int64 * 7)()
+    thread in registers (0: streaming), classes per load, one row per block, and (columns) whether
+    every thread holds exactly ``per`` classes (the full-tile kernel)."""
+    out = (ctypes.c_int64 * 8)()
     vec = 4 if rows and k % 4 == 0 else 1
     _library().kdlab_kl_plan(n, k, hw, int(rows), vec, out)
-    blocks, threads, shared, group, per, vec, block_row = list(out)
+    blocks, threads, shared, group, per, vec, block_row, full = list(out)
     return {"kernel": "rows" if rows else "columns", "blocks": blocks, "threads": threads, "shared": shared,
-            "group": group, "per": per, "vec": vec, "block_row": bool(block_row)}
+            "group": group, "per": per, "vec": vec, "block_row": bool(block_row), "full": bool(full)}
 
 
 def _reduce(loss: torch.Tensor, reduction: int) -> torch.Tensor:

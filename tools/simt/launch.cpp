@@ -112,11 +112,11 @@ int kdlab_emulate_attention(const float* fs, const float* ft, float* loss_out, f
 
 // The CUDA launcher's KL plan for logits [N, K, HW] (rows != 0: the class axis innermost), `vec` classes
 // per load: out = {blocks, threads, shared bytes, threads per row, values per thread in registers
-// (0: streaming), classes per load, one row per block}.
+// (0: streaming), classes per load, one row per block, every columns thread holding `per` classes}.
 void kdlab_kl_plan(int64_t N, int K, int64_t HW, int rows, int vec, int64_t* out) {
   const kdlab::KlPlan p = rows ? kdlab::kl_rows_plan(N * HW, K, vec) : kdlab::kl_columns_plan(N, K, HW);
-  const int64_t values[] = {p.blocks, p.threads, static_cast<int64_t>(p.shared), p.group, p.per, p.vec, p.block_row};
-  for (int i = 0; i < 7; ++i) out[i] = values[i];
+  const int64_t values[] = {p.blocks, p.threads, static_cast<int64_t>(p.shared), p.group, p.per, p.vec, p.block_row, p.full};
+  for (int i = 0; i < 8; ++i) out[i] = values[i];
 }
 
 }  // extern "C"
