@@ -59,6 +59,26 @@ def test_kl_fused_matches_reference(shape, dtype, reverse):
     assert torch.allclose(grad.float(), ref_grad, rtol=rtol, atol=atol * ref_grad.abs().max().item() + 1e-6)
 
 
+@pytest.mark.parametrize("threads", ["1024", "96"])
+def test_streaming_rows_take_any_block_size_from_the_environment(threads, monkeypatch):
+    """KDLAB_KL_STREAM_THREADS (kl.cu, a knob for measuring) sets the threads of a streaming row; the results
+    match the reference for 4-byte and 16-byte loads, and a value the kernel cannot take is refused."""
+    if kernels.backend() != "cuda":
+        pytest.skip("the CUDA kernels' launch plan")
+    monkeypatch.setenv("KDLAB_KL_STREAM_THREADS", threads)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    for shape in [(5, 4101), (3, 40000)]:  # streaming with 4-byte and with 16-byte loads
+        s, t = (4 * torch.randn(shape, generator=g, device="cuda") for _ in range(2))
+        for reverse in (False, True):
+            loss, grad = torch.ops.kdlab.kl_fused(s, t, 1.5, reverse)
+            ref_loss, ref_grad = reference.kl_fused(s, t, 1.5, reverse)
+            assert torch.allclose(loss, ref_loss, rtol=1e-4, atol=1e-6)
+            assert torch.allclose(grad, ref_grad, rtol=1e-4, atol=1e-5 * ref_grad.abs().max().item())
+    monkeypatch.setenv("KDLAB_KL_STREAM_THREADS", "100")
+    with pytest.raises(RuntimeError, match="KDLAB_KL_STREAM_THREADS=100 is not valid"):
+        torch.ops.kdlab.kl_fused(s, t, 1.5, False)
+
+
 def test_kl_fused_extreme_logits_and_non_contiguous_inputs():
     s = torch.tensor([[1000.0, -1000.0, 0.0], [-1000.0, 1000.0, 0.0]], device="cuda")
     t = torch.tensor([[-1000.0, 1000.0, 0.0], [-1000.0, 1000.0, 0.0]], device="cuda")

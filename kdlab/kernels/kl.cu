@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch_v2.h>
 #include <cstdint>
+#include <cstdlib>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -11,6 +12,19 @@
 #include "op_args.h"
 
 namespace kdlab {
+
+// Threads per row of the streaming rows kernel: KDLAB_KL_STREAM_THREADS, read at each call (a multiple of
+// 32 from 64 to 1,024; default 512, two rows an SM). A knob for measuring: 1,024 threads keep half as many
+// rows in flight (on an H200, 132 rows of a 32k vocabulary, 33 MB), so the second read may come from L2.
+static int kl_stream_threads() {
+  const char* value = std::getenv("KDLAB_KL_STREAM_THREADS");
+  if (value == nullptr || *value == '\0') return kRowStreamThreads;
+  char* end = nullptr;
+  const long n = std::strtol(value, &end, 10);
+  TORCH_CHECK(*end == '\0' && n >= 64 && n <= kRowStreamMaxThreads && n % 32 == 0, "KDLAB_KL_STREAM_THREADS=", value,
+              " is not valid; expected a multiple of 32 from 64 to ", kRowStreamMaxThreads);
+  return static_cast<int>(n);
+}
 
 // reduction: 0 = none (loss per position), 1 = mean, 2 = sum; the gradient is that of the reduced loss.
 // Both are multiplied by weight and by weight_tensor's value when given (read on the device).
@@ -51,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
   TORCH_CHECK(rows || (static_cast<int64_t>(K) + kColumnOffsetSlack) * HW < (1LL << 31),
               "kl_fused: ", K, " classes x ", HW, " positions per sample are too many for the kernel's 32-bit offsets "
               "(at most 2^31 logits per sample; the public losses use the formula there)");
-  const KlPlan plan = rows ? kl_rows_plan(n_rows, K, vec) : kl_columns_plan(N, K, HW);
+  const KlPlan plan = rows ? kl_rows_plan(n_rows, K, vec, kl_stream_threads()) : kl_columns_plan(N, K, HW);
   TORCH_CHECK(plan.blocks < (1LL << 31), "kl_fused: too many positions for one launch");
   const float temp = static_cast<float>(temperature);
   const KlArgs args{rows ? n_rows : N, K, rows ? 1 : HW, plan.group, 1.f / temp, temp,

@@ -413,10 +413,11 @@ __global__ void __launch_bounds__(kColumnMaxWarps * 32, kPer == kColumnMaxPerThr
 constexpr int kRowPacks = 4;         // kV-wide loads per tensor and thread held in registers
 constexpr int kRowThreads = 256;     // block size when a row takes at most a warp
 constexpr int kRowMaxThreads = 512;  // threads of a row in registers (then streaming); <= 128 registers each
-constexpr int kRowStreamThreads = 512;
+constexpr int kRowStreamThreads = 512;      // threads of a streaming row by default (2 rows an SM)
+constexpr int kRowStreamMaxThreads = 1024;  // and at most (the launcher's KDLAB_KL_STREAM_THREADS, kl.cu)
 
 // The elements of one row a rows thread holds: packs (kV classes each) first, first + step, ...:
-// kR of them in float registers (kR > 0; a = s / T, b = t / T, -inf for the slots beyond the row or
+// kR of them in float registers (kR > 0; the logits as floats, -inf for the slots beyond the row or
 // of an inactive row: a masked class, so the passes need no bounds checks), or, streaming (kR = 0),
 // every pack of the row, read for each pass.
 template <typename scalar_t, int kV, int kR>
@@ -517,10 +518,12 @@ struct RowSlots {
 
 // s, t: logits [rows = args.N, K]; loss: [rows] float; grad: like s. kBlockRow: one row per block
 // (args.group = blockDim.x threads, kR packs each, or streaming with kR = 0); else args.group
-// (a power of two <= 32) threads per row and kRowThreads / args.group rows per block. Two blocks an SM
-// at least, except a row's registers (kBlockRow, kR > 0: up to 128 registers a thread).
+// (a power of two <= 32) threads per row and kRowThreads / args.group rows per block. At most 64
+// registers a thread (two blocks an SM, or a streaming block of up to 1,024 threads), except a row's
+// registers (kBlockRow, kR > 0: up to 128).
 template <typename scalar_t, bool kReverse, int kV, int kR, bool kBlockRow>
-__global__ void __launch_bounds__(kBlockRow ? kRowMaxThreads : kRowThreads, kBlockRow && kR > 0 ? 1 : 2) kl_rows_kernel(
+__global__ void __launch_bounds__(kBlockRow ? (kR > 0 ? kRowMaxThreads : kRowStreamMaxThreads) : kRowThreads,
+                                  kBlockRow ? 1 : 2) kl_rows_kernel(
     const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, float* __restrict__ loss,
     scalar_t* __restrict__ grad, KlArgs args) {
   const int G = args.group;
@@ -575,9 +578,9 @@ inline KlPlan kl_columns_plan(int64_t N, int K, int64_t HW) {
 }
 
 // Rows plan for classes per load `vec` (K % vec == 0): G = the smallest power of two with
-// G * kRowPacks * vec >= K; G <= 32: rows share a block of 256 threads; G <= 1024: one row per
-// block; beyond, one row per block of 512 threads, streaming.
-inline KlPlan kl_rows_plan(int64_t rows, int K, int vec) {
+// G * kRowPacks * vec >= K; G <= 32: rows share a block of 256 threads; G <= 512: one row per
+// block; beyond, one row per block of `stream_threads` (a multiple of 32, at most 1,024), streaming.
+inline KlPlan kl_rows_plan(int64_t rows, int K, int vec, int stream_threads = kRowStreamThreads) {
   const int packs = K / vec;
   int G = 1;
   while (G * kRowPacks < packs && G < 2 * kRowMaxThreads) G *= 2;
@@ -586,7 +589,7 @@ inline KlPlan kl_rows_plan(int64_t rows, int K, int vec) {
     return {(rows + per_block - 1) / per_block, kRowThreads, 0, G, kRowPacks, vec, false};
   }
   if (G <= kRowMaxThreads) return {rows, G, kStatsFloats * 32 * sizeof(float), G, kRowPacks, vec, true};
-  return {rows, kRowStreamThreads, kStatsFloats * 32 * sizeof(float), kRowStreamThreads, 0, vec, true};
+  return {rows, stream_threads, kStatsFloats * 32 * sizeof(float), stream_threads, 0, vec, true};
 }
 
 // Calls launch(kernel, plan) with the kernel instantiation for a plan (kVec: the wide load of
