@@ -56,6 +56,15 @@ __device__ __forceinline__ T load_nc(const T* p) {
 #endif
 }
 
+// log2 of a power of two x > 0 (one instruction: a division by x becomes a shift)
+__device__ __forceinline__ int log2_pow2(int x) {
+#ifdef KDLAB_SIMT_EMULATOR
+  return __builtin_ctz(static_cast<unsigned>(x));
+#else
+  return __ffs(x) - 1;
+#endif
+}
+
 // Storage type <-> float. c10::Half / c10::BFloat16 convert with round-to-nearest-even in their
 // float constructors, so one static_cast serves every dtype.
 template <typename scalar_t>

@@ -526,10 +526,11 @@ __global__ void __launch_bounds__(kBlockRow ? (kR > 0 ? kRowMaxThreads : kRowStr
                                   kBlockRow ? 1 : 2) kl_rows_kernel(
     const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, float* __restrict__ loss,
     scalar_t* __restrict__ grad, KlArgs args) {
-  const int G = args.group;
+  const int G = args.group;  // kBlockRow: blockDim.x; else a power of two: shifts and a mask, no division
+  const int shift = log2_pow2(G);
   const int64_t row = kBlockRow ? static_cast<int64_t>(blockIdx.x)
-                                : static_cast<int64_t>(blockIdx.x) * (kRowThreads / G) + threadIdx.x / G;
-  const int lane = threadIdx.x % G;
+                                : static_cast<int64_t>(blockIdx.x) * (kRowThreads >> shift) + (threadIdx.x >> shift);
+  const int lane = kBlockRow ? static_cast<int>(threadIdx.x) : static_cast<int>(threadIdx.x & (G - 1));
   const bool active = row < args.N;
   const int64_t base = (active ? row : 0) * args.K;
   RowSlots<scalar_t, kV, kR> x{s + base, t + base, grad + base, lane, G, args.K / kV, active};
