@@ -36,7 +36,7 @@ def close(actual, expected, rtol=2e-5, atol=2e-6):
 # rows ([N, K]): G <= 32 threads per row sharing a block, one row per block (G <= 512), streaming beyond,
 # each with 4-byte and 16-byte loads (K % 4 == 0)
 KL_COLUMNS = [(2, 4, 9, 17), (3, 16, 5, 7), (3, 17, 5, 7), (2, 64, 33), (2, 65, 3), (2, 256, 3), (1, 96, 40),
-              (2, 257, 4), (1, 1030, 3)]
+              (1, 112, 40), (2, 257, 4), (1, 1030, 3)]
 KL_ROWS = [(37, 2), (300, 3), (64, 12), (6, 17), (20, 300), (3, 516), (2, 1023), (2, 8192), (1, 8196), (1, 9999)]
 KL_SHAPES = KL_COLUMNS + KL_ROWS
 
@@ -50,6 +50,8 @@ def test_kl_shapes_cover_every_plan():
     columns = {("columns", per, 1, False, False) for per in (2, 8, 32, 0)} | {("columns", 32, 1, False, True)}
     rows = {("rows", per, vec, block, False) for vec in (1, 4) for per, block in ((4, False), (4, True), (0, True))}
     assert seen == columns | rows
+    # the full-tile kernel exactly where every thread holds 32 classes (a looser test would read past the last class)
+    assert [k for k in range(2, 300) if emulate.kl_plan(1, k, 5, rows=False)["full"]] == [96, 128, 160, 192, 224, 256]
     # threads per row grow with K: one thread for a 16-byte row, a warp for 512 classes, 512 threads, then streaming
     assert [emulate.kl_plan(1, k, 1, rows=True)["group"] for k in (4, 512, 8192, 8196)] == [1, 32, 512, 512]
     assert emulate.kl_plan(1, 8196, 1, rows=True)["per"] == 0
@@ -60,7 +62,7 @@ def test_kl_shapes_cover_every_plan():
 def test_emulated_kl_kernel_matches_float64(shape, reverse):
     g = torch.Generator().manual_seed(sum(shape))
     s, t = 3 * torch.randn(shape, generator=g), 3 * torch.randn(shape, generator=g)
-    temperature = 2.5 if reverse else 1.0
+    temperature = 2.5 if reverse else 0.7  # neither a power of two: 1 / T is inexact
     ref, ref_grad = value_and_grad64(kl64, s, t, temperature, reverse)
     for guard in emulate.GUARDS:  # an access just past the end, then just before the start, faults
         loss, grad = emulate.kl_fused(s, t, temperature, reverse, guard=guard)
@@ -71,13 +73,16 @@ def test_emulated_kl_kernel_matches_float64(shape, reverse):
 @pytest.mark.parametrize("shape", [(5, 3), (4, 10), (3, 100), (2, 400), (1, 8196),  # rows, streaming
                                    (1, 100, 3), (1, 128, 3), (1, 300, 3)])  # columns: 32 a thread, full tile, streaming
 def test_emulated_kl_kernel_keeps_precision_for_large_logits(shape):
-    """Softmax ignores a common shift: logits around +-1e4 must lose no more than their own rounding."""
+    """Softmax ignores a common shift: logits around +-1e4 must lose no more than their own rounding, at any
+    temperature. The kernel subtracts a maximum before dividing by T (errors about 3e-7 of the scale here);
+    dividing first, as it did until 2026-11-30, rounds s / T to 1e-3 and gave errors of 1e-4 to 5e-4 at T = 0.7."""
     g = torch.Generator().manual_seed(9)
     s, t = torch.randn(shape, generator=g) + 1e4, torch.randn(shape, generator=g) - 1e4  # float32 steps of 1e-3
-    for reverse in (False, True):
-        loss, grad = emulate.kl_fused(s, t, 1.0, reverse)
-        ref, ref_grad = value_and_grad64(kl64, s, t, 1.0, reverse)  # the same float32 inputs, in float64
-        assert close(loss, ref, rtol=1e-4, atol=1e-5) and close(grad, ref_grad, rtol=1e-4, atol=1e-5)
+    for temperature in (1.0, 0.7):
+        for reverse in (False, True):
+            loss, grad = emulate.kl_fused(s, t, temperature, reverse)
+            ref, ref_grad = value_and_grad64(kl64, s, t, temperature, reverse)  # the same float32 inputs, in float64
+            assert close(loss, ref, rtol=1e-5, atol=1e-5) and close(grad, ref_grad, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("k", [4, 20, 300, 9999])  # rows: one thread, a lane group, a warp, streaming
@@ -190,6 +195,21 @@ def test_emulated_kl_kernel_reduces_and_scales_the_gradient(reduction):
     expected = per_position.mean() if reduction == 1 else per_position.sum()
     assert loss.dim() == 0 and close(loss, expected)
     assert close(grad, ref_grad / positions if reduction == 1 else ref_grad)
+
+
+@pytest.mark.parametrize("threads", [64, 96, 1024])
+def test_emulated_streaming_rows_take_any_block_size(threads):
+    """The streaming rows kernel at the block sizes KDLAB_KL_STREAM_THREADS can choose (kl.cu), with 4-byte and
+    16-byte loads, against float64 (the guards catch a thread reading past its row)."""
+    g = torch.Generator().manual_seed(threads)
+    for shape in [(2, 4101), (2, 9000)]:
+        s, t = 3 * torch.randn(shape, generator=g), 3 * torch.randn(shape, generator=g)
+        assert emulate.kl_plan(*shape, 1, rows=True)["per"] == 0  # streaming
+        for reverse in (False, True):
+            ref, ref_grad = value_and_grad64(kl64, s, t, 1.5, reverse)
+            for guard in emulate.GUARDS:
+                loss, grad = emulate.kl_fused(s, t, 1.5, reverse, stream_threads=threads, guard=guard)
+                assert close(loss, ref) and close(grad, ref_grad)
 
 
 @pytest.mark.parametrize("shape", [(4, 9, 3, 5), (2, 128, 3, 5), (6, 300), (2, 20000)])  # columns, full, rows, streaming

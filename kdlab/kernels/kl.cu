@@ -65,7 +65,8 @@ std::tuple<at::Tensor, at::Tensor> kl_fused_cuda(const at::Tensor& student, cons
   TORCH_CHECK(rows || (static_cast<int64_t>(K) + kColumnOffsetSlack) * HW < (1LL << 31),
               "kl_fused: ", K, " classes x ", HW, " positions per sample are too many for the kernel's 32-bit offsets "
               "(at most 2^31 logits per sample; the public losses use the formula there)");
-  const KlPlan plan = rows ? kl_rows_plan(n_rows, K, vec, kl_stream_threads()) : kl_columns_plan(N, K, HW);
+  KlPlan plan = rows ? kl_rows_plan(n_rows, K, vec) : kl_columns_plan(N, K, HW);
+  if (rows && plan.per == 0) plan = kl_rows_plan(n_rows, K, vec, kl_stream_threads());  // read only where it applies
   TORCH_CHECK(plan.blocks < (1LL << 31), "kl_fused: too many positions for one launch");
   const float temp = static_cast<float>(temperature);
   const KlArgs args{rows ? n_rows : N, K, rows ? 1 : HW, plan.group, 1.f / temp, temp,

@@ -213,7 +213,8 @@ __device__ __forceinline__ float kl_position(Slots& x, Group& group, float gscal
       // log q_k - log p_k - KL = diff_k / T + c
       const float c = ((ma - all.ma) - (mb - all.mb)) * inv_t - la + lb - kl;
       x.write([&](float ea, float diff) {
-        const float gq = ea * gca;  // gscale q_k: 0 where q_k is (a masked class: diff may be infinite)
+        // gscale q_k: 0 where q_k is (a masked class: diff may be infinite), and everywhere for gscale 0
+        const float gq = ea * gca;
         return gq != 0.f ? gq * fmaf(diff, inv_t, c) : 0.f;
       });
     } else {
@@ -518,9 +519,9 @@ struct RowSlots {
 
 // s, t: logits [rows = args.N, K]; loss: [rows] float; grad: like s. kBlockRow: one row per block
 // (args.group = blockDim.x threads, kR packs each, or streaming with kR = 0); else args.group
-// (a power of two <= 32) threads per row and kRowThreads / args.group rows per block. At most 64
-// registers a thread (two blocks an SM, or a streaming block of up to 1,024 threads), except a row's
-// registers (kBlockRow, kR > 0: up to 128).
+// (a power of two <= 32) threads per row and kRowThreads / args.group rows per block. Registers a
+// thread: up to 128 with rows sharing a block (two blocks an SM) or a row's registers in one block
+// (kBlockRow, kR > 0), 64 streaming (a block of up to 1,024 threads).
 template <typename scalar_t, bool kReverse, int kV, int kR, bool kBlockRow>
 __global__ void __launch_bounds__(kBlockRow ? (kR > 0 ? kRowMaxThreads : kRowStreamMaxThreads) : kRowThreads,
                                   kBlockRow ? 1 : 2) kl_rows_kernel(

@@ -98,7 +98,7 @@ def _library() -> ctypes.CDLL:
     if _lib is None:
         lib = build()
         i64, f32, i32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_int, ctypes.c_void_p
-        lib.kdlab_emulate_kl.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i64, f32, i32, i32, i32, f32, ptr, i32,
+        lib.kdlab_emulate_kl.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i64, f32, i32, i32, i32, f32, ptr, i32, i32,
                                          ctypes.c_uint64, i32, ctypes.c_char_p, i32]
         lib.kdlab_emulate_attention.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i32, i32, f32, i32, f32, ptr, i32,
                                                 ctypes.c_uint64, i32, ctypes.c_char_p, i32]
@@ -149,13 +149,14 @@ def _weight_value(weight_tensor: torch.Tensor | None):
 
 
 def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool, reduction: int = 0,
-             weight: float = 1.0, weight_tensor: torch.Tensor | None = None,
+             weight: float = 1.0, weight_tensor: torch.Tensor | None = None, stream_threads: int = 512,
              order: str = "ascending", seed: int = 0, guard: str = "end") -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.ops.kdlab.kl_fused`` computed by the CUDA kernels' source under the emulator: logits
     ``[N, K, *spatial]`` float32 -> (``T^2 KL`` per position ``[N, *spatial]`` or its mean / sum,
     gradient like the logits). Contiguous logits take the columns kernel (the rows kernel when there are
     no spatial axes); channels-last 4-D logits take the rows kernel on their own memory order, as on a
-    GPU. ``weight`` and ``weight_tensor`` as in the op; ``order``: thread schedule between barriers;
+    GPU. ``weight`` and ``weight_tensor`` as in the op; ``stream_threads``: threads of a streaming row
+    (``KDLAB_KL_STREAM_THREADS`` on a GPU); ``order``: thread schedule between barriers;
     ``guard``: which side of every buffer touches an inaccessible page ("end" or "start")."""
     for x, what in ((student, "student"), (teacher, "teacher")):
         if x.device.type != "cpu" or x.dtype != torch.float32:
@@ -173,8 +174,8 @@ def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, r
     w_ptr, _keep = _weight_value(weight_tensor)
     if s.numel():
         _call(_library().kdlab_emulate_kl, s.data_ptr(), t.data_ptr(), loss.data_ptr(), grad.data_ptr(), n, k, hw,
-              float(temperature), int(reverse), reduction, int(rows), float(weight), w_ptr, ORDERS[order],
-              seed, GUARDS[guard])
+              float(temperature), int(reverse), reduction, int(rows), float(weight), w_ptr, int(stream_threads),
+              ORDERS[order], seed, GUARDS[guard])
     return _reduce(loss, reduction), (grad.permute(0, 3, 1, 2) if rows else grad)
 
 

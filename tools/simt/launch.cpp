@@ -46,10 +46,12 @@ extern "C" {
 // the loss reduced with `reduction` (0 none, 1 mean, 2 sum); guard: 0 buffers end at a guard page, 1
 // start after one; weight, and *weight_value unless it is null (in a guarded one-float buffer, as the
 // kernel reads it on a GPU): the factor of loss and gradient. The plan (kernel, block size, classes per
-// load) is the CUDA launcher's. Returns 0, or 1 with a message.
+// load) is the CUDA launcher's, with stream_threads threads a streaming row (kl.cu's
+// KDLAB_KL_STREAM_THREADS). Returns 0, or 1 with a message.
 int kdlab_emulate_kl(const float* student, const float* teacher, float* loss_out, float* grad_out, int64_t N, int K,
                      int64_t HW, float temperature, int reverse, int reduction, int rows, float weight,
-                     const float* weight_value, int order, uint64_t seed, int guard, char* error, int error_size) try {
+                     const float* weight_value, int stream_threads, int order, uint64_t seed, int guard, char* error,
+                     int error_size) try {
   simt::set_guard(static_cast<simt::Guard>(guard));
   const size_t n = static_cast<size_t>(N * K * HW), positions = static_cast<size_t>(N * HW);
   Arg s(student, n, "student logits"), t(teacher, n, "teacher logits"), loss(nullptr, positions, "loss"),
@@ -57,7 +59,8 @@ int kdlab_emulate_kl(const float* student, const float* teacher, float* loss_out
   const auto aligned = [](Arg& a) { return reinterpret_cast<uintptr_t>(a.ptr()) % 16 == 0; };
   const int vec = K % 4 == 0 && aligned(s) && aligned(t) && aligned(grad) ? 4 : 1;  // as kl.cu for float32
   const bool as_rows = rows != 0 || HW == 1;
-  const kdlab::KlPlan plan = as_rows ? kdlab::kl_rows_plan(N * HW, K, vec) : kdlab::kl_columns_plan(N, K, HW);
+  const kdlab::KlPlan plan =
+      as_rows ? kdlab::kl_rows_plan(N * HW, K, vec, stream_threads) : kdlab::kl_columns_plan(N, K, HW);
   const kdlab::KlArgs args{as_rows ? N * HW : N, K, as_rows ? 1 : HW, plan.group, 1.f / temperature, temperature,
                            kdlab::kl_grad_scale(temperature, reduction, N * HW), weight,
                            weight_value ? w.ptr() : nullptr};
