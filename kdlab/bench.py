@@ -39,23 +39,25 @@ AT_SHAPES = [((128, 64, 32, 32), (128, 256, 32, 32)), ((64, 32, 28, 28), (64, 12
 DTYPES = (torch.float32, torch.bfloat16)
 
 
-def _kl_eager(s, t, temperature):
+def kl_eager(s, t, temperature):
     """The reference forward KL in plain PyTorch ops (what eager autograd and torch.compile see)."""
     log_q = torch.log_softmax(s.float() / temperature, 1)
     log_p = torch.log_softmax(t.float() / temperature, 1)
     return (log_p.exp() * (log_p - log_q)).sum(1).mean() * temperature ** 2
 
 
-def _at_eager(fs, ft):
+def at_eager(fs, ft):
     """Attention transfer in plain PyTorch ops, the eager baseline of the benchmark."""
     return (attention_map(fs) - attention_map(ft)).pow(2).sum(1).mean()
 
 
-def _kl_fused(s, t, temperature):
-    return torch.ops.kdlab.kl_fused(s, t, temperature, False, 1)[0]  # mean inside the op
+def kl_fused(s, t, temperature):
+    """The same loss through the fused op (the CUDA kernels where built), its mean taken inside the op."""
+    return torch.ops.kdlab.kl_fused(s, t, temperature, False, 1)[0]
 
 
-def _at_fused(fs, ft):
+def at_fused(fs, ft):
+    """Attention transfer through the fused op."""
     return torch.ops.kdlab.attention_fused(fs, ft, 2.0, 1)[0]
 
 
@@ -76,7 +78,7 @@ class LossAndGradient(torch.autograd.Function):
         return (None, grad * grad_loss, *([None] * ctx.n_args))
 
 
-def _triton_impls() -> dict:
+def triton_impls() -> dict:
     """``{"kl": fn, "attention": fn}`` timing the Triton kernels through :class:`LossAndGradient`, or ``{}``."""
     try:
         from .kernels import triton_ops
@@ -206,7 +208,7 @@ def main(argv=None) -> int:
     if not kernels.available():
         print(f"the fused kernels are unavailable: {kernels.reason()}")
         return 1
-    rows, triton, copy_gbps = [], _triton_impls(), copy_bandwidth()
+    rows, triton, copy_gbps = [], triton_impls(), copy_bandwidth()
     print(f"device-to-device copy: {copy_gbps:.0f} GB/s")
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "copy_gbps": copy_gbps, "backend": kernels.backend()}
@@ -223,7 +225,7 @@ def main(argv=None) -> int:
             s = torch.randn(shape, device="cuda").to(dtype).contiguous(memory_format=layout).requires_grad_(True)
             t = torch.randn(shape, device="cuda").to(dtype).contiguous(memory_format=layout)
             traffic = 3 * s.numel() * s.element_size()
-            impls = {"eager": _kl_eager, "compile": torch.compile(_kl_eager, dynamic=False), "fused": _kl_fused}
+            impls = {"eager": kl_eager, "compile": torch.compile(kl_eager, dynamic=False), "fused": kl_fused}
             impls |= {"triton": triton["kl"]} if triton else {}
             row = _row("kl", list(shape) + (["channels_last"] if channels_last else []), dtype, traffic, impls, s, t,
                        temperature, copy_gbps=copy_gbps)
@@ -233,7 +235,7 @@ def main(argv=None) -> int:
             fs = torch.randn(s_shape, device="cuda").to(dtype).requires_grad_(True)
             ft = torch.randn(t_shape, device="cuda").to(dtype)
             traffic = (2 * fs.numel() + ft.numel()) * fs.element_size()
-            impls = {"eager": _at_eager, "compile": torch.compile(_at_eager, dynamic=False), "fused": _at_fused}
+            impls = {"eager": at_eager, "compile": torch.compile(at_eager, dynamic=False), "fused": at_fused}
             impls |= {"triton": triton["attention"]} if triton else {}
             row = _row("attention", [list(s_shape), list(t_shape)], dtype, traffic, impls, fs, ft, copy_gbps=copy_gbps)
             row["fused_kernel_ms"] = _time_alone(torch.ops.kdlab.attention_fused, fs.detach(), ft, 2.0, 1)

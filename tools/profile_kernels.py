@@ -27,8 +27,8 @@ from kdlab import bench, kernels  # noqa: E402
 def host() -> None:
     s = torch.randn(4096, 1024, device="cuda", requires_grad=True)
     t = torch.randn(4096, 1024, device="cuda")
-    impls = {"fused": bench._kl_fused, "eager": bench._kl_eager} | ({"triton": bench._triton_impls()["kl"]}
-                                                                     if bench._triton_impls() else {})
+    impls = {"fused": bench.kl_fused, "eager": bench.kl_eager} | ({"triton": bench.triton_impls()["kl"]}
+                                                                     if bench.triton_impls() else {})
     for name, fn in impls.items():
         for _ in range(20):
             fn(s, t, 2.0).backward()
@@ -46,7 +46,7 @@ def host() -> None:
                                 schedule=schedule) as prof:
         for _ in range(60):
             s.grad = None
-            bench._kl_fused(s, t, 2.0).backward()
+            bench.kl_fused(s, t, 2.0).backward()
             prof.step()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25))
