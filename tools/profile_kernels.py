@@ -14,6 +14,7 @@ and loaded first, so its C++ autograd (``autograd.cpp``) runs instead of the Pyt
 ``ncu``: e.g. ``ncu --clock-control none --section SpeedOfLight -k regex:kl_ python tools/profile_kernels.py ncu
 kl:256,256,32,32:bfloat16`` (the specs: :func:`ncu`).
 """
+import os
 import sys
 import time
 from pathlib import Path
@@ -100,7 +101,8 @@ def ncu(specs: list[str]) -> None:
             ft = torch.randn(tuple(int(n) for n in parts[1].split(",")), device="cuda", generator=g).to(getattr(torch, parts[2]))
             torch.ops.kdlab.attention_fused(fs, ft, 2.0, 1)
         torch.cuda.synchronize()
-        print(f"{spec}: backend {kernels.backend()}", flush=True)
+        threads = os.environ.get("KDLAB_KL_STREAM_THREADS")  # tools/kernel_table.py reads it back from the log
+        print(f"{spec}: backend {kernels.backend()}" + (f", KDLAB_KL_STREAM_THREADS={threads}" if threads else ""), flush=True)
 
 
 if __name__ == "__main__":
