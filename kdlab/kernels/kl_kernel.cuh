@@ -91,7 +91,9 @@ struct SoftmaxStats {
 };
 
 // exp((m - M) / T) for a maximum m <= M; 0 for m = -inf (no elements, or all masked)
-__device__ __forceinline__ float rescale(float m, float M, float inv_t) { return m == -INFINITY ? 0.f : exp_over_t(m - M, inv_t); }
+__device__ __forceinline__ float rescale(float m, float M, float inv_t) {
+  return m == -INFINITY ? 0.f : exp_over_t(m - M, inv_t);
+}
 
 // x's sums and numerator taken to the larger maxima (Ma, Mb): for adding up the parts of a position.
 // d moves with its weights' maximum, and its differences gain ((mb - Mb) - (ma - Ma)) per unit weight.
@@ -127,7 +129,8 @@ __device__ __forceinline__ SoftmaxStats gather_stats(const float* p, int n, int 
   SoftmaxStats total{Ma, 0.f, Mb, 0.f, 0.f};
   for (int i = 0; i < n; ++i) {
     const float* q = p + i * stride;
-    const SoftmaxStats u = shift_stats<kReverse>({q[0], q[fstride], q[2 * fstride], q[3 * fstride], q[4 * fstride]}, Ma, Mb, inv_t);
+    const SoftmaxStats part{q[0], q[fstride], q[2 * fstride], q[3 * fstride], q[4 * fstride]};
+    const SoftmaxStats u = shift_stats<kReverse>(part, Ma, Mb, inv_t);
     total.sa += u.sa;
     total.sb += u.sb;
     total.d += u.d;
@@ -305,7 +308,7 @@ constexpr int kColumnOffsetSlack = 64;
 // read again for each pass. s, t, g point at the thread's first class, hidden by opaque(); offsets
 // from them are 32-bit (below): one IMAD.WIDE an address. With 64-bit offsets nvcc spent about 20% of
 // the 32-class kernel's instructions on addresses (sm_90: 2,344 -> 1,864 in fp32, 2,536 -> 2,032 in bf16).
-// kFull: K = kPer warps, so every thread of an active lane holds exactly kPer classes: no clamped
+// kFull: K = kPer x warps, so every thread of an active lane holds exactly kPer classes: no clamped
 // addresses, no -inf slots and no per-class store predicate (an inactive lane, count 0, computes on
 // its sample's position 0, which exists, and stores nothing).
 template <typename scalar_t, int kPer, bool kFull = false>
@@ -399,9 +402,10 @@ __global__ void __launch_bounds__(kColumnMaxWarps * 32, kPer == kColumnMaxPerThr
   const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const bool active = hw < args.HW;
   const int64_t base = (static_cast<int64_t>(n) * args.K + warp) * args.HW + (active ? hw : 0);  // class `warp` here
-  const int count = active && warp < args.K ? static_cast<int>(static_cast<unsigned>(args.K - warp + warps - 1) / warps) : 0;
-  ColumnSlots<scalar_t, kPer, kFull> x{opaque(s + base), opaque(t + base), opaque(grad + base), static_cast<int>(warps * args.HW),
-                                count};
+  const int count =
+      active && warp < args.K ? static_cast<int>(static_cast<unsigned>(args.K - warp + warps - 1) / warps) : 0;
+  ColumnSlots<scalar_t, kPer, kFull> x{opaque(s + base), opaque(t + base), opaque(grad + base),
+                                       static_cast<int>(warps * args.HW), count};
   const float w = args.total_weight();  // its load issues first, the logits' right after it
   x.load();
   WarpsOfBlock group{red, warps, warp, static_cast<int>(threadIdx.x % 32)};
