@@ -13,9 +13,9 @@
 
 namespace kdlab {
 
-// Threads per row of the streaming rows kernel: KDLAB_KL_STREAM_THREADS, read at each call (a multiple of
-// 32 from 64 to 1,024; default 512, two rows an SM). A knob for measuring: 1,024 threads keep half as many
-// rows in flight (on an H200, 132 rows of a 32k vocabulary, 33 MB), so the second read may come from L2.
+// Threads per row of the streaming rows kernel: KDLAB_KL_STREAM_THREADS, read at each call that streams (a
+// multiple of 32 from 64 to 1,024; default 512, two rows an SM). A knob for measuring: 1,024 threads keep half
+// as many rows in flight (on an H200, 132 rows of a 32k vocabulary, 33 MB), so the second read may come from L2.
 static int kl_stream_threads() {
   const char* value = std::getenv("KDLAB_KL_STREAM_THREADS");
   if (value == nullptr || *value == '\0') return kRowStreamThreads;
