@@ -88,7 +88,7 @@ def triton_impls() -> dict:
             "attention": lambda fs, ft: LossAndGradient.apply(triton_ops.attention_fused, fs, ft, 2.0, 1)}
 
 
-def _forward_backward(fn, x, *args):
+def forward_backward(fn, x, *args):
     """``fn(x, *args).backward()`` as a function of nothing, ``x.grad`` cleared first (no accumulation)."""
     def run():
         x.grad = None
@@ -99,7 +99,7 @@ def _forward_backward(fn, x, *args):
 
 def _time(fn, x, *args, repeats: int = 50, warmup: int = 10) -> tuple[float, float]:
     """Median ms of ``fn(x, *args).backward()`` and the peak memory above the inputs (MiB)."""
-    run = _forward_backward(fn, x, *args)
+    run = forward_backward(fn, x, *args)
     for _ in range(warmup):
         run()
     torch.cuda.synchronize()
@@ -124,7 +124,7 @@ def _time_pipelined(fn, x, *args, repeats: int = 50) -> float:
     """Mean ms per ``fn(x, *args).backward()`` over ``repeats`` enqueued back to back with one synchronisation, as a
     training loop runs them: the host prepares the next call while the GPU works, so this is the larger of the two
     times a call, where :func:`_time` (one call from an idle GPU) adds them up."""
-    run = _forward_backward(fn, x, *args)
+    run = forward_backward(fn, x, *args)
     for _ in range(5):
         run()
     torch.cuda.synchronize()
@@ -181,7 +181,7 @@ def copy_bandwidth(n_bytes: int = 2 ** 30, repeats: int = 20) -> float:
 
 
 def _row(kernel, shape, dtype, traffic_bytes, impls, x, *args, copy_gbps: float | None = None) -> dict:
-    row = {"kernel": kernel, "shape": shape, "dtype": str(dtype).replace("torch.", "")}
+    row = {"kernel": kernel, "shape": shape, "dtype": str(dtype).replace("torch.", ""), "traffic_bytes": traffic_bytes}
     for name, fn in impls.items():
         try:
             ms, mem = _time(fn, x, *args)
@@ -192,8 +192,8 @@ def _row(kernel, shape, dtype, traffic_bytes, impls, x, *args, copy_gbps: float 
         row[f"{name}_ms"], row[f"{name}_gbps"], row[f"{name}_extra_mib"] = ms, traffic_bytes / ms / 1e6, mem
         row[f"{name}_pipelined_ms"] = _time_pipelined(fn, x, *args)
         if copy_gbps:
-            row[f"{name}_pct_of_copy"] = 100 * row[f"{name}_gbps"] / copy_gbps
-            row[f"{name}_pipelined_pct_of_copy"] = 100 * traffic_bytes / row[f"{name}_pipelined_ms"] / 1e6 / copy_gbps
+            for timing in ("", "_pipelined"):
+                row[f"{name}{timing}_pct_of_copy"] = 100 * traffic_bytes / row[f"{name}{timing}_ms"] / 1e6 / copy_gbps
     return row
 
 

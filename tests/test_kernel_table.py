@@ -31,3 +31,12 @@ def test_streaming_rows_are_listed_by_block_size(tmp_path):
     assert runs == [[("kl:512,32768:float32", "1024", [runs[0][0][2][0]])]]
     assert kernel_table.stream_table(runs)[2] == "| kl:512,32768:float32 | 1024 | 80.2 | 61.5 | 47.2 |"
     assert kernel_table.main([str(tmp_path)]) == 1  # a folder without the logs: a clear message, no traceback
+
+
+def test_profile_specs_are_the_benchmark_rows():
+    """tools/profile_kernels.py's default Nsight specs (tools/gpu-check profile) name exactly the benchmark's rows,
+    so every row of the table gets a kernel time."""
+    import profile_kernels
+
+    bench = kernel_table.json.loads((RUN / "bench.json").read_text())
+    assert sorted(profile_kernels.bench_specs()) == sorted(kernel_table.spec_of(row) for row in bench["rows"])

@@ -71,7 +71,7 @@ def speed_table(bench: dict, runs: list) -> list[str]:
              "| fused, back to back (ms) | op alone (ms) |", "|---|---|---|---|---|---|---|---|"]
     for row in bench["rows"]:
         spec, shape = spec_of(row), row["shape"]
-        traffic = row["fused_gbps"] * row["fused_ms"] * 1e6 if "fused_ms" in row else None  # bytes
+        traffic = row.get("traffic_bytes") or (row["fused_gbps"] * row["fused_ms"] * 1e6 if "fused_ms" in row else None)
         us = durations.get(spec)
         kernel = f"{us:.1f}" + (" (3 launches)" if row["kernel"] == "attention" and us else "") if us else "-"
         pct = f"{100 * traffic / (us * 1e-6) / 1e9 / copy:.0f}%" if us and traffic else "-"

@@ -1,7 +1,7 @@
 """Where the fused KL op's time goes on a GPU (tools/gpu-check profile runs it).
 
     python tools/profile_kernels.py host            # torch.profiler: CPU-side cost of one forward + backward
-    python tools/profile_kernels.py ncu SPEC...      # one call of the op per SPEC, for Nsight Compute to read
+    python tools/profile_kernels.py ncu [SPEC...]    # one call of the op per SPEC (default: every benchmark shape)
     python tools/profile_kernels.py autograd [--extension]   # CPU only: the autograd wrapper's host cost
 
 ``host``: for a small shape (``[4096, 1024]`` fp32, where the benchmark's forward + backward time is far above the
@@ -23,21 +23,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kdlab import bench, kernels  # noqa: E402
+import kernel_table  # noqa: E402  (tools/, this script's folder)
 
 
 def host() -> None:
     s = torch.randn(4096, 1024, device="cuda", requires_grad=True)
     t = torch.randn(4096, 1024, device="cuda")
-    impls = {"fused": bench.kl_fused, "eager": bench.kl_eager} | ({"triton": bench.triton_impls()["kl"]}
-                                                                     if bench.triton_impls() else {})
+    triton = bench.triton_impls()
+    impls = {"fused": bench.kl_fused, "eager": bench.kl_eager} | ({"triton": triton["kl"]} if triton else {})
     for name, fn in impls.items():
+        run = bench.forward_backward(fn, s, t, 2.0)
         for _ in range(20):
-            fn(s, t, 2.0).backward()
+            run()
         torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(200):
-            s.grad = None
-            fn(s, t, 2.0).backward()
+            run()
         host_us = (time.perf_counter() - start) / 200 * 1e6
         torch.cuda.synchronize()
         total_us = (time.perf_counter() - start) / 200 * 1e6
@@ -45,9 +46,9 @@ def host() -> None:
     schedule = torch.profiler.schedule(wait=0, warmup=10, active=50)  # the profiler's own start-up is not counted
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
                                 schedule=schedule) as prof:
+        run = bench.forward_backward(bench.kl_fused, s, t, 2.0)
         for _ in range(60):
-            s.grad = None
-            bench.kl_fused(s, t, 2.0).backward()
+            run()
             prof.step()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25))
@@ -72,17 +73,25 @@ def autograd_host(extension: bool) -> None:
         kernels.build.compile_and_load()
     s, t = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8)
 
-    def forward_backward():
-        s.grad = None
-        torch.ops.kdlab.kl_fused(s, t, 2.0, False, 1)[0].backward()
-
     def op_alone():
         with torch.no_grad():
-            torch.ops.kdlab.kl_fused(s, t, 2.0, False, 1)
+            bench.kl_fused(s, t, 2.0)
 
-    node = type(torch.ops.kdlab.kl_fused(s, t, 2.0, False, 1)[0].grad_fn).__name__
+    node = type(bench.kl_fused(s, t, 2.0).grad_fn).__name__
     print(f"autograd node: {node} ({'C++, autograd.cpp' if 'Cpp' in node else 'Python, schema.py'})")
-    print(f"forward + backward {_per_call_us(forward_backward):6.1f} us; op alone under no_grad {_per_call_us(op_alone):6.1f} us")
+    print(f"forward + backward {_per_call_us(bench.forward_backward(bench.kl_fused, s, t, 2.0)):6.1f} us; "
+          f"op alone under no_grad {_per_call_us(op_alone):6.1f} us")
+
+
+def bench_specs() -> list[str]:
+    """The spec of every shape ``python -m kdlab.bench`` times (its KL_SHAPES, AT_SHAPES and DTYPES), in the format
+    of tools/kernel_table.py, which matches them back to bench.json's rows."""
+    rows = []
+    for dtype in (str(d).replace("torch.", "") for d in bench.DTYPES):
+        rows += [{"kernel": "kl", "shape": list(shape) + (["channels_last"] if cl else []), "dtype": dtype}
+                 for shape, _, cl in bench.KL_SHAPES]
+        rows += [{"kernel": "attention", "shape": [list(s), list(t)], "dtype": dtype} for s, t in bench.AT_SHAPES]
+    return [kernel_table.spec_of(row) for row in rows]
 
 
 def ncu(specs: list[str]) -> None:
@@ -110,4 +119,4 @@ if __name__ == "__main__":
         autograd_host("--extension" in sys.argv)
         raise SystemExit
     assert kernels.available(), kernels.reason()
-    host() if sys.argv[1] == "host" else ncu(sys.argv[2:])
+    host() if sys.argv[1] == "host" else ncu(sys.argv[2:] or bench_specs())

@@ -145,8 +145,7 @@ def _offsets_fit(student: torch.Tensor, teacher: torch.Tensor) -> bool:
     positions-innermost layout ``(K + 64) * prod(spatial) < 2^31`` (``kColumnOffsetSlack`` in kl_kernel.cuh; kl.cu
     checks the same); the class-innermost layouts ([N, K], both channels-last) have no such limit."""
     positions = math.prod(student.shape[2:])
-    channels_last = (student.dim() == 4 and not student.is_contiguous()  # as kl.cu decides
-                     and all(x.is_contiguous(memory_format=torch.channels_last) for x in (student, teacher)))
+    channels_last = reference.kl_grad_format(student, teacher) == torch.channels_last  # the layout kl.cu reads
     return positions == 1 or channels_last or (student.shape[1] + 64) * positions < 2 ** 31
 
 

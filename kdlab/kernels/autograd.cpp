@@ -73,24 +73,23 @@ variable_list fused_backward(AutogradContext* ctx, const variable_list& grads, s
   TORCH_CHECK(!(in_place && ctx->saved_data.count("scaled_in_place")), kTwice);  // before the saved gradient is read
   at::Tensor grad = ctx->get_saved_variables()[0];
   const at::ScalarType acc = at::promote_types(grad.scalar_type(), at::kFloat);
-  if (reduced) {
-    if (in_place) {
-      ctx->saved_data["scaled_in_place"] = true;
-      static const auto apply_upstream = c10::Dispatcher::singleton()
-          .findSchemaOrThrow("kdlab::apply_upstream_", "")
-          .typed<void(at::Tensor, const at::Tensor&)>();
-      apply_upstream.call(grad, g.to(acc).reshape({}));
-      out[0] = grad;
-    } else {
-      out[0] = (grad * g.to(acc)).to(grad.scalar_type());
-    }
+  if (in_place) {
+    ctx->saved_data["scaled_in_place"] = true;
+    static const auto apply_upstream = c10::Dispatcher::singleton()
+        .findSchemaOrThrow("kdlab::apply_upstream_", "")
+        .typed<void(at::Tensor, const at::Tensor&)>();
+    apply_upstream.call(grad, g.to(acc).reshape({}));
+    out[0] = grad;
     return out;
   }
-  // g: [N, *spatial] (KL) or [N] (attention) -> [N, 1, *spatial, 1...], broadcast over the class axis
-  std::vector<int64_t> shape{g.size(0), 1};
-  for (int64_t d = 1; d < g.dim(); ++d) shape.push_back(g.size(d));
-  while (static_cast<int64_t>(shape.size()) < grad.dim()) shape.push_back(1);
-  out[0] = (grad * g.reshape(shape).to(acc)).to(grad.scalar_type());
+  at::Tensor upstream = g;  // a scalar when reduced
+  if (!reduced) {  // g: [N, *spatial] (KL) or [N] (attention) -> [N, 1, *spatial, 1...], broadcast over the classes
+    std::vector<int64_t> shape{g.size(0), 1};
+    for (int64_t d = 1; d < g.dim(); ++d) shape.push_back(g.size(d));
+    while (static_cast<int64_t>(shape.size()) < grad.dim()) shape.push_back(1);
+    upstream = g.reshape(shape);
+  }
+  out[0] = (grad * upstream.to(acc)).to(grad.scalar_type());
   return out;
 }
 

@@ -183,8 +183,8 @@ __device__ __forceinline__ void accumulate_online(SoftmaxStats& r, const float (
 // exp((a_k - ma) / T) and, forward, exp((b_k - mb) / T) (reverse: (a_k - ma) - (b_k - mb)) in place of
 // a_k, b_k, so the gradient pass needs no exponential. Streaming
 // slots: one read for the online statistics, one to write the gradient, recomputing the exponentials.
-// Slots: kKeep: each(f) calls f(a, b) for every element the thread holds, update(f) lets
-// f(float& a, float& b) replace them; streaming: batches(f) calls f(a, b) with arrays of the next
+// Slots: kKeep: each(f) calls f(a, b) for every element the thread holds (f may take them by reference
+// and replace them); streaming: batches(f) calls f(a, b) with arrays of the next
 // elements (-inf beyond the thread's). write(f) stores f(x, y) of the held (or re-read) values as each
 // element's gradient (f already includes gscale). Returns KL on every thread of the position.
 template <bool kReverse, typename Slots, typename Group>
@@ -193,7 +193,7 @@ __device__ __forceinline__ float kl_position(Slots& x, Group& group, float gscal
   if constexpr (Slots::kKeep) {
     x.each([&](float a, float b) { mine.ma = fmaxf(mine.ma, a); mine.mb = fmaxf(mine.mb, b); });
     const float ma0 = finite_shift(mine.ma), mb0 = finite_shift(mine.mb);
-    x.update([&](float& a, float& b) {
+    x.each([&](float& a, float& b) {
       float ea, eb;
       const float diff = add_element<kReverse>(mine, a, b, ma0, mb0, inv_t, ea, eb);
       a = ea;
@@ -368,11 +368,6 @@ struct ColumnSlots {
     }
   }
   template <typename F>
-  __device__ __forceinline__ void update(F&& f) {
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) f(rs[i], rt[i]);
-  }
-  template <typename F>
   __device__ __forceinline__ void write(F&& f) {
     if constexpr (kPer > 0) {
 #pragma unroll
@@ -488,14 +483,6 @@ struct RowSlots {
         }
       }
       f(a, b);
-    }
-  }
-  template <typename F>
-  __device__ __forceinline__ void update(F&& f) {
-#pragma unroll
-    for (int i = 0; i < kR; ++i) {
-#pragma unroll
-      for (int v = 0; v < kV; ++v) f(rs[i][v], rt[i][v]);
     }
   }
   template <typename F>
