@@ -19,29 +19,78 @@ CHECK = r"""
 import torch
 from kdlab.kernels import reference, triton_ops
 g = torch.Generator().manual_seed(0)
+inf = float("inf")
 checked = 0
-for shape in [(3, 10), (2, 7, 3, 5), (4, 300)]:  # [N, K], [N, K, H, W], K not a power of two
-    s, t = torch.randn(*shape, generator=g) * 3, torch.randn(*shape, generator=g) * 3
-    s[0, 0] = float("-inf")  # a -inf student logit: forward KL +inf there, reverse finite (0 * inf -> 0)
-    for dtype in (torch.float32, torch.float16):
+
+
+def close(got, want, tol):
+    torch.testing.assert_close(got.double(), want.double(), rtol=tol, atol=tol, equal_nan=True)
+
+
+# TILE 4096: every shape below in one pass (registers), checked in both dtypes and all reductions; 64 and 8:
+# logits streamed in chunks (rows: 64 or 8 classes a chunk; positions innermost: 16 positions by 4 classes, or
+# by 1), in float32 without a reduction (the interpreter is slow with many chunks)
+# [N, K], [N, K, H, W] with P = 15 (one partial tile of 16 positions), K not a power of two, 70 rows (partial
+# row tiles), [N, K, L] with P = 40 (three tiles)
+SHAPES = {4096: [(3, 10), (2, 7, 3, 5), (4, 300), (70, 3), (2, 33, 40)], 64: [(2, 7, 3, 5), (4, 300), (2, 33, 40)],
+          8: [(3, 10), (2, 7, 3, 5)]}
+for tile in (4096, 64, 8):
+    triton_ops.TILE = tile
+    full = tile == 4096
+    for shape in SHAPES[tile]:
+        s, t = torch.randn(*shape, generator=g) * 3, torch.randn(*shape, generator=g) * 3
+        s[0, 0] = -inf  # a -inf student logit: forward KL +inf there, reverse finite (0 * inf -> 0)
+        t[-1, 1] = -inf  # a -inf teacher logit: reverse KL +inf there, forward finite
+        for dtype in (torch.float32, torch.float16) if full else (torch.float32,):
+            for reverse in (False, True):
+                for reduction in (0, 1, 2) if full else (0,):
+                    loss, grad = triton_ops.kl_fused(s.to(dtype), t.to(dtype), 0.7, reverse, reduction)
+                    ref = reference.kl_fused(s.to(dtype).double(), t.to(dtype).double(), 0.7, reverse, reduction)
+                    assert loss.dtype == torch.float32 and grad.dtype == dtype and grad.shape == s.shape
+                    tol = 1e-5 if dtype == torch.float32 else 2e-3
+                    close(loss, ref[0], tol)
+                    close(grad, ref[1], tol)
+                    checked += 1
+    # logits around +-1e4: differences are taken before dividing by T, so nothing is lost to the scaling
+    for shape in [(8, 400), (2, 300, 3)] if tile > 8 else []:
+        s, t = torch.randn(*shape, generator=g) + 1e4, torch.randn(*shape, generator=g) - 1e4
         for reverse in (False, True):
-            for reduction in (0, 1, 2):
-                loss, grad = triton_ops.kl_fused(s.to(dtype), t.to(dtype), 2.0, reverse, reduction)
-                ref = reference.kl_fused(s.to(dtype).double(), t.to(dtype).double(), 2.0, reverse, reduction)
-                assert loss.dtype == torch.float32 and grad.dtype == dtype and grad.shape == s.shape
-                tol = 1e-5 if dtype == torch.float32 else 2e-3
-                torch.testing.assert_close(loss.double(), ref[0], rtol=tol, atol=tol)
-                torch.testing.assert_close(grad.double(), ref[1], rtol=tol, atol=tol)
-                checked += 1
-s, t = (torch.randn(2, 7, 3, 5, generator=g).contiguous(memory_format=torch.channels_last) for _ in range(2))
-loss, grad = triton_ops.kl_fused(s, t, 2.0, False, 1)  # channels-last in, channels-last gradient out, like CUDA
-assert grad.stride() == s.stride()
-torch.testing.assert_close(grad.double(), reference.kl_fused(s.double(), t.double(), 2.0, False, 1)[1], rtol=1e-5, atol=1e-7)
+            loss, grad = triton_ops.kl_fused(s, t, 0.7, reverse)
+            ref = reference.kl_fused(s.double(), t.double(), 0.7, reverse)
+            close(loss, ref[0], 1e-5)
+            close(grad, ref[1], 1e-5)
+            checked += 1
+    # masked classes against the float32 reference (no NaN that depends on how classes fall into chunks):
+    # a teacher weight exp(-200) that underflows opposite a -inf student logit, in the first chunk while the
+    # maximum rises later; a whole row of the weighting distribution masked (KL 0); a student row all -inf
+    # for two chunks and more while the teacher's weight is there (+inf)
+    for shape in [(2, 20), (2, 20, 3)]:
+        s, t = torch.zeros(shape), torch.zeros(shape)
+        t[:, 0:4] = -200.0
+        s[:, 1] = -inf
+        t[:, 10] = 5.0
+        masked = torch.randn(shape, generator=g)
+        masked[1] = -inf
+        early = torch.zeros(shape)
+        early[:, :17] = -inf
+        for a, b, reverse in ((s, t, False), (t, s, True), (masked, torch.randn(shape, generator=g), True),
+                              (torch.randn(shape, generator=g), masked, False), (early, s, False)):
+            loss, grad = triton_ops.kl_fused(a, b, 1.0, reverse)
+            ref = reference.kl_fused(a, b, 1.0, reverse)
+            for same in (torch.isnan, torch.isposinf):  # +inf where the reference has it, never NaN for it
+                assert torch.equal(same(loss), same(ref[0])), (tile, shape, reverse, loss, ref[0])
+            close(loss[torch.isfinite(ref[0])], ref[0][torch.isfinite(ref[0])], 1e-5)
+            close(grad[torch.isfinite(ref[1])], ref[1][torch.isfinite(ref[1])], 1e-5)
+            checked += 1
+    s, t = (torch.randn(2, 7, 3, 5, generator=g).contiguous(memory_format=torch.channels_last) for _ in range(2))
+    loss, grad = triton_ops.kl_fused(s, t, 2.0, False, 1)  # channels-last in, channels-last gradient out, like CUDA
+    assert grad.stride() == s.stride()
+    close(grad, reference.kl_fused(s.double(), t.double(), 2.0, False, 1)[1], 1e-5)
 w = torch.tensor(0.3)  # weights: 0.5 * 0.3 on loss and gradient, the tensor read in the kernel
 loss, grad = triton_ops.kl_fused(s, t, 2.0, True, 2, 0.5, w)
 ref = reference.kl_fused(s.double(), t.double(), 2.0, True, 2)
-torch.testing.assert_close(loss.double(), 0.15 * ref[0], rtol=1e-5, atol=1e-6)
-torch.testing.assert_close(grad.double(), 0.15 * ref[1], rtol=1e-5, atol=1e-7)
+close(loss, 0.15 * ref[0], 1e-5)
+close(grad, 0.15 * ref[1], 1e-5)
 before = grad.clone()
 triton_ops.apply_upstream_(grad, torch.tensor(1.0))  # the backward's step: untouched at 1
 assert torch.equal(grad, before)
@@ -50,16 +99,20 @@ assert torch.equal(grad, -2.0 * before)
 fs, ft = torch.randn(2, 4, 3, 5, generator=g), torch.randn(2, 6, 3, 5, generator=g)
 loss, grad = triton_ops.attention_fused(fs, ft, 2.0, 1, -1.0, w)
 ref = reference.attention_fused(fs.double(), ft.double(), 2.0, 1)
-torch.testing.assert_close(loss.double(), -0.3 * ref[0], rtol=1e-5, atol=1e-6)
-torch.testing.assert_close(grad.double(), -0.3 * ref[1], rtol=1e-5, atol=1e-7)
-fs[0, 0, 0, 0] = 0  # |F|^(p-1) sign(F) at 0
-for p in (1.0, 2.0, 3.0):
-    for reduction in (0, 1, 2):
-        loss, grad = triton_ops.attention_fused(fs, ft, p, reduction)
-        ref = reference.attention_fused(fs.double(), ft.double(), p, reduction)
-        torch.testing.assert_close(loss.double(), ref[0], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(grad.double(), ref[1], rtol=1e-5, atol=1e-7)
-        checked += 1
+close(loss, -0.3 * ref[0], 1e-6)
+close(grad, -0.3 * ref[1], 1e-6)
+# one tile of positions and channels; 81 positions and 40 / 70 channels (partial tiles of 64 and 32);
+# 40 x 40 positions (the stats kernel's two chunks of 1,024)
+for cs, ct, hw in ((4, 6, (3, 5)), (40, 70, (9, 9)), (3, 5, (40, 40))):
+    fs, ft = torch.randn(2, cs, *hw, generator=g), torch.randn(2, ct, *hw, generator=g)
+    fs[0, 0, 0, 0] = 0  # |F|^(p-1) sign(F) at 0
+    for p in (1.0, 2.0, 3.0):
+        for reduction in (0, 1, 2):
+            loss, grad = triton_ops.attention_fused(fs, ft, p, reduction)
+            ref = reference.attention_fused(fs.double(), ft.double(), p, reduction)
+            torch.testing.assert_close(loss.double(), ref[0], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(grad.double(), ref[1], rtol=1e-5, atol=1e-7)
+            checked += 1
 print("checked", checked)
 """
 
@@ -69,7 +122,8 @@ def test_triton_kernels_match_the_float64_reference_in_the_interpreter():
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", CHECK], cwd=Path(__file__).parent.parent, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["checked", str(3 * 2 * 2 * 3 + 3 * 3)]
+    kl = 5 * 2 * 2 * 3 + 3 * 2 + 2 * 2 + 2 * (2 * 2) + 3 * (2 * 5)  # tables, large logits, masked classes
+    assert done.stdout.split() == ["checked", str(kl + 3 * 3 * 3)]
 
 
 @pytest.fixture

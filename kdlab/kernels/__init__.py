@@ -126,18 +126,10 @@ def use_fused(x: torch.Tensor, other: torch.Tensor | None = None) -> bool:
     return False
 
 
-def fused_path(student: torch.Tensor, teacher: torch.Tensor, *, classes: int | None = None,
-               positions: int | None = None) -> bool:
+def fused_path(student: torch.Tensor, teacher: torch.Tensor) -> bool:
     """Whether a public loss should call the fused op: a backward will follow (the student needs a
-    gradient and grad mode is on; the kernels always write one), :func:`use_fused` holds, and, on the
-    Triton path, ``classes`` (K) / ``positions`` (H W) fit its one-block limits (the CUDA kernels have none)."""
-    if not (student.requires_grad and torch.is_grad_enabled()) or not use_fused(student, teacher):
-        return False
-    if _state["backend"] != "triton":
-        return True
-    from . import triton_ops
-
-    return (classes is None or classes <= triton_ops.MAX_CLASSES) and (positions is None or positions <= triton_ops.MAX_POSITIONS)
+    gradient and grad mode is on; the kernels always write one) and :func:`use_fused` holds."""
+    return student.requires_grad and torch.is_grad_enabled() and use_fused(student, teacher)
 
 
 def _offsets_fit(student: torch.Tensor, teacher: torch.Tensor) -> bool:
@@ -199,7 +191,7 @@ def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     gives it one."""
     temperature = losses.check_kl_arguments(student_logits, teacher_logits, temperature, direction, reduction)
     if (not _weight_needs_grad(weight) and _offsets_fit(student_logits, teacher_logits)
-            and fused_path(student_logits, teacher_logits, classes=student_logits.shape[1])):
+            and fused_path(student_logits, teacher_logits)):
         return kl_fused_loss(student_logits, teacher_logits, temperature, direction, reduction, weight)
     loss = losses.kl_distillation(student_logits, teacher_logits, temperature, direction, reduction)
     return loss if isinstance(weight, (int, float)) and weight == 1 else weight * loss
@@ -209,8 +201,8 @@ def attention_transfer(student_feats: torch.Tensor, teacher_feats: torch.Tensor,
                        weight: float | torch.Tensor = 1.0) -> torch.Tensor:
     """``weight *`` :func:`kdlab.feature_losses.attention_transfer` on the fused CUDA kernel when
     :func:`fused_path` allows it, the formula everywhere else (the weight as in :func:`kl_distillation`)."""
-    if student_feats.dim() == 4 and teacher_feats.dim() == 4 and not _weight_needs_grad(weight) and fused_path(
-            student_feats, teacher_feats, positions=student_feats.shape[2] * student_feats.shape[3]):
+    if (student_feats.dim() == 4 and teacher_feats.dim() == 4 and not _weight_needs_grad(weight)
+            and fused_path(student_feats, teacher_feats)):
         feature_losses.check_maps(student_feats, teacher_feats, "attention_transfer")
         return attention_fused_loss(student_feats, teacher_feats, p, weight)
     loss = feature_losses.attention_transfer(student_feats, teacher_feats, p)

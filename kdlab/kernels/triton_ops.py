@@ -5,16 +5,22 @@ student, in one pass); :mod:`kdlab.kernels` registers them as the ops' CUDA impl
 :func:`kdlab.kernels.backend` is ``"triton"``. On a CPU they run under Triton's interpreter
 (``TRITON_INTERPRET=1``, set before Triton is imported), which is how CI tests them.
 
-The formulas are the reference's (see its docstring); one program handles
+The formulas are the reference's (see its docstring), computed as the CUDA kernels compute them:
 
-- KL: one position of ``[N, K, P]`` (``P`` = the spatial size, 1 for ``[N, K]``), all ``K`` classes in one
-  block of ``next_power_of_2(K)`` lanes (at most :data:`MAX_CLASSES`);
-- attention transfer: one sample, all ``H W`` positions in one block (at most :data:`MAX_POSITIONS`),
-  looping over the channels.
+- KL: one program takes a tile of rows (positions) by classes, ``[BLOCK_R, BLOCK_K]``. Positions innermost
+  (``[N, K, *spatial]`` contiguous): 16 neighbouring positions, so a warp's loads are contiguous (16 bytes a
+  thread); class axis innermost (``[N, K]``, or both logits channels-last, read in place): whole rows. Up
+  to :data:`TILE` logits of each input stay in registers, read once; more classes stream through in chunks,
+  read twice (the softmax statistics with online maxima, then the gradient). Any K.
+- attention transfer: three launches, as in CUDA: the maps (a program per 64 positions of a sample, the
+  channels in tiles of 32), each sample's norms and loss, and the gradient (programs as for the maps).
 
-They are written for clarity, not tuned; ``python -m kdlab.bench`` measures them beside the CUDA kernels.
+``python -m kdlab.bench`` measures them beside the CUDA kernels; ``tests/test_kernels_triton.py`` checks them
+under the interpreter and compiles them for sm_90 here, without a GPU (registers, spills, load widths).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -22,69 +28,226 @@ import triton.language as tl
 
 from . import reference
 
-MAX_CLASSES = 16384  # one block of lanes per position
-MAX_POSITIONS = 8192  # one block of lanes per sample
+TILE = 4096  # logits of each input one program holds at once: more classes than fit stream through it in chunks
+COLUMN_POSITIONS = 16  # neighbouring positions a program reads together in the positions-innermost layout
+ROW_TILE = 2048  # rows layout with few classes: rows per program so that a tile holds about this many logits
 
 
 @triton.jit
-def _kl_kernel(s_ptr, t_ptr, loss_ptr, grad_ptr, K, P, temperature, grad_scale, weight, w_ptr,
-               REVERSE: tl.constexpr, BLOCK_K: tl.constexpr, HAS_W: tl.constexpr):
-    pid = tl.program_id(0)  # one position: sample n, spatial index j
-    n = pid // P
-    j = pid % P
+def _kl_add(ma, sa, mb, sb, d, a, b, c, REVERSE: tl.constexpr):
+    """The softmax statistics of BLOCK_R rows, ``(ma, sa, mb, sb, d)`` (each ``[BLOCK_R]``), with a tile of
+    their logits added: student ``a`` and teacher ``b`` ``[BLOCK_R, BLOCK_K]`` as loaded (``-inf`` where
+    masked), ``c = log2(e) / T``. In the logits' own units (not divided by T):
+
+        ma, mb   maxima;  sa = sum_k exp((a_k - ma) / T),  sb likewise
+        forward: d = sum_k w_k ((b_k - mb) - (a_k - ma)),  w_k = exp((b_k - mb) / T)
+        reverse: d = sum_k w_k ((a_k - ma) - (b_k - mb)),  w_k = exp((a_k - ma) / T)
+
+    Differences are taken from the maxima, so large logits lose no precision to T. When a maximum rises,
+    the old sums scale by exp((old - new) / T) and d's differences all move by the same offset."""
+    Ma = tl.maximum(ma, tl.max(a, 1))
+    Mb = tl.maximum(mb, tl.max(b, 1))
+    fa = tl.where(ma == float("-inf"), 0.0, tl.exp2((ma - Ma) * c))
+    fb = tl.where(mb == float("-inf"), 0.0, tl.exp2((mb - Mb) * c))
+    da = tl.where(ma == Ma, 0.0, ma - Ma)  # an unchanged maximum moves by 0, also at -inf (not -inf - -inf)
+    db = tl.where(mb == Mb, 0.0, mb - Mb)
+    xa = tl.where(a == Ma[:, None], 0.0, a - Ma[:, None])
+    xb = tl.where(b == Mb[:, None], 0.0, b - Mb[:, None])
+    ea = tl.where(a == float("-inf"), 0.0, tl.exp2(xa * c))
+    eb = tl.where(b == float("-inf"), 0.0, tl.exp2(xb * c))
+    if REVERSE:  # weights vanishing at the new maximum add nothing (never 0 * inf)
+        d = tl.where(sa * fa > 0, fa * (d + sa * (da - db)), 0.0) + tl.sum(tl.where(ea > 0, ea * (xa - xb), 0.0), 1)
+    else:
+        d = tl.where(sb * fb > 0, fb * (d + sb * (db - da)), 0.0) + tl.sum(tl.where(eb > 0, eb * (xb - xa), 0.0), 1)
+    return Ma, sa * fa + tl.sum(ea, 1), Mb, sb * fb + tl.sum(eb, 1), d
+
+
+@triton.jit
+def _kl_value(sa, sb, d, inv_t, REVERSE: tl.constexpr):
+    """KL per row from its statistics: forward d / (T sb) + log sa - log sb; reverse d / (T sa) + log sb - log sa;
+    as the reference: 0 where the weighting distribution (p forward, q reverse) is all masked, else NaN where the
+    other one is (its log-softmax is NaN)."""
+    if REVERSE:
+        return tl.where(sa > 0, tl.where(sb > 0, d * inv_t / sa + tl.log(sb) - tl.log(sa), float("nan")), 0.0)
+    return tl.where(sb > 0, tl.where(sa > 0, d * inv_t / sb + tl.log(sa) - tl.log(sb), float("nan")), 0.0)
+
+
+@triton.jit
+def _kl_grad(a, b, ma, sa, mb, sb, kl, c, inv_t, temperature, REVERSE: tl.constexpr):
+    """d (T^2 KL) / d s for a tile of logits, from the rows' final statistics: forward T (q - p); reverse
+    T q (log q - log p - KL), 0 where q = 0 (a -inf student logit)."""
+    xa = tl.where(a == ma[:, None], 0.0, a - ma[:, None])
+    q = tl.where(a == float("-inf"), 0.0, tl.exp2(xa * c)) * (1.0 / sa)[:, None]
+    if REVERSE:
+        xb = tl.where(b == mb[:, None], 0.0, b - mb[:, None])
+        log_ratio = (xa - xb) * inv_t + (tl.log(sb) - tl.log(sa))[:, None]  # log q - log p
+        return tl.where(q > 0, temperature * q * (log_ratio - kl[:, None]), 0.0)
+    p = tl.where(b == float("-inf"), 0.0, tl.exp2((b - mb[:, None]) * c)) * (1.0 / sb)[:, None]
+    return temperature * (q - p)
+
+
+@triton.jit
+def _kl_kernel(s_ptr, t_ptr, loss_ptr, grad_ptr, K, P, tiles, temperature, grad_scale, weight, w_ptr,
+               ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ONE_PASS: tl.constexpr,
+               REVERSE: tl.constexpr, HAS_W: tl.constexpr):
+    """One program: BLOCK_R rows (positions) x all K classes, as tiles [BLOCK_R, BLOCK_K].
+    ROWS: the class axis innermost (``[rows, K]``; P = the number of rows), row r's class k at r K + k.
+    Otherwise ``[N, K, P]`` with the positions innermost: program ``pid`` takes sample ``pid // tiles`` and its
+    positions from ``(pid % tiles) BLOCK_R``, class k of position j at k P + j (neighbouring positions together).
+    ONE_PASS (K <= BLOCK_K): the tile stays in registers, read once. Otherwise the logits stream through in
+    chunks of BLOCK_K classes twice: the statistics, then the gradient."""
+    pid = tl.program_id(0)
+    r = tl.arange(0, BLOCK_R)
     k = tl.arange(0, BLOCK_K)
-    mask = k < K
-    offsets = n * K * P + k * P + j  # the class axis has stride P in a contiguous [N, K, P]
-    s = tl.load(s_ptr + offsets, mask=mask, other=float("-inf")).to(tl.float32) / temperature
-    t = tl.load(t_ptr + offsets, mask=mask, other=float("-inf")).to(tl.float32) / temperature
-    s_shift = s - tl.max(s, 0)
-    t_shift = t - tl.max(t, 0)
-    log_q = s_shift - tl.log(tl.sum(tl.exp(s_shift), 0))  # log softmax(s / T)
-    log_p = t_shift - tl.log(tl.sum(tl.exp(t_shift), 0))
-    q = tl.exp(log_q)
-    p = tl.exp(log_p)
-    if REVERSE:  # T^2 sum q (log q - log p);  d/ds = T q (log q - log p - KL)
-        kl = tl.sum(tl.where(q > 0, q * (log_q - log_p), 0.0), 0)
-        grad = tl.where(q > 0, temperature * q * (log_q - log_p - kl), 0.0)
-    else:  # T^2 sum p (log p - log q);  d/ds = T (q - p)
-        kl = tl.sum(tl.where(p > 0, p * (log_p - log_q), 0.0), 0)
-        grad = temperature * (q - p)
+    if ROWS:
+        first = pid.to(tl.int64) * BLOCK_R  # this program's first row
+        base = first * K
+        rows_left = P - first
+        offsets = r[:, None] * K + k[None, :]
+        class_step = 1
+        loss_at = first
+    else:
+        n = pid // tiles
+        j0 = (pid % tiles) * BLOCK_R
+        base = n.to(tl.int64) * K * P + j0
+        rows_left = P - j0
+        offsets = k[None, :] * P + r[:, None]
+        class_step = P
+        loss_at = n.to(tl.int64) * P + j0
+    row_ok = r < rows_left
+    s_ptr += base
+    t_ptr += base
+    grad_ptr += base
+    inv_t = 1.0 / temperature
+    c = inv_t * 1.4426950408889634  # exp(x / T) = 2^(x c)
+    w = weight
     if HAS_W:  # the weight tensor's value, read on the device
-        weight = weight * tl.load(w_ptr)
-    tl.store(loss_ptr + pid, weight * temperature * temperature * kl)
-    tl.store(grad_ptr + offsets, (grad * (grad_scale * weight)).to(grad_ptr.dtype.element_ty), mask=mask)
+        w = w * tl.load(w_ptr)
+    ma = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    mb = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    sa = tl.zeros([BLOCK_R], tl.float32)
+    sb = tl.zeros([BLOCK_R], tl.float32)
+    d = tl.zeros([BLOCK_R], tl.float32)
+    if ONE_PASS:
+        mask = row_ok[:, None] & (k[None, :] < K)
+        a = tl.load(s_ptr + offsets, mask=mask, other=float("-inf")).to(tl.float32)
+        b = tl.load(t_ptr + offsets, mask=mask, other=float("-inf")).to(tl.float32)
+        ma, sa, mb, sb, d = _kl_add(ma, sa, mb, sb, d, a, b, c, REVERSE)
+        kl = _kl_value(sa, sb, d, inv_t, REVERSE)
+        g = _kl_grad(a, b, ma, sa, mb, sb, kl, c, inv_t, temperature, REVERSE) * (grad_scale * w)
+        tl.store(grad_ptr + offsets, g.to(grad_ptr.dtype.element_ty), mask=mask)
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            mask = row_ok[:, None] & (k[None, :] < K - k0)
+            a = tl.load(s_ptr + k0 * class_step + offsets, mask=mask, other=float("-inf")).to(tl.float32)
+            b = tl.load(t_ptr + k0 * class_step + offsets, mask=mask, other=float("-inf")).to(tl.float32)
+            ma, sa, mb, sb, d = _kl_add(ma, sa, mb, sb, d, a, b, c, REVERSE)
+        kl = _kl_value(sa, sb, d, inv_t, REVERSE)
+        for k0 in range(0, K, BLOCK_K):
+            mask = row_ok[:, None] & (k[None, :] < K - k0)
+            a = tl.load(s_ptr + k0 * class_step + offsets, mask=mask, other=float("-inf")).to(tl.float32)
+            b = tl.load(t_ptr + k0 * class_step + offsets, mask=mask, other=float("-inf")).to(tl.float32)
+            g = _kl_grad(a, b, ma, sa, mb, sb, kl, c, inv_t, temperature, REVERSE) * (grad_scale * w)
+            tl.store(grad_ptr + k0 * class_step + offsets, g.to(grad_ptr.dtype.element_ty), mask=mask)
+    tl.store(loss_ptr + loss_at + r, w * temperature * temperature * kl, mask=row_ok)
+
+
+AT_POSITIONS = 64  # positions one program of the maps and gradient kernels takes (neighbours: contiguous loads)
+AT_CHANNELS = 32  # channels it reads at once, as a tile [AT_CHANNELS, AT_POSITIONS]
+AT_STATS_BLOCK = 1024  # positions the stats kernel reads at once
 
 
 @triton.jit
-def _attention_kernel(s_ptr, t_ptr, loss_ptr, grad_ptr, CS, CT, HW, p, eps, grad_scale, weight, w_ptr,
-                      BLOCK: tl.constexpr, HAS_W: tl.constexpr):
-    n = tl.program_id(0)  # one sample
+def _abs_pow(x, p, SQUARE: tl.constexpr):
+    """|x|^p (x * x for p = 2; 0 at x = 0 for p > 0)."""
+    if SQUARE:
+        return x * x
+    ax = tl.abs(x)
+    return tl.where(ax > 0, tl.exp2(p * tl.log2(ax)), 0.0)
+
+
+@triton.jit
+def _attention_maps_kernel(x_ptr, maps_ptr, C, HW, tiles, p, SQUARE: tl.constexpr, BLOCK_C: tl.constexpr,
+                           BLOCK_J: tl.constexpr):
+    """a[n, j] = mean_c |x[n, c, j]|^p for BLOCK_J positions of one sample; x ``[N, C, HW]``, maps ``[N, HW]``."""
+    pid = tl.program_id(0)
+    n = pid // tiles
+    j = (pid % tiles) * BLOCK_J + tl.arange(0, BLOCK_J)
+    c = tl.arange(0, BLOCK_C)
+    x_ptr += n.to(tl.int64) * C * HW
+    acc = tl.zeros([BLOCK_C, BLOCK_J], tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        mask = (c[:, None] < C - c0) & (j[None, :] < HW)
+        x = tl.load(x_ptr + (c0 + c[:, None]) * HW + j[None, :], mask=mask, other=0.0).to(tl.float32)
+        acc += _abs_pow(x, p, SQUARE)
+    tl.store(maps_ptr + n.to(tl.int64) * HW + j, tl.sum(acc, 0) / C, mask=j < HW)
+
+
+@triton.jit
+def _attention_stats_kernel(maps_ptr, loss_ptr, stats_ptr, N, HW, eps, weight, w_ptr, BLOCK: tl.constexpr,
+                            HAS_W: tl.constexpr):
+    """One sample n: from its maps a_S = maps[n], a_T = maps[N + n], the norms (at least eps), u = a_S / ||a_S||,
+    d = u - a_T / ||a_T||; writes loss[n] = weight sum_j d_j^2 and stats[n] = (||a_S||, ||a_T||, sum_j u_j d_j)."""
+    n = tl.program_id(0)
     j = tl.arange(0, BLOCK)
-    mask = j < HW
-    a_s = tl.zeros([BLOCK], dtype=tl.float32)
-    a_t = tl.zeros([BLOCK], dtype=tl.float32)
-    for c in range(0, CS):  # a = mean_c |F|^p, as exp(p log |F|) (0 at F = 0 for p > 0)
-        x = tl.abs(tl.load(s_ptr + (n * CS + c) * HW + j, mask=mask, other=0.0).to(tl.float32))
-        a_s += tl.where(x > 0, tl.exp(p * tl.log(x)), 0.0)
-    for c in range(0, CT):
-        x = tl.abs(tl.load(t_ptr + (n * CT + c) * HW + j, mask=mask, other=0.0).to(tl.float32))
-        a_t += tl.where(x > 0, tl.exp(p * tl.log(x)), 0.0)
-    a_s = a_s / CS
-    a_t = a_t / CT
-    norm_s = tl.maximum(tl.sqrt(tl.sum(a_s * a_s, 0)), eps)
-    u = a_s / norm_s
-    v = a_t / tl.maximum(tl.sqrt(tl.sum(a_t * a_t, 0)), eps)
-    d = u - v
+    a_s_ptr = maps_ptr + n.to(tl.int64) * HW
+    a_t_ptr = maps_ptr + (N + n).to(tl.int64) * HW
+    ss = tl.zeros([BLOCK], tl.float32)
+    st = tl.zeros([BLOCK], tl.float32)
+    for j0 in range(0, HW, BLOCK):
+        a_s = tl.load(a_s_ptr + j0 + j, mask=j < HW - j0, other=0.0)
+        a_t = tl.load(a_t_ptr + j0 + j, mask=j < HW - j0, other=0.0)
+        ss += a_s * a_s
+        st += a_t * a_t
+    norm_s = tl.maximum(tl.sqrt(tl.sum(ss, 0)), eps)
+    norm_t = tl.maximum(tl.sqrt(tl.sum(st, 0)), eps)
+    dd = tl.zeros([BLOCK], tl.float32)
+    ud = tl.zeros([BLOCK], tl.float32)
+    for j0 in range(0, HW, BLOCK):
+        u = tl.load(a_s_ptr + j0 + j, mask=j < HW - j0, other=0.0) / norm_s
+        d = u - tl.load(a_t_ptr + j0 + j, mask=j < HW - j0, other=0.0) / norm_t
+        dd += d * d
+        ud += u * d
+    w = weight
+    if HAS_W:  # the weight tensor's value, read on the device
+        w = w * tl.load(w_ptr)
+    tl.store(loss_ptr + n, w * tl.sum(dd, 0))
+    tl.store(stats_ptr + 3 * n, norm_s)
+    tl.store(stats_ptr + 3 * n + 1, norm_t)
+    tl.store(stats_ptr + 3 * n + 2, tl.sum(ud, 0))
+
+
+@triton.jit
+def _attention_grad_kernel(x_ptr, maps_ptr, stats_ptr, grad_ptr, N, C, HW, tiles, p, grad_scale, weight, w_ptr,
+                           SQUARE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, HAS_W: tl.constexpr):
+    """d loss / d F_S for BLOCK_J positions of one sample: (d loss / d a_S[j]) (p / C) |F|^(p-1) sign(F), with
+    d loss / d a_S = 2 (d - u sum_k u_k d_k) / ||a_S||; times the weight and grad_scale."""
+    pid = tl.program_id(0)
+    n = pid // tiles
+    j = (pid % tiles) * BLOCK_J + tl.arange(0, BLOCK_J)
+    c = tl.arange(0, BLOCK_C)
+    norm_s = tl.load(stats_ptr + 3 * n)
+    norm_t = tl.load(stats_ptr + 3 * n + 1)
+    ud = tl.load(stats_ptr + 3 * n + 2)
+    u = tl.load(maps_ptr + n.to(tl.int64) * HW + j, mask=j < HW, other=0.0) / norm_s
+    d = u - tl.load(maps_ptr + (N + n).to(tl.int64) * HW + j, mask=j < HW, other=0.0) / norm_t
+    w = weight * grad_scale
     if HAS_W:
-        weight = weight * tl.load(w_ptr)
-    tl.store(loss_ptr + n, weight * tl.sum(d * d, 0))  # ||u - v||^2
-    g_a = 2 * (d - u * tl.sum(u * d, 0)) / norm_s  # d loss / d a_S
-    for c in range(0, CS):  # d loss / d F = g_a (p / C_S) |F|^(p-1) sign(F)
-        x = tl.load(s_ptr + (n * CS + c) * HW + j, mask=mask, other=0.0).to(tl.float32)
-        ax = tl.abs(x)
-        dfs = tl.where(ax > 0, (p / CS) * tl.exp((p - 1) * tl.log(ax)) * tl.where(x > 0, 1.0, -1.0), 0.0)
-        tl.store(grad_ptr + (n * CS + c) * HW + j, (g_a * dfs * (grad_scale * weight)).to(grad_ptr.dtype.element_ty),
-                 mask=mask)
+        w = w * tl.load(w_ptr)
+    g_a = 2.0 * (d - u * ud) / norm_s * (w * p / C)  # d loss / d a_S, times p / C and the weights
+    base = n.to(tl.int64) * C * HW
+    x_ptr += base
+    grad_ptr += base
+    for c0 in range(0, C, BLOCK_C):
+        mask = (c[:, None] < C - c0) & (j[None, :] < HW)
+        offsets = (c0 + c[:, None]) * HW + j[None, :]
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        if SQUARE:  # p |x|^(p-1) sign(x) = 2 x, the 2 already in g_a's p
+            dx = x
+        else:
+            ax = tl.abs(x)
+            dx = tl.where(ax > 0, tl.exp2((p - 1.0) * tl.log2(ax)), 0.0) * tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
+        tl.store(grad_ptr + offsets, (g_a[None, :] * dx).to(grad_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -116,41 +279,86 @@ def _reduce(loss: torch.Tensor, reduction: int) -> torch.Tensor:
     return loss.mean() if reduction == 1 else loss.sum() if reduction == 2 else loss
 
 
+def _kl_plan(classes: int, rows: int, rows_layout: bool) -> tuple[int, int, bool, int]:
+    """``(BLOCK_R, BLOCK_K, ONE_PASS, num_warps)`` of :func:`_kl_kernel` for ``classes`` (K) and ``rows`` (positions
+    per sample in the positions-innermost layout; all rows in the rows layout). A program holds at most
+    :data:`TILE` logits of each input: all K classes at once when they fit, else chunks of them streamed twice."""
+    block_k = triton.next_power_of_2(classes)
+    if rows_layout:  # class axis innermost: whole rows, several when they are short
+        if block_k <= TILE:
+            block_r = min(max(1, ROW_TILE // block_k), triton.next_power_of_2(rows))
+        else:
+            block_r, block_k = 1, TILE
+    else:  # neighbouring positions together, so that a warp's loads are contiguous
+        block_r = min(COLUMN_POSITIONS, triton.next_power_of_2(rows))
+        block_k = min(block_k, max(1, TILE // block_r))
+    one_pass = block_k >= classes
+    return block_r, block_k, one_pass, 8 if block_r * block_k >= 4096 else 4
+
+
 def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool, reduction: int = 0,
              weight: float = 1.0, weight_tensor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`kdlab.kernels.reference.kl_fused` on Triton: logits ``[N, K, *spatial]`` (any float dtype);
-    returns the float32 loss (per position ``[N, *spatial]``, or reduced) and the gradient (``student.dtype``)."""
+    """:func:`kdlab.kernels.reference.kl_fused` on Triton: logits ``[N, K, *spatial]`` (any float dtype, any K >= 2);
+    returns the float32 loss (per position ``[N, *spatial]``, or reduced) and the gradient (``student.dtype``, in
+    :func:`~kdlab.kernels.reference.kl_grad_format`). Both channels-last: read in place, the class axis innermost."""
+    if student.shape != teacher.shape or student.dim() < 2 or student.shape[1] < 2:
+        raise ValueError(f"kl_fused: expected logits [N, K, *spatial] of one shape with K >= 2, got "
+                         f"{tuple(student.shape)} and {tuple(teacher.shape)}")
     n, k = student.shape[:2]
-    if k > MAX_CLASSES:
-        raise ValueError(f"the Triton KL kernel takes at most {MAX_CLASSES} classes, got K={k}")
     spatial = tuple(student.shape[2:])
-    s, t = student.contiguous(), teacher.contiguous()
-    positions = s.numel() // max(n * k, 1)
+    positions = math.prod(spatial)
+    fmt = reference.kl_grad_format(student, teacher)
+    rows_layout = positions == 1 or fmt == torch.channels_last
+    s, t = student.contiguous(memory_format=fmt), teacher.contiguous(memory_format=fmt)
     loss = torch.empty((n, *spatial), dtype=torch.float32, device=s.device)
-    grad = torch.empty_like(s)
+    grad = torch.empty_like(s)  # the layout of s
     count = loss.numel()
     if count:
-        _kl_kernel[(count,)](s, t, loss, grad, k, positions, float(temperature),
-                             1.0 / count if reduction == 1 else 1.0, float(weight), _weight_pointer(weight_tensor, loss),
-                             REVERSE=bool(reverse), BLOCK_K=triton.next_power_of_2(k), HAS_W=weight_tensor is not None)
-    return _reduce(loss, reduction), grad.contiguous(memory_format=reference.kl_grad_format(student, teacher))
+        if not rows_layout and k * positions >= 2 ** 31:
+            raise ValueError(f"kl_fused: the Triton kernel takes at most 2^31 logits per sample, got K={k} x {positions}")
+        rows = count if rows_layout else positions
+        block_r, block_k, one_pass, warps = _kl_plan(k, rows, rows_layout)
+        tiles = triton.cdiv(rows, block_r)
+        grid = (tiles if rows_layout else n * tiles,)
+        _kl_kernel[grid](s, t, loss, grad, k, rows, tiles, float(temperature), 1.0 / count if reduction == 1 else 1.0,
+                         float(weight), _weight_pointer(weight_tensor, loss), ROWS=rows_layout, BLOCK_R=block_r,
+                         BLOCK_K=block_k, ONE_PASS=one_pass, REVERSE=bool(reverse), HAS_W=weight_tensor is not None,
+                         num_warps=warps)
+    return _reduce(loss, reduction), grad
 
 
 def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0, reduction: int = 0,
                     weight: float = 1.0, weight_tensor: torch.Tensor | None = None, eps: float = 1e-12
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`kdlab.kernels.reference.attention_fused` on Triton: features ``[N, C_S, H, W]`` and
-    ``[N, C_T, H, W]``; returns the float32 loss (per sample ``[N]``, or reduced) and the gradient."""
+    ``[N, C_T, H, W]``; returns the float32 loss (per sample ``[N]``, or reduced) and the gradient. Three
+    launches, as the CUDA op: the maps, each sample's norms and loss, the gradient."""
+    if student.dim() != 4 or teacher.dim() != 4 or student.shape[0] != teacher.shape[0] \
+            or student.shape[2:] != teacher.shape[2:]:
+        raise ValueError(f"attention_fused: expected features [N, C, H, W] with the same N, H, W, got "
+                         f"{tuple(student.shape)} and {tuple(teacher.shape)}")
     n, cs, h, w = student.shape
-    if h * w > MAX_POSITIONS:
-        raise ValueError(f"the Triton attention kernel takes at most {MAX_POSITIONS} positions, got H W={h * w}")
+    ct, hw = teacher.shape[1], h * w
     s, t = student.contiguous(), teacher.contiguous()
     loss = torch.empty(n, dtype=torch.float32, device=s.device)
     grad = torch.empty_like(s)
-    if n:
-        _attention_kernel[(n,)](s, t, loss, grad, cs, t.shape[1], h * w, float(p), eps,
-                                1.0 / n if reduction == 1 else 1.0, float(weight), _weight_pointer(weight_tensor, loss),
-                                BLOCK=triton.next_power_of_2(h * w), HAS_W=weight_tensor is not None)
+    if s.numel() == 0:  # no samples, channels or positions: nothing to compare
+        return _reduce(loss.zero_(), reduction), grad
+    if max(cs, ct) * hw >= 2 ** 31:
+        raise ValueError(f"attention_fused: the Triton kernels take at most 2^31 values per sample, got {max(cs, ct)} x {hw}")
+    maps = torch.empty((2, n, hw), dtype=torch.float32, device=s.device)  # a_S, then a_T
+    stats = torch.empty((n, 3), dtype=torch.float32, device=s.device)
+    block_j = min(AT_POSITIONS, triton.next_power_of_2(hw))
+    tiles = triton.cdiv(hw, block_j)
+    square, w_ptr = p == 2.0, _weight_pointer(weight_tensor, loss)
+    for x, c, a in ((s, cs, maps[0]), (t, ct, maps[1])):
+        _attention_maps_kernel[(n * tiles,)](x, a, c, hw, tiles, float(p), SQUARE=square, BLOCK_C=AT_CHANNELS,
+                                             BLOCK_J=block_j)
+    _attention_stats_kernel[(n,)](maps, loss, stats, n, hw, eps, float(weight), w_ptr,
+                                  BLOCK=min(AT_STATS_BLOCK, triton.next_power_of_2(hw)), HAS_W=weight_tensor is not None)
+    _attention_grad_kernel[(n * tiles,)](s, maps, stats, grad, n, cs, hw, tiles, float(p),
+                                         1.0 / n if reduction == 1 else 1.0, float(weight), w_ptr, SQUARE=square,
+                                         BLOCK_C=AT_CHANNELS, BLOCK_J=block_j, HAS_W=weight_tensor is not None)
     return _reduce(loss, reduction), grad
 
 
