@@ -105,7 +105,7 @@ def loads_in_flight(instrs: list[str], latency: int = 600) -> int:
         sources = regs[1:] if writes else regs
         clock = max([clock] + [ready.get(r, 0) for r in sources]) + 1
         pending = [c for c in pending if c > clock]
-        if op.startswith("LDG"):
+        if op.startswith("LDG") and not op.startswith(("LDGSTS", "LDGDEPBAR")):  # not Triton's asynchronous copies
             width = 4 if ".128" in op else 2 if ".64" in op else 1
             for r in range(regs[0], regs[0] + width):
                 ready[r] = clock + latency
@@ -124,7 +124,7 @@ def instructions(instrs: list[str]) -> int:
 def load_widths(instrs: list[str]) -> str:
     """The widths of the thread's global loads (the weight tensor's float is one of them), e.g. ``2 B, 4 B``."""
     widths = {16 if ".128" in o else 8 if ".64" in o else 2 if ".U16" in o or ".16" in o else 4
-              for o in (re.search(r"LDG\S*", i).group(0) for i in instrs if "LDG" in i)}
+              for o in (re.search(r"LDG\S*", i).group(0) for i in instrs if "LDG" in i and "LDGDEPBAR" not in i)}
     return ", ".join(f"{w} B" for w in sorted(widths))
 
 

@@ -137,13 +137,13 @@ def _kl_kernel(s_ptr, t_ptr, loss_ptr, grad_ptr, K, P, tiles, temperature, grad_
         g = _kl_grad(a, b, ma, sa, mb, sb, kl, c, inv_t, temperature, REVERSE) * (grad_scale * w)
         tl.store(grad_ptr + offsets, g.to(grad_ptr.dtype.element_ty), mask=mask)
     else:
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in tl.range(0, K, BLOCK_K, num_stages=3):  # loads of the next chunks issued ahead (cp.async)
             mask = row_ok[:, None] & (k[None, :] < K - k0)
             a = tl.load(s_ptr + k0 * class_step + offsets, mask=mask, other=float("-inf")).to(tl.float32)
             b = tl.load(t_ptr + k0 * class_step + offsets, mask=mask, other=float("-inf")).to(tl.float32)
             ma, sa, mb, sb, d = _kl_add(ma, sa, mb, sb, d, a, b, c, REVERSE)
         kl = _kl_value(sa, sb, d, inv_t, REVERSE)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in tl.range(0, K, BLOCK_K, num_stages=3):  # loads of the next chunks issued ahead (cp.async)
             mask = row_ok[:, None] & (k[None, :] < K - k0)
             a = tl.load(s_ptr + k0 * class_step + offsets, mask=mask, other=float("-inf")).to(tl.float32)
             b = tl.load(t_ptr + k0 * class_step + offsets, mask=mask, other=float("-inf")).to(tl.float32)
@@ -176,7 +176,7 @@ def _attention_maps_kernel(x_ptr, maps_ptr, C, HW, tiles, p, SQUARE: tl.constexp
     c = tl.arange(0, BLOCK_C)
     x_ptr += n.to(tl.int64) * C * HW
     acc = tl.zeros([BLOCK_C, BLOCK_J], tl.float32)
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in tl.range(0, C, BLOCK_C, num_stages=3):  # the next tiles' loads issued ahead (cp.async)
         mask = (c[:, None] < C - c0) & (j[None, :] < HW)
         x = tl.load(x_ptr + (c0 + c[:, None]) * HW + j[None, :], mask=mask, other=0.0).to(tl.float32)
         acc += _abs_pow(x, p, SQUARE)
@@ -238,7 +238,7 @@ def _attention_grad_kernel(x_ptr, maps_ptr, stats_ptr, grad_ptr, N, C, HW, tiles
     base = n.to(tl.int64) * C * HW
     x_ptr += base
     grad_ptr += base
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in tl.range(0, C, BLOCK_C, num_stages=3):  # the next tiles' loads issued ahead (cp.async)
         mask = (c[:, None] < C - c0) & (j[None, :] < HW)
         offsets = (c0 + c[:, None]) * HW + j[None, :]
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
