@@ -63,7 +63,7 @@ for tile in (4096, 64, 8):
     # masked classes against the float32 reference (no NaN that depends on how classes fall into chunks):
     # a teacher weight exp(-200) that underflows opposite a -inf student logit, in the first chunk while the
     # maximum rises later; a whole row of the weighting distribution masked (KL 0); a student row all -inf
-    # for two chunks and more while the teacher's weight is there (+inf)
+    # for two chunks and more while the teacher's weight is there (+inf), and the teacher's in reverse
     for shape in [(2, 20), (2, 20, 3)]:
         s, t = torch.zeros(shape), torch.zeros(shape)
         t[:, 0:4] = -200.0
@@ -74,7 +74,8 @@ for tile in (4096, 64, 8):
         early = torch.zeros(shape)
         early[:, :17] = -inf
         for a, b, reverse in ((s, t, False), (t, s, True), (masked, torch.randn(shape, generator=g), True),
-                              (torch.randn(shape, generator=g), masked, False), (early, s, False)):
+                              (torch.randn(shape, generator=g), masked, False), (early, s, False),
+                              (torch.randn(shape, generator=g), early, True)):
             loss, grad = triton_ops.kl_fused(a, b, 1.0, reverse)
             ref = reference.kl_fused(a, b, 1.0, reverse)
             for same in (torch.isnan, torch.isposinf):  # +inf where the reference has it, never NaN for it
@@ -86,11 +87,21 @@ for tile in (4096, 64, 8):
     loss, grad = triton_ops.kl_fused(s, t, 2.0, False, 1)  # channels-last in, channels-last gradient out, like CUDA
     assert grad.stride() == s.stride()
     close(grad, reference.kl_fused(s.double(), t.double(), 2.0, False, 1)[1], 1e-5)
-w = torch.tensor(0.3)  # weights: 0.5 * 0.3 on loss and gradient, the tensor read in the kernel
-loss, grad = triton_ops.kl_fused(s, t, 2.0, True, 2, 0.5, w)
-ref = reference.kl_fused(s.double(), t.double(), 2.0, True, 2)
-close(loss, 0.15 * ref[0], 1e-5)
-close(grad, 0.15 * ref[1], 1e-5)
+    w = torch.tensor(0.3)  # weights: 0.5 * 0.3 on loss and gradient, the tensor read in the kernel; mean and sum
+    for shape in [(3, 20), (2, 20, 3)]:  # streamed at TILE 8
+        s, t = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
+        for reverse, reduction in ((True, 2), (False, 1)):
+            loss, grad = triton_ops.kl_fused(s, t, 2.0, reverse, reduction, 0.5, w)
+            ref = reference.kl_fused(s.double(), t.double(), 2.0, reverse, reduction)
+            close(loss, 0.15 * ref[0], 1e-5)
+            close(grad, 0.15 * ref[1], 1e-5)
+            checked += 1
+for bad, reduction in ((torch.randn(2, 3, dtype=torch.float64), 0), (torch.randn(2, 3), 3)):  # as the CUDA op
+    try:
+        triton_ops.kl_fused(bad, bad, 1.0, False, reduction)
+        raise AssertionError("accepted")
+    except ValueError as e:
+        assert "float64" in str(e) or "reduction" in str(e), e
 before = grad.clone()
 triton_ops.apply_upstream_(grad, torch.tensor(1.0))  # the backward's step: untouched at 1
 assert torch.equal(grad, before)
@@ -103,15 +114,18 @@ close(loss, -0.3 * ref[0], 1e-6)
 close(grad, -0.3 * ref[1], 1e-6)
 # one tile of positions and channels; 81 positions and 40 / 70 channels (partial tiles of 64 and 32);
 # 40 x 40 positions (the stats kernel's two chunks of 1,024)
+# a sample of all-zero features (the norms' eps: loss and gradient 0, not NaN); p = 0.5 and 0, where |F|^(p-1) at
+# F = 0 is infinite (the reference's NaN there, as powf gives it to the CUDA kernel)
 for cs, ct, hw in ((4, 6, (3, 5)), (40, 70, (9, 9)), (3, 5, (40, 40))):
-    fs, ft = torch.randn(2, cs, *hw, generator=g), torch.randn(2, ct, *hw, generator=g)
+    fs, ft = torch.randn(3, cs, *hw, generator=g), torch.randn(3, ct, *hw, generator=g)
     fs[0, 0, 0, 0] = 0  # |F|^(p-1) sign(F) at 0
-    for p in (1.0, 2.0, 3.0):
-        for reduction in (0, 1, 2):
+    fs[2], ft[2] = 0, 0
+    for p in (0.0, 0.5, 1.0, 2.0, 3.0):
+        for reduction in (0, 1, 2) if p >= 1 else (0,):
             loss, grad = triton_ops.attention_fused(fs, ft, p, reduction)
             ref = reference.attention_fused(fs.double(), ft.double(), p, reduction)
-            torch.testing.assert_close(loss.double(), ref[0], rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(grad.double(), ref[1], rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(loss.double(), ref[0], rtol=1e-5, atol=1e-6, equal_nan=True)
+            torch.testing.assert_close(grad.double(), ref[1], rtol=1e-5, atol=1e-7, equal_nan=True)
             checked += 1
 print("checked", checked)
 """
@@ -122,8 +136,8 @@ def test_triton_kernels_match_the_float64_reference_in_the_interpreter():
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", CHECK], cwd=Path(__file__).parent.parent, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    kl = 5 * 2 * 2 * 3 + 3 * 2 + 2 * 2 + 2 * (2 * 2) + 3 * (2 * 5)  # tables, large logits, masked classes
-    assert done.stdout.split() == ["checked", str(kl + 3 * 3 * 3)]
+    kl = 5 * 2 * 2 * 3 + 3 * 2 + 2 * 2 + 2 * (2 * 2) + 3 * (2 * 6) + 3 * (2 * 2)  # tables, logits at 1e4, masked, weights
+    assert done.stdout.split() == ["checked", str(kl + 3 * (3 * 3 + 2))]
 
 
 @pytest.fixture
@@ -187,20 +201,25 @@ def test_the_benchmarks_autograd_wrapper_backpropagates_the_saved_gradient():
 def test_triton_kernels_compile_for_sm90_with_wide_loads_in_flight_and_no_spills():
     """Triton compiles the kernels for an H100 here, without a GPU (tools/triton_sass.py, the README's Triton
     table): at the benchmark's reference shape the KL program issues all its loads (16 bytes each, 8 in fp32) before
-    using any; the streaming KL loop and the attention maps' channel loop are software-pipelined (asynchronous
-    copies of the next chunks while one is used: a plain loop reused one register set, one load in flight); no
-    kernel spills."""
+    using any (before the tiles: 4-byte loads 4 KB apart, 4 in flight); the streaming KL loop and the attention
+    kernels' channel loops are software-pipelined (asynchronous copies of the next chunks while one is used: a plain
+    loop reused one register set, one load in flight); no kernel spills."""
     pytest.importorskip("triton.compiler")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
     import triton_sass
     from kernel_sass import load_widths, loads_in_flight
 
     cases = [triton_sass.KL_CASES[0], triton_sass.KL_CASES[2], triton_sass.KL_CASES[5]]
-    kernels_ = triton_sass.kl_plans(cases, ("fp32",)) + triton_sass.attention_plans(("fp32",))
+    try:  # the tool drives Triton's compiler directly (ASTSource, GPUTarget), as Triton 3.8 spells them
+        kernels_ = triton_sass.kl_plans(cases, ("fp32",)) + triton_sass.attention_plans(("fp32",))
+    except (ImportError, AttributeError, TypeError, KeyError) as e:
+        import triton
+
+        pytest.skip(f"Triton {triton.__version__}'s compiler interface differs from tools/triton_sass.py's: {e!r}")
     read = {label: triton_sass._read(kernel) for label, _, _, kernel in kernels_}
     assert all(r["spill_bytes"] == 0 for r in read.values()), {k: r["spill_bytes"] for k, r in read.items()}
     reference_shape = read["KL [256, 256, 32, 32]"]["sass"]
-    assert load_widths(reference_shape) == "16 B" and loads_in_flight(reference_shape) == 8
+    assert load_widths(reference_shape) == "16 B" and loads_in_flight(reference_shape) >= 8
     assert load_widths(read["KL [64, 256, 28, 28] channels-last"]["sass"]) == "16 B"  # read in place, rows
     for streamed in ("KL [512, 32768]", "attention maps", "attention gradient"):
         assert triton_sass.async_copies(read[streamed]["sass"]) > 0, streamed

@@ -6,7 +6,7 @@ kdlab/kernels/README.md.
     python tools/triton_sass.py
 
 The same measures as tools/kernel_sass.py (whose helpers read the SASS) for kdlab/kernels/triton_ops.py: the
-launch plans come from triton_ops itself (``_kl_plan``, the attention tile constants), and the arguments are
+launch plans come from triton_ops itself (``_kl_launch``, the attention tile constants), and the arguments are
 specialised as Triton specialises them at run time for those shapes (pointers and integers divisible by 16 marked).
 """
 from __future__ import annotations
@@ -23,7 +23,8 @@ ARCH = 90
 # (label, logits shape, channels-last) of kdlab.bench's KL rows; reverse at the first
 KL_CASES = [("[256, 256, 32, 32]", (256, 256, 32, 32), False), ("[64, 256, 28, 28]", (64, 256, 28, 28), False),
             ("[64, 256, 28, 28] channels-last", (64, 256, 28, 28), True), ("[65536, 10]", (65536, 10), False),
-            ("[4096, 1024]", (4096, 1024), False), ("[512, 32768]", (512, 32768), False)]
+            ("[4096, 1024]", (4096, 1024), False), ("[512, 32768]", (512, 32768), False),
+            ("[256, 1000] (not a benchmark shape)", (256, 1000), False)]
 AT_CASE = ((128, 64, 32, 32), (128, 256, 32, 32))
 DTYPES = ("fp32", "bf16")
 
@@ -72,19 +73,20 @@ def kl_plans(cases=KL_CASES, dtypes=DTYPES):
             for size in shape[2:]:
                 positions *= size
             rows_layout = positions == 1 or channels_last
-            rows = n * positions if rows_layout else positions
-            block_r, block_k, one_pass, warps = triton_ops._kl_plan(k, rows, rows_layout)
-            tiles = -(-rows // block_r)
+            launch = triton_ops._kl_launch(k, n * positions if rows_layout else positions, rows_layout,
+                                           2 if dtype == "bf16" else 4)
+            c = launch["constexprs"]
             for reverse in (False, True) if i == 0 else (False,):
                 args = {"s_ptr": ("*" + dtype, None), "t_ptr": ("*" + dtype, None), "loss_ptr": ("*fp32", None),
-                        "grad_ptr": ("*" + dtype, None), "K": ("i32", k), "P": ("i32", rows), "tiles": ("i32", tiles),
+                        "grad_ptr": ("*" + dtype, None), "k_units": ("i32", launch["k_units"]),
+                        "p_units": ("i32", launch["p_units"]), "tiles": ("i32", launch["tiles"]),
                         "temperature": ("fp32", None), "grad_scale": ("fp32", None), "weight": ("fp32", None),
                         "w_ptr": ("*fp32", None)}
-                constexprs = {"ROWS": rows_layout, "BLOCK_R": block_r, "BLOCK_K": block_k, "ONE_PASS": one_pass,
-                              "REVERSE": reverse, "HAS_W": False}
-                plan = f"{block_r} x {block_k}{'' if one_pass else ' streamed'}, {warps} warps"
+                plan = (f"{c['BLOCK_R']} x {c['BLOCK_K']}{'' if c['ONE_PASS'] else ' streamed'}, "
+                        f"{launch['num_warps']} warps")
                 out.append((f"KL {label}{' reverse' if reverse else ''}", dtype, plan,
-                            _compile(triton_ops._kl_kernel, args, constexprs, warps)))
+                            _compile(triton_ops._kl_kernel, args, {**c, "REVERSE": reverse, "HAS_W": False},
+                                     launch["num_warps"])))
     return out
 
 

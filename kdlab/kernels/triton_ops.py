@@ -9,11 +9,13 @@ The formulas are the reference's (see its docstring), computed as the CUDA kerne
 
 - KL: one program takes a tile of rows (positions) by classes, ``[BLOCK_R, BLOCK_K]``. Positions innermost
   (``[N, K, *spatial]`` contiguous): 16 neighbouring positions, so a warp's loads are contiguous (16 bytes a
-  thread); class axis innermost (``[N, K]``, or both logits channels-last, read in place): whole rows. Up
-  to :data:`TILE` logits of each input stay in registers, read once; more classes stream through in chunks,
-  read twice (the softmax statistics with online maxima, then the gradient). Any K.
+  thread when H W is a multiple of 16 bytes' worth of values); class axis innermost (``[N, K]``, or both logits
+  channels-last, read in place): whole rows (16-byte loads when K is such a multiple). Up to :data:`TILE` logits
+  of each input stay in registers, read once; more classes stream through in chunks, read twice (the softmax
+  statistics with online maxima, then the gradient). Any K.
 - attention transfer: three launches, as in CUDA: the maps (a program per 64 positions of a sample, the
   channels in tiles of 32), each sample's norms and loss, and the gradient (programs as for the maps).
+  Any C; H W < 2^26.
 
 ``python -m kdlab.bench`` measures them beside the CUDA kernels; ``tests/test_kernels_triton.py`` checks them
 under the interpreter and compiles them for sm_90 here, without a GPU (registers, spills, load widths).
@@ -81,21 +83,26 @@ def _kl_grad(a, b, ma, sa, mb, sb, kl, c, inv_t, temperature, REVERSE: tl.conste
     if REVERSE:
         xb = tl.where(b == mb[:, None], 0.0, b - mb[:, None])
         log_ratio = (xa - xb) * inv_t + (tl.log(sb) - tl.log(sa))[:, None]  # log q - log p
-        return tl.where(q > 0, temperature * q * (log_ratio - kl[:, None]), 0.0)
+        return tl.where(q > 0, temperature * (q * (log_ratio - kl[:, None])), 0.0)  # T q underflows first otherwise
     p = tl.where(b == float("-inf"), 0.0, tl.exp2((b - mb[:, None]) * c)) * (1.0 / sb)[:, None]
     return temperature * (q - p)
 
 
 @triton.jit
-def _kl_kernel(s_ptr, t_ptr, loss_ptr, grad_ptr, K, P, tiles, temperature, grad_scale, weight, w_ptr,
+def _kl_kernel(s_ptr, t_ptr, loss_ptr, grad_ptr, k_units, p_units, tiles, temperature, grad_scale, weight, w_ptr,
                ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ONE_PASS: tl.constexpr,
-               REVERSE: tl.constexpr, HAS_W: tl.constexpr):
+               REVERSE: tl.constexpr, HAS_W: tl.constexpr, K_UNIT: tl.constexpr, P_UNIT: tl.constexpr):
     """One program: BLOCK_R rows (positions) x all K classes, as tiles [BLOCK_R, BLOCK_K].
     ROWS: the class axis innermost (``[rows, K]``; P = the number of rows), row r's class k at r K + k.
     Otherwise ``[N, K, P]`` with the positions innermost: program ``pid`` takes sample ``pid // tiles`` and its
     positions from ``(pid % tiles) BLOCK_R``, class k of position j at k P + j (neighbouring positions together).
     ONE_PASS (K <= BLOCK_K): the tile stays in registers, read once. Otherwise the logits stream through in
-    chunks of BLOCK_K classes twice: the statistics, then the gradient."""
+    chunks of BLOCK_K classes twice: the statistics, then the gradient.
+    K = k_units K_UNIT and P = p_units P_UNIT, the units powers of two up to a 16-byte load: Triton then knows that
+    K (rows) or P (positions innermost) is a multiple of them and loads 16 bytes at a time (it specialises a runtime
+    integer only on divisibility by 16)."""
+    K = k_units * K_UNIT
+    P = p_units * P_UNIT
     pid = tl.program_id(0)
     r = tl.arange(0, BLOCK_R)
     k = tl.arange(0, BLOCK_K)
@@ -158,12 +165,19 @@ AT_STATS_BLOCK = 1024  # positions the stats kernel reads at once
 
 
 @triton.jit
+def _pow(ax, e):
+    """ax^e for ax >= 0, with powf's values at 0 (as the reference's and the CUDA kernel's): 0 for e > 0, 1 for
+    e = 0, +inf for e < 0."""
+    at_zero = tl.where(e > 0, 0.0, tl.where(e == 0, 1.0, float("inf")))
+    return tl.where(ax > 0, tl.exp2(e * tl.log2(ax)), at_zero)
+
+
+@triton.jit
 def _abs_pow(x, p, SQUARE: tl.constexpr):
-    """|x|^p (x * x for p = 2; 0 at x = 0 for p > 0)."""
+    """|x|^p (x * x for p = 2)."""
     if SQUARE:
         return x * x
-    ax = tl.abs(x)
-    return tl.where(ax > 0, tl.exp2(p * tl.log2(ax)), 0.0)
+    return _pow(tl.abs(x), p)
 
 
 @triton.jit
@@ -174,12 +188,12 @@ def _attention_maps_kernel(x_ptr, maps_ptr, C, HW, tiles, p, SQUARE: tl.constexp
     n = pid // tiles
     j = (pid % tiles) * BLOCK_J + tl.arange(0, BLOCK_J)
     c = tl.arange(0, BLOCK_C)
-    x_ptr += n.to(tl.int64) * C * HW
+    ptrs = x_ptr + n.to(tl.int64) * C * HW + c[:, None] * HW + j[None, :]
     acc = tl.zeros([BLOCK_C, BLOCK_J], tl.float32)
     for c0 in tl.range(0, C, BLOCK_C, num_stages=3):  # the next tiles' loads issued ahead (cp.async)
         mask = (c[:, None] < C - c0) & (j[None, :] < HW)
-        x = tl.load(x_ptr + (c0 + c[:, None]) * HW + j[None, :], mask=mask, other=0.0).to(tl.float32)
-        acc += _abs_pow(x, p, SQUARE)
+        acc += _abs_pow(tl.load(ptrs, mask=mask, other=0.0).to(tl.float32), p, SQUARE)
+        ptrs += BLOCK_C * HW  # 64-bit pointers: no limit on C H W
     tl.store(maps_ptr + n.to(tl.int64) * HW + j, tl.sum(acc, 0) / C, mask=j < HW)
 
 
@@ -235,19 +249,18 @@ def _attention_grad_kernel(x_ptr, maps_ptr, stats_ptr, grad_ptr, N, C, HW, tiles
     if HAS_W:
         w = w * tl.load(w_ptr)
     g_a = 2.0 * (d - u * ud) / norm_s * (w * p / C)  # d loss / d a_S, times p / C and the weights
-    base = n.to(tl.int64) * C * HW
-    x_ptr += base
-    grad_ptr += base
+    offsets = n.to(tl.int64) * C * HW + c[:, None] * HW + j[None, :]
+    x_ptrs, g_ptrs = x_ptr + offsets, grad_ptr + offsets
     for c0 in tl.range(0, C, BLOCK_C, num_stages=3):  # the next tiles' loads issued ahead (cp.async)
         mask = (c[:, None] < C - c0) & (j[None, :] < HW)
-        offsets = (c0 + c[:, None]) * HW + j[None, :]
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
         if SQUARE:  # p |x|^(p-1) sign(x) = 2 x, the 2 already in g_a's p
             dx = x
-        else:
-            ax = tl.abs(x)
-            dx = tl.where(ax > 0, tl.exp2((p - 1.0) * tl.log2(ax)), 0.0) * tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
-        tl.store(grad_ptr + offsets, (g_a[None, :] * dx).to(grad_ptr.dtype.element_ty), mask=mask)
+        else:  # |x|^(p-1) sign(x): at x = 0, 0 for p > 1 and NaN (inf * 0) for p < 1, as the reference
+            dx = _pow(tl.abs(x), p - 1.0) * tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
+        tl.store(g_ptrs, (g_a[None, :] * dx).to(grad_ptr.dtype.element_ty), mask=mask)
+        x_ptrs += BLOCK_C * HW
+        g_ptrs += BLOCK_C * HW
 
 
 @triton.jit
@@ -275,13 +288,23 @@ def apply_upstream_(grad: torch.Tensor, factor: torch.Tensor) -> None:
         _apply_upstream_kernel[(triton.cdiv(n, 1024),)](grad, factor.reshape(()).to(torch.float32), n, BLOCK=1024)
 
 
+def _check(op: str, x: torch.Tensor, reduction: int) -> None:
+    """The CUDA ops' refusals: a reduction code other than 0, 1, 2, and float64 (which the routed losses send to the
+    reference: the kernels compute in float32)."""
+    if reduction not in (0, 1, 2):
+        raise ValueError(f"{op}: reduction must be 0 (none), 1 (mean) or 2 (sum), got {reduction}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"{op}: the Triton kernels take float32, float16 or bfloat16, got {x.dtype}")
+
+
 def _reduce(loss: torch.Tensor, reduction: int) -> torch.Tensor:
     return loss.mean() if reduction == 1 else loss.sum() if reduction == 2 else loss
 
 
-def _kl_plan(classes: int, rows: int, rows_layout: bool) -> tuple[int, int, bool, int]:
-    """``(BLOCK_R, BLOCK_K, ONE_PASS, num_warps)`` of :func:`_kl_kernel` for ``classes`` (K) and ``rows`` (positions
-    per sample in the positions-innermost layout; all rows in the rows layout). A program holds at most
+def _kl_launch(classes: int, rows: int, rows_layout: bool, element_size: int) -> dict:
+    """How :func:`_kl_kernel` is launched for ``classes`` (K) and ``rows`` (positions per sample in the
+    positions-innermost layout; all rows in the rows layout): its integer arguments (``k_units``, ``p_units``,
+    ``tiles``, the programs per sample or in all), its tile constants and ``num_warps``. A program holds at most
     :data:`TILE` logits of each input: all K classes at once when they fit, else chunks of them streamed twice."""
     block_k = triton.next_power_of_2(classes)
     if rows_layout:  # class axis innermost: whole rows, several when they are short
@@ -292,18 +315,24 @@ def _kl_plan(classes: int, rows: int, rows_layout: bool) -> tuple[int, int, bool
     else:  # neighbouring positions together, so that a warp's loads are contiguous
         block_r = min(COLUMN_POSITIONS, triton.next_power_of_2(rows))
         block_k = min(block_k, max(1, TILE // block_r))
-    one_pass = block_k >= classes
-    return block_r, block_k, one_pass, 8 if block_r * block_k >= 4096 else 4
+    pack = 16 // element_size  # values in a 16-byte load; the contiguous extent's share of it
+    k_unit, p_unit = (math.gcd(classes, pack), 1) if rows_layout else (1, math.gcd(rows, pack))
+    return {"k_units": classes // k_unit, "p_units": rows // p_unit, "tiles": triton.cdiv(rows, block_r),
+            "constexprs": {"ROWS": rows_layout, "BLOCK_R": block_r, "BLOCK_K": block_k, "ONE_PASS": block_k >= classes,
+                           "K_UNIT": k_unit, "P_UNIT": p_unit},
+            "num_warps": 8 if block_r * block_k >= 4096 else 4}
 
 
 def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool, reduction: int = 0,
              weight: float = 1.0, weight_tensor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`kdlab.kernels.reference.kl_fused` on Triton: logits ``[N, K, *spatial]`` (any float dtype, any K >= 2);
-    returns the float32 loss (per position ``[N, *spatial]``, or reduced) and the gradient (``student.dtype``, in
-    :func:`~kdlab.kernels.reference.kl_grad_format`). Both channels-last: read in place, the class axis innermost."""
+    """:func:`kdlab.kernels.reference.kl_fused` on Triton: logits ``[N, K, *spatial]`` (float32, float16 or bfloat16;
+    any K >= 2); returns the float32 loss (per position ``[N, *spatial]``, or reduced) and the gradient
+    (``student.dtype``, in :func:`~kdlab.kernels.reference.kl_grad_format`). Both channels-last: read in place, the
+    class axis innermost."""
     if student.shape != teacher.shape or student.dim() < 2 or student.shape[1] < 2:
         raise ValueError(f"kl_fused: expected logits [N, K, *spatial] of one shape with K >= 2, got "
                          f"{tuple(student.shape)} and {tuple(teacher.shape)}")
+    _check("kl_fused", student, reduction)
     n, k = student.shape[:2]
     spatial = tuple(student.shape[2:])
     positions = math.prod(spatial)
@@ -316,14 +345,12 @@ def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, r
     if count:
         if not rows_layout and k * positions >= 2 ** 31:
             raise ValueError(f"kl_fused: the Triton kernel takes at most 2^31 logits per sample, got K={k} x {positions}")
-        rows = count if rows_layout else positions
-        block_r, block_k, one_pass, warps = _kl_plan(k, rows, rows_layout)
-        tiles = triton.cdiv(rows, block_r)
-        grid = (tiles if rows_layout else n * tiles,)
-        _kl_kernel[grid](s, t, loss, grad, k, rows, tiles, float(temperature), 1.0 / count if reduction == 1 else 1.0,
-                         float(weight), _weight_pointer(weight_tensor, loss), ROWS=rows_layout, BLOCK_R=block_r,
-                         BLOCK_K=block_k, ONE_PASS=one_pass, REVERSE=bool(reverse), HAS_W=weight_tensor is not None,
-                         num_warps=warps)
+        launch = _kl_launch(k, count if rows_layout else positions, rows_layout, s.element_size())
+        grid = (launch["tiles"] if rows_layout else n * launch["tiles"],)
+        _kl_kernel[grid](s, t, loss, grad, launch["k_units"], launch["p_units"], launch["tiles"], float(temperature),
+                         1.0 / count if reduction == 1 else 1.0, float(weight), _weight_pointer(weight_tensor, loss),
+                         REVERSE=bool(reverse), HAS_W=weight_tensor is not None, num_warps=launch["num_warps"],
+                         **launch["constexprs"])
     return _reduce(loss, reduction), grad
 
 
@@ -337,6 +364,7 @@ def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0
             or student.shape[2:] != teacher.shape[2:]:
         raise ValueError(f"attention_fused: expected features [N, C, H, W] with the same N, H, W, got "
                          f"{tuple(student.shape)} and {tuple(teacher.shape)}")
+    _check("attention_fused", student, reduction)
     n, cs, h, w = student.shape
     ct, hw = teacher.shape[1], h * w
     s, t = student.contiguous(), teacher.contiguous()
@@ -344,8 +372,8 @@ def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0
     grad = torch.empty_like(s)
     if s.numel() == 0:  # no samples, channels or positions: nothing to compare
         return _reduce(loss.zero_(), reduction), grad
-    if max(cs, ct) * hw >= 2 ** 31:
-        raise ValueError(f"attention_fused: the Triton kernels take at most 2^31 values per sample, got {max(cs, ct)} x {hw}")
+    if AT_CHANNELS * hw >= 2 ** 31:
+        raise ValueError(f"attention_fused: the Triton kernels take H W < 2^26, got {hw}")
     maps = torch.empty((2, n, hw), dtype=torch.float32, device=s.device)  # a_S, then a_T
     stats = torch.empty((n, 3), dtype=torch.float32, device=s.device)
     block_j = min(AT_POSITIONS, triton.next_power_of_2(hw))
