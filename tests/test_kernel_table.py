@@ -28,7 +28,7 @@ def test_streaming_rows_are_listed_by_block_size(tmp_path):
               "    Duration                         us        80.25\n    DRAM Throughput                   %        61.50\n"
               "    L2 Hit Rate                       %        47.20\n")
     runs = kernel_table.nsight_runs(report)
-    assert runs == [[("kl:512,32768:float32", "1024", [runs[0][0][2][0]])]]
+    assert runs == [[("kl:512,32768:float32", "cuda", "1024", [runs[0][0][3][0]])]]
     assert kernel_table.stream_table(runs)[2] == "| kl:512,32768:float32 | 1024 | 80.2 | 61.5 | 47.2 |"
     assert kernel_table.main([str(tmp_path)]) == 1  # a folder without the logs: a clear message, no traceback
 
@@ -40,3 +40,28 @@ def test_profile_specs_are_the_benchmark_rows():
 
     bench = kernel_table.json.loads((RUN / "bench.json").read_text())
     assert sorted(profile_kernels.bench_specs()) == sorted(kernel_table.spec_of(row) for row in bench["rows"])
+
+
+def test_triton_kernels_are_tabled_apart_from_the_cuda_ones():
+    """A run of the Triton kernels under Nsight (KDLAB_KERNELS=triton in tools/gpu-check profile; a Triton kernel's
+    name has no parameter list) fills the Triton table and leaves the CUDA table's figures alone."""
+    bench = kernel_table.json.loads((RUN / "bench.json").read_text())
+    log = (RUN / "profile.log").read_text() + (
+        "==PROF== Connected to process 9 (/usr/bin/python3.12)\nkl:256,256,32,32:float32: backend triton\n"
+        "  _kl_kernel (16384, 1, 1)x(256, 1, 1), Context 1, Stream 7, Device 0, CC 9.0\n"
+        "    Duration                         us       250.00\n"
+        "at:128,64,32,32:128,256,32,32:float32: backend triton\n"
+        "  _attention_maps_kernel (4096, 1, 1)x(128, 1, 1), Context 1, Stream 7, Device 0, CC 9.0\n"
+        "    Duration                         us        50.00\n"
+        "  _attention_stats_kernel (128, 1, 1)x(128, 1, 1), Context 1, Stream 7, Device 0, CC 9.0\n"
+        "    Duration                         us         5.00\n"
+        "  _attention_grad_kernel (2048, 1, 1)x(128, 1, 1), Context 1, Stream 7, Device 0, CC 9.0\n"
+        "    Duration                         us        25.00\n")
+    runs = kernel_table.nsight_runs(log)
+    cuda = {line.split(" | ")[1] + " " + line.split(" | ")[2]: line for line in kernel_table.speed_table(bench, runs)[2:]}
+    assert "| 223.5 | 85% |" in cuda["[256, 256, 32, 32] fp32"]  # the CUDA kernel's own time, not Triton's
+    triton = {line.split(" | ")[1] + " " + line.split(" | ")[2]: line for line in kernel_table.triton_table(bench, runs)[2:]}
+    # 3 * 256 * 256 * 1024 * 4 bytes in 250 us = 3,221 GB/s, 76% of the run's 4,223; beside the CUDA kernel's 223.5 us
+    assert "| 250.0 | 76% | 223.5 | 2.209 / 0.448 |" in triton["[256, 256, 32, 32] fp32"]
+    assert "| 80.0 | " in triton["[128, 64, 32, 32] / [128, 256, 32, 32] fp32"]  # three launches summed
+    assert kernel_table.triton_table(bench, kernel_table.nsight_runs((RUN / "profile.log").read_text())) == []

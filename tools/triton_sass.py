@@ -103,8 +103,8 @@ def attention_plans(dtypes=DTYPES):
     out = []
     for dtype in dtypes:
         x = "*" + dtype
-        maps = {"x_ptr": (x, None), "maps_ptr": ("*fp32", None), "C": ("i32", ct), "HW": ("i32", hw),
-                "tiles": ("i32", tiles), "p": ("fp32", None)}
+        maps = {"s_ptr": (x, None), "t_ptr": (x, None), "maps_ptr": ("*fp32", None), "N": ("i32", n), "CS": ("i32", cs),
+                "CT": ("i32", ct), "HW": ("i32", hw), "tiles": ("i32", tiles), "p": ("fp32", None)}
         grad = {"x_ptr": (x, None), "maps_ptr": ("*fp32", None), "stats_ptr": ("*fp32", None), "grad_ptr": (x, None),
                 "N": ("i32", n), "C": ("i32", cs), "HW": ("i32", hw), "tiles": ("i32", tiles), "p": ("fp32", None),
                 "grad_scale": ("fp32", None), "weight": ("fp32", None), "w_ptr": ("*fp32", None)}

@@ -181,20 +181,27 @@ def _abs_pow(x, p, SQUARE: tl.constexpr):
 
 
 @triton.jit
-def _attention_maps_kernel(x_ptr, maps_ptr, C, HW, tiles, p, SQUARE: tl.constexpr, BLOCK_C: tl.constexpr,
-                           BLOCK_J: tl.constexpr):
-    """a[n, j] = mean_c |x[n, c, j]|^p for BLOCK_J positions of one sample; x ``[N, C, HW]``, maps ``[N, HW]``."""
+def _attention_maps_kernel(s_ptr, t_ptr, maps_ptr, N, CS, CT, HW, tiles, p, SQUARE: tl.constexpr,
+                           BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr):
+    """a[n, j] = mean_c |x[n, c, j]|^p for BLOCK_J positions of one sample, the student's maps from the first
+    ``N tiles`` programs, the teacher's from the next: x ``[N, C, HW]`` (C = CS or CT), maps ``[2, N, HW]``."""
     pid = tl.program_id(0)
+    teacher = pid >= N * tiles
+    if teacher:
+        x_ptr, C, pid = t_ptr, CT, pid - N * tiles
+    else:
+        x_ptr, C = s_ptr, CS
     n = pid // tiles
     j = (pid % tiles) * BLOCK_J + tl.arange(0, BLOCK_J)
     c = tl.arange(0, BLOCK_C)
+    maps_ptr += (teacher.to(tl.int64) * N + n) * HW
     ptrs = x_ptr + n.to(tl.int64) * C * HW + c[:, None] * HW + j[None, :]
     acc = tl.zeros([BLOCK_C, BLOCK_J], tl.float32)
     for c0 in tl.range(0, C, BLOCK_C, num_stages=3):  # the next tiles' loads issued ahead (cp.async)
         mask = (c[:, None] < C - c0) & (j[None, :] < HW)
         acc += _abs_pow(tl.load(ptrs, mask=mask, other=0.0).to(tl.float32), p, SQUARE)
         ptrs += BLOCK_C * HW  # 64-bit pointers: no limit on C H W
-    tl.store(maps_ptr + n.to(tl.int64) * HW + j, tl.sum(acc, 0) / C, mask=j < HW)
+    tl.store(maps_ptr + j, tl.sum(acc, 0) / C, mask=j < HW)
 
 
 @triton.jit
@@ -379,9 +386,8 @@ def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0
     block_j = min(AT_POSITIONS, triton.next_power_of_2(hw))
     tiles = triton.cdiv(hw, block_j)
     square, w_ptr = p == 2.0, _weight_pointer(weight_tensor, loss)
-    for x, c, a in ((s, cs, maps[0]), (t, ct, maps[1])):
-        _attention_maps_kernel[(n * tiles,)](x, a, c, hw, tiles, float(p), SQUARE=square, BLOCK_C=AT_CHANNELS,
-                                             BLOCK_J=block_j)
+    _attention_maps_kernel[(2 * n * tiles,)](s, t, maps, n, cs, ct, hw, tiles, float(p), SQUARE=square,
+                                             BLOCK_C=AT_CHANNELS, BLOCK_J=block_j)
     _attention_stats_kernel[(n,)](maps, loss, stats, n, hw, eps, float(weight), w_ptr,
                                   BLOCK=min(AT_STATS_BLOCK, triton.next_power_of_2(hw)), HAS_W=weight_tensor is not None)
     _attention_grad_kernel[(n * tiles,)](s, maps, stats, grad, n, cs, hw, tiles, float(p),
