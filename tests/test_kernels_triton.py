@@ -212,6 +212,7 @@ def test_triton_kernels_compile_for_sm90_with_wide_loads_in_flight_and_no_spills
     cases = [triton_sass.KL_CASES[0], triton_sass.KL_CASES[2], triton_sass.KL_CASES[5]]
     try:  # the tool drives Triton's compiler directly (ASTSource, GPUTarget), as Triton 3.8 spells them
         kernels_ = triton_sass.kl_plans(cases, ("fp32",)) + triton_sass.attention_plans(("fp32",))
+        bf16 = triton_sass._read(triton_sass.kl_plans(cases[:1], ("bf16",))[0][3])
     except (ImportError, AttributeError, TypeError, KeyError) as e:
         import triton
 
@@ -220,6 +221,8 @@ def test_triton_kernels_compile_for_sm90_with_wide_loads_in_flight_and_no_spills
     assert all(r["spill_bytes"] == 0 for r in read.values()), {k: r["spill_bytes"] for k, r in read.items()}
     reference_shape = read["KL [256, 256, 32, 32]"]["sass"]
     assert load_widths(reference_shape) == "16 B" and loads_in_flight(reference_shape) >= 8
+    # bf16: all 4 loads (8 values each) in flight, and at most 128 registers: two programs of 8 warps an SM
+    assert loads_in_flight(bf16["sass"]) >= 4 and bf16["registers"] <= 128 and bf16["spill_bytes"] == 0
     assert load_widths(read["KL [64, 256, 28, 28] channels-last"]["sass"]) == "16 B"  # read in place, rows
     for streamed in ("KL [512, 32768]", "attention maps", "attention gradient"):
         assert triton_sass.async_copies(read[streamed]["sass"]) > 0, streamed

@@ -29,7 +29,7 @@ AT_CASE = ((128, 64, 32, 32), (128, 256, 32, 32))
 DTYPES = ("fp32", "bf16")
 
 
-def _compile(fn, args: dict, constexprs: dict, num_warps: int):
+def _compile(fn, args: dict, constexprs: dict, num_warps: int, maxnreg: int | None = None):
     """Triton's compiled kernel for sm_90: ``args`` maps each runtime argument to ``(type, value)`` (value None for
     pointers, which torch allocates 16-byte aligned); integers divisible by 16 are marked so, as at run time."""
     import triton
@@ -41,7 +41,8 @@ def _compile(fn, args: dict, constexprs: dict, num_warps: int):
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name, (kind, value) in args.items()
              if kind.startswith("*") or (kind == "i32" and value % 16 == 0)}
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", ARCH, 32), options={"num_warps": num_warps})
+    options = {"num_warps": num_warps} | ({"maxnreg": maxnreg} if maxnreg else {})
+    return triton.compile(source, target=GPUTarget("cuda", ARCH, 32), options=options)
 
 
 def _read(kernel) -> dict:
@@ -82,11 +83,13 @@ def kl_plans(cases=KL_CASES, dtypes=DTYPES):
                         "p_units": ("i32", launch["p_units"]), "tiles": ("i32", launch["tiles"]),
                         "temperature": ("fp32", None), "grad_scale": ("fp32", None), "weight": ("fp32", None),
                         "w_ptr": ("*fp32", None)}
+                options = launch["options"]
                 plan = (f"{c['BLOCK_R']} x {c['BLOCK_K']}{'' if c['ONE_PASS'] else ' streamed'}, "
-                        f"{launch['num_warps']} warps")
+                        f"{options['num_warps']} warps" + (f", at most {options['maxnreg']} registers"
+                                                           if options["maxnreg"] else ""))
                 out.append((f"KL {label}{' reverse' if reverse else ''}", dtype, plan,
                             _compile(triton_ops._kl_kernel, args, {**c, "REVERSE": reverse, "HAS_W": False},
-                                     launch["num_warps"])))
+                                     options["num_warps"], options["maxnreg"])))
     return out
 
 

@@ -47,8 +47,9 @@ def _kl_add(ma, sa, mb, sb, d, a, b, c, REVERSE: tl.constexpr):
 
     Differences are taken from the maxima, so large logits lose no precision to T. When a maximum rises,
     the old sums scale by exp((old - new) / T) and d's differences all move by the same offset."""
-    Ma = tl.maximum(ma, tl.max(a, 1))
-    Mb = tl.maximum(mb, tl.max(b, 1))
+    Ma, Mb = tl.split(tl.max(tl.join(a, b), 1))  # one reduction of both tiles: Triton 3.6's code then issues
+    Ma = tl.maximum(ma, Ma)  # the teacher's loads before it uses the student's (not after the student's maxima)
+    Mb = tl.maximum(mb, Mb)
     fa = tl.where(ma == float("-inf"), 0.0, tl.exp2((ma - Ma) * c))
     fb = tl.where(mb == float("-inf"), 0.0, tl.exp2((mb - Mb) * c))
     da = tl.where(ma == Ma, 0.0, ma - Ma)  # an unchanged maximum moves by 0, also at -inf (not -inf - -inf)
@@ -311,7 +312,7 @@ def _reduce(loss: torch.Tensor, reduction: int) -> torch.Tensor:
 def _kl_launch(classes: int, rows: int, rows_layout: bool, element_size: int) -> dict:
     """How :func:`_kl_kernel` is launched for ``classes`` (K) and ``rows`` (positions per sample in the
     positions-innermost layout; all rows in the rows layout): its integer arguments (``k_units``, ``p_units``,
-    ``tiles``, the programs per sample or in all), its tile constants and ``num_warps``. A program holds at most
+    ``tiles``, the programs per sample or in all), its tile constants and compile options. A program holds at most
     :data:`TILE` logits of each input: all K classes at once when they fit, else chunks of them streamed twice."""
     block_k = triton.next_power_of_2(classes)
     if rows_layout:  # class axis innermost: whole rows, several when they are short
@@ -324,10 +325,14 @@ def _kl_launch(classes: int, rows: int, rows_layout: bool, element_size: int) ->
         block_k = min(block_k, max(1, TILE // block_r))
     pack = 16 // element_size  # values in a 16-byte load; the contiguous extent's share of it
     k_unit, p_unit = (math.gcd(classes, pack), 1) if rows_layout else (1, math.gcd(rows, pack))
+    warps = 8 if block_r * block_k >= 4096 else 4
+    one_pass = block_k >= classes
     return {"k_units": classes // k_unit, "p_units": rows // p_unit, "tiles": triton.cdiv(rows, block_r),
-            "constexprs": {"ROWS": rows_layout, "BLOCK_R": block_r, "BLOCK_K": block_k, "ONE_PASS": block_k >= classes,
+            "constexprs": {"ROWS": rows_layout, "BLOCK_R": block_r, "BLOCK_K": block_k, "ONE_PASS": one_pass,
                            "K_UNIT": k_unit, "P_UNIT": p_unit},
-            "num_warps": 8 if block_r * block_k >= 4096 else 4}
+            # a whole 4,096-logit tile in registers: at most 128 a thread keeps two programs of 8 warps on an SM
+            # (Triton 3.8 took 141 in bfloat16, one program; no spills at 128)
+            "options": {"num_warps": warps, "maxnreg": 128 if one_pass and warps == 8 else None}}
 
 
 def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool, reduction: int = 0,
@@ -356,7 +361,7 @@ def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, r
         grid = (launch["tiles"] if rows_layout else n * launch["tiles"],)
         _kl_kernel[grid](s, t, loss, grad, launch["k_units"], launch["p_units"], launch["tiles"], float(temperature),
                          1.0 / count if reduction == 1 else 1.0, float(weight), _weight_pointer(weight_tensor, loss),
-                         REVERSE=bool(reverse), HAS_W=weight_tensor is not None, num_warps=launch["num_warps"],
+                         REVERSE=bool(reverse), HAS_W=weight_tensor is not None, **launch["options"],
                          **launch["constexprs"])
     return _reduce(loss, reduction), grad
 
