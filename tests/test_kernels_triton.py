@@ -96,12 +96,16 @@ for tile in (4096, 64, 8):
             close(loss, 0.15 * ref[0], 1e-5)
             close(grad, 0.15 * ref[1], 1e-5)
             checked += 1
-for bad, reduction in ((torch.randn(2, 3, dtype=torch.float64), 0), (torch.randn(2, 3), 3)):  # as the CUDA op
+x64, x32 = torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.randn(2, 3, 4, 4)
+for op, s_, t_, reduction, why in ((triton_ops.kl_fused, x64, x64, 0, "float64"),  # refused as by the CUDA op
+                                   (triton_ops.kl_fused, x32, x32, 3, "reduction"),
+                                   (triton_ops.kl_fused, x32, x32.half(), 0, "dtype"),
+                                   (triton_ops.attention_fused, x32, x32.bfloat16(), 0, "dtype")):
     try:
-        triton_ops.kl_fused(bad, bad, 1.0, False, reduction)
+        op(s_, t_, 1.0, False, reduction) if op is triton_ops.kl_fused else op(s_, t_, 2.0, reduction)
         raise AssertionError("accepted")
     except ValueError as e:
-        assert "float64" in str(e) or "reduction" in str(e), e
+        assert why in str(e), e
 before = grad.clone()
 triton_ops.apply_upstream_(grad, torch.tensor(1.0))  # the backward's step: untouched at 1
 assert torch.equal(grad, before)

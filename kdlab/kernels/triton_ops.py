@@ -184,14 +184,15 @@ def _abs_pow(x, p, SQUARE: tl.constexpr):
 @triton.jit
 def _attention_maps_kernel(s_ptr, t_ptr, maps_ptr, N, CS, CT, HW, tiles, p, SQUARE: tl.constexpr,
                            BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr):
-    """a[n, j] = mean_c |x[n, c, j]|^p for BLOCK_J positions of one sample, the student's maps from the first
-    ``N tiles`` programs, the teacher's from the next: x ``[N, C, HW]`` (C = CS or CT), maps ``[2, N, HW]``."""
+    """a[n, j] = mean_c |x[n, c, j]|^p for BLOCK_J positions of one sample, the teacher's maps from the first
+    ``N tiles`` programs (usually the wider features: started first), the student's from the next: x ``[N, C, HW]``
+    (C = CT or CS, one dtype), maps ``[2, N, HW]`` (a_S, then a_T)."""
     pid = tl.program_id(0)
-    teacher = pid >= N * tiles
+    teacher = pid < N * tiles
     if teacher:
-        x_ptr, C, pid = t_ptr, CT, pid - N * tiles
+        x_ptr, C = t_ptr, CT
     else:
-        x_ptr, C = s_ptr, CS
+        x_ptr, C, pid = s_ptr, CS, pid - N * tiles
     n = pid // tiles
     j = (pid % tiles) * BLOCK_J + tl.arange(0, BLOCK_J)
     c = tl.arange(0, BLOCK_C)
@@ -296,13 +297,16 @@ def apply_upstream_(grad: torch.Tensor, factor: torch.Tensor) -> None:
         _apply_upstream_kernel[(triton.cdiv(n, 1024),)](grad, factor.reshape(()).to(torch.float32), n, BLOCK=1024)
 
 
-def _check(op: str, x: torch.Tensor, reduction: int) -> None:
-    """The CUDA ops' refusals: a reduction code other than 0, 1, 2, and float64 (which the routed losses send to the
-    reference: the kernels compute in float32)."""
+def _check(op: str, x: torch.Tensor, other: torch.Tensor, reduction: int) -> None:
+    """The CUDA ops' refusals: a reduction code other than 0, 1, 2; float64 (which the routed losses send to the
+    reference: the kernels compute in float32); student and teacher of different dtypes or devices."""
     if reduction not in (0, 1, 2):
         raise ValueError(f"{op}: reduction must be 0 (none), 1 (mean) or 2 (sum), got {reduction}")
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"{op}: the Triton kernels take float32, float16 or bfloat16, got {x.dtype}")
+    if other.dtype != x.dtype or other.device != x.device:
+        raise ValueError(f"{op}: student and teacher must share dtype and device, got {x.dtype} on {x.device} and "
+                         f"{other.dtype} on {other.device}")
 
 
 def _reduce(loss: torch.Tensor, reduction: int) -> torch.Tensor:
@@ -344,7 +348,7 @@ def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, r
     if student.shape != teacher.shape or student.dim() < 2 or student.shape[1] < 2:
         raise ValueError(f"kl_fused: expected logits [N, K, *spatial] of one shape with K >= 2, got "
                          f"{tuple(student.shape)} and {tuple(teacher.shape)}")
-    _check("kl_fused", student, reduction)
+    _check("kl_fused", student, teacher, reduction)
     n, k = student.shape[:2]
     spatial = tuple(student.shape[2:])
     positions = math.prod(spatial)
@@ -376,7 +380,7 @@ def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0
             or student.shape[2:] != teacher.shape[2:]:
         raise ValueError(f"attention_fused: expected features [N, C, H, W] with the same N, H, W, got "
                          f"{tuple(student.shape)} and {tuple(teacher.shape)}")
-    _check("attention_fused", student, reduction)
+    _check("attention_fused", student, teacher, reduction)
     n, cs, h, w = student.shape
     ct, hw = teacher.shape[1], h * w
     s, t = student.contiguous(), teacher.contiguous()
