@@ -6,11 +6,12 @@ kdlab/kernels/README.md.
     python tools/triton_sass.py
 
 The same measures as tools/kernel_sass.py (whose helpers read the SASS) for kdlab/kernels/triton_ops.py: the
-launch plans come from triton_ops itself (``_kl_launch``, the attention tile constants), and the arguments are
+launch plans come from triton_ops itself (``_kl_launch``, ``_attention_launch``), and the arguments are
 specialised as Triton specialises them at run time for those shapes (pointers and integers divisible by 16 marked).
 """
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import tempfile
@@ -69,13 +70,8 @@ def kl_plans(cases=KL_CASES, dtypes=DTYPES):
     out = []
     for dtype in dtypes:
         for i, (label, shape, channels_last) in enumerate(cases):
-            n, k = shape[:2]
-            positions = 1
-            for size in shape[2:]:
-                positions *= size
-            rows_layout = positions == 1 or channels_last
-            launch = triton_ops._kl_launch(k, n * positions if rows_layout else positions, rows_layout,
-                                           2 if dtype == "bf16" else 4)
+            n, k, positions = shape[0], shape[1], math.prod(shape[2:])
+            launch = triton_ops._kl_launch(n, k, positions, positions == 1 or channels_last, 2 if dtype == "bf16" else 4)
             c = launch["constexprs"]
             for reverse in (False, True) if i == 0 else (False,):
                 args = {"s_ptr": ("*" + dtype, None), "t_ptr": ("*" + dtype, None), "loss_ptr": ("*fp32", None),
@@ -99,8 +95,8 @@ def attention_plans(dtypes=DTYPES):
 
     (n, cs, h, w), ct = AT_CASE[0], AT_CASE[1][1]
     hw = h * w
-    block_j = min(triton_ops.AT_POSITIONS, 1 << (hw - 1).bit_length())
-    tiles = -(-hw // block_j)
+    launch = triton_ops._attention_launch(hw)
+    block_j, tiles = launch["block_j"], launch["tiles"]
     tile = {"SQUARE": True, "BLOCK_C": triton_ops.AT_CHANNELS, "BLOCK_J": block_j}
     plan = f"{triton_ops.AT_CHANNELS} x {block_j}, 4 warps"
     out = []
@@ -116,7 +112,7 @@ def attention_plans(dtypes=DTYPES):
                     _compile(triton_ops._attention_grad_kernel, grad, {**tile, "HAS_W": False}, 4)))
     stats = {"maps_ptr": ("*fp32", None), "loss_ptr": ("*fp32", None), "stats_ptr": ("*fp32", None), "N": ("i32", n),
              "HW": ("i32", hw), "eps": ("fp32", None), "weight": ("fp32", None), "w_ptr": ("*fp32", None)}
-    block = min(triton_ops.AT_STATS_BLOCK, 1 << (hw - 1).bit_length())
+    block = launch["stats_block"]
     out.append(("attention stats", "fp32", f"{block}, 4 warps",
                 _compile(triton_ops._attention_stats_kernel, stats, {"BLOCK": block, "HAS_W": False}, 4)))
     return out

@@ -313,11 +313,13 @@ def _reduce(loss: torch.Tensor, reduction: int) -> torch.Tensor:
     return loss.mean() if reduction == 1 else loss.sum() if reduction == 2 else loss
 
 
-def _kl_launch(classes: int, rows: int, rows_layout: bool, element_size: int) -> dict:
-    """How :func:`_kl_kernel` is launched for ``classes`` (K) and ``rows`` (positions per sample in the
-    positions-innermost layout; all rows in the rows layout): its integer arguments (``k_units``, ``p_units``,
-    ``tiles``, the programs per sample or in all), its tile constants and compile options. A program holds at most
-    :data:`TILE` logits of each input: all K classes at once when they fit, else chunks of them streamed twice."""
+def _kl_launch(samples: int, classes: int, positions: int, rows_layout: bool, element_size: int) -> dict:
+    """How :func:`_kl_kernel` is launched for logits ``[samples, classes, positions]`` read as rows (class axis
+    innermost: ``samples * positions`` rows) or with the positions innermost: its integer arguments (``k_units``,
+    ``p_units``, ``tiles``: the programs per sample or in all), ``programs`` (the grid), its tile constants and
+    compile options. A program holds at most :data:`TILE` logits of each input: all K classes at once when they
+    fit, else chunks of them streamed twice."""
+    rows = samples * positions if rows_layout else positions
     block_k = triton.next_power_of_2(classes)
     if rows_layout:  # class axis innermost: whole rows, several when they are short
         if block_k <= TILE:
@@ -331,12 +333,23 @@ def _kl_launch(classes: int, rows: int, rows_layout: bool, element_size: int) ->
     k_unit, p_unit = (math.gcd(classes, pack), 1) if rows_layout else (1, math.gcd(rows, pack))
     warps = 8 if block_r * block_k >= 4096 else 4
     one_pass = block_k >= classes
-    return {"k_units": classes // k_unit, "p_units": rows // p_unit, "tiles": triton.cdiv(rows, block_r),
+    tiles = triton.cdiv(rows, block_r)
+    return {"k_units": classes // k_unit, "p_units": rows // p_unit, "tiles": tiles,
+            "programs": tiles if rows_layout else samples * tiles,
             "constexprs": {"ROWS": rows_layout, "BLOCK_R": block_r, "BLOCK_K": block_k, "ONE_PASS": one_pass,
                            "K_UNIT": k_unit, "P_UNIT": p_unit},
             # a whole 4,096-logit tile in registers: at most 128 a thread keeps two programs of 8 warps on an SM
             # (Triton 3.8 took 141 in bfloat16, one program; no spills at 128)
             "options": {"num_warps": warps, "maxnreg": 128 if one_pass and warps == 8 else None}}
+
+
+def _attention_launch(hw: int) -> dict:
+    """The tiles of the attention kernels for ``hw`` positions a sample: ``block_j`` positions a program of the
+    maps and gradient kernels, ``tiles`` such programs a sample, ``stats_block`` positions the stats kernel reads
+    at once."""
+    block_j = min(AT_POSITIONS, triton.next_power_of_2(hw))
+    return {"block_j": block_j, "tiles": triton.cdiv(hw, block_j),
+            "stats_block": min(AT_STATS_BLOCK, triton.next_power_of_2(hw))}
 
 
 def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool, reduction: int = 0,
@@ -361,12 +374,11 @@ def kl_fused(student: torch.Tensor, teacher: torch.Tensor, temperature: float, r
     if count:
         if not rows_layout and k * positions >= 2 ** 31:
             raise ValueError(f"kl_fused: the Triton kernel takes at most 2^31 logits per sample, got K={k} x {positions}")
-        launch = _kl_launch(k, count if rows_layout else positions, rows_layout, s.element_size())
-        grid = (launch["tiles"] if rows_layout else n * launch["tiles"],)
-        _kl_kernel[grid](s, t, loss, grad, launch["k_units"], launch["p_units"], launch["tiles"], float(temperature),
-                         1.0 / count if reduction == 1 else 1.0, float(weight), _weight_pointer(weight_tensor, loss),
-                         REVERSE=bool(reverse), HAS_W=weight_tensor is not None, **launch["options"],
-                         **launch["constexprs"])
+        launch = _kl_launch(n, k, positions, rows_layout, s.element_size())
+        _kl_kernel[(launch["programs"],)](
+            s, t, loss, grad, launch["k_units"], launch["p_units"], launch["tiles"], float(temperature),
+            1.0 / count if reduction == 1 else 1.0, float(weight), _weight_pointer(weight_tensor, loss),
+            REVERSE=bool(reverse), HAS_W=weight_tensor is not None, **launch["options"], **launch["constexprs"])
     return _reduce(loss, reduction), grad
 
 
@@ -392,13 +404,13 @@ def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0
         raise ValueError(f"attention_fused: the Triton kernels take H W < 2^26, got {hw}")
     maps = torch.empty((2, n, hw), dtype=torch.float32, device=s.device)  # a_S, then a_T
     stats = torch.empty((n, 3), dtype=torch.float32, device=s.device)
-    block_j = min(AT_POSITIONS, triton.next_power_of_2(hw))
-    tiles = triton.cdiv(hw, block_j)
+    launch = _attention_launch(hw)
+    block_j, tiles = launch["block_j"], launch["tiles"]
     square, w_ptr = p == 2.0, _weight_pointer(weight_tensor, loss)
     _attention_maps_kernel[(2 * n * tiles,)](s, t, maps, n, cs, ct, hw, tiles, float(p), SQUARE=square,
                                              BLOCK_C=AT_CHANNELS, BLOCK_J=block_j)
     _attention_stats_kernel[(n,)](maps, loss, stats, n, hw, eps, float(weight), w_ptr,
-                                  BLOCK=min(AT_STATS_BLOCK, triton.next_power_of_2(hw)), HAS_W=weight_tensor is not None)
+                                  BLOCK=launch["stats_block"], HAS_W=weight_tensor is not None)
     _attention_grad_kernel[(n * tiles,)](s, maps, stats, grad, n, cs, hw, tiles, float(p),
                                          1.0 / n if reduction == 1 else 1.0, float(weight), w_ptr, SQUARE=square,
                                          BLOCK_C=AT_CHANNELS, BLOCK_J=block_j, HAS_W=weight_tensor is not None)
