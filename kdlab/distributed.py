@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import inspect
 import os
 
 import torch
@@ -150,10 +151,20 @@ def wrap(module: nn.Module, w: World, device: torch.device) -> nn.Module:
     """``module`` as DistributedDataParallel for several processes; ``module`` itself for one process or when
     nothing in it trains. On CUDA its BatchNorm layers are replaced by SyncBatchNorm, in ``module`` itself
     (same parameters and buffers, so its checkpoints load into a plain model); PyTorch's SyncBatchNorm has
-    no CPU kernels, so under Gloo each process normalises with its own slice's statistics."""
+    no CPU kernels, so under Gloo each process normalises with its own slice's statistics.
+
+    Buffers (BatchNorm's running statistics) are not broadcast from rank 0 before each forward pass: with
+    SyncBatchNorm every rank computes the same running statistics anyway, and under Gloo rank 0, which saves
+    them, keeps its own either way. Broadcasting writes the buffers in place, and PyTorch 2.11's BatchNorm
+    saves them for its backward, so a network called twice before one backward (a GAN's discriminator on real
+    and generated images) failed there with "modified by an inplace operation". PyTorch 2.14 renamed the
+    option (``forward_sync_buffers``; ``broadcast_buffers`` warns)."""
     if w.size == 1 or not trainable(module):
         return module
     if device.type == "cuda":
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp = nn.parallel.DistributedDataParallel
+    no_sync = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters
+               else "broadcast_buffers": False}
+    return ddp(module, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
 

@@ -381,7 +381,7 @@ class Trainer:
                     if self.world.size > 1:  # one all-reduce: the metrics' means, and whether any process was stopped
                         metrics = _distributed.mean_over_processes(metrics | {STOP: float(interrupt.requested)},
                                                                    self.world, self.device)
-                        interrupt.requested = metrics.pop(STOP) > 0
+                        agreed_stop = metrics.pop(STOP) > 0
                     self.metrics = metrics
                     self._check_finite(step)
                     self.history.setdefault("step", []).append(step)
@@ -390,9 +390,12 @@ class Trainer:
                     if step % 10 == 0 or step == steps - 1:
                         bar.set_postfix({k: f"{v:.3f}" for k, v in self.metrics.items()}, refresh=False)
                     self._trigger("on_step_end")
-                    if (step + 1) % self.config.checkpoint_every == 0 or interrupt.requested:
+                    # several processes stop after the same step: on the agreed flag, not on interrupt.requested, which
+                    # a signal may set after the all-reduce (the others learn of it at the next step's all-reduce)
+                    stop = agreed_stop if self.world.size > 1 else interrupt.requested
+                    if (step + 1) % self.config.checkpoint_every == 0 or stop:
                         self._save(step + 1)
-                    if interrupt.requested:
+                    if stop:
                         raise self._interrupted(step + 1, finished=True)
                 self._save(steps)  # still deferred: Ctrl-C now cannot cut the last save short
                 if interrupt.requested:  # a stop pressed during that save is not lost

@@ -11,6 +11,7 @@ missing gradient average gives order 1. The bound is 1e-3.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 import kdlab as kd
 from kdlab import distributed, fit, losses, models
@@ -118,7 +120,7 @@ def test_two_processes_distill_gan_match_a_per_shard_reference(two_process_runs)
     """The DCGAN student has BatchNorm; PyTorch's SyncBatchNorm needs CUDA, so under Gloo each process
     normalises its own half. Reference, written out here in one process: the student's loss on each half
     separately (per-half BatchNorm statistics), averaged, one Adam step. Parameters are compared (the
-    BatchNorm running statistics are rank 0's, broadcast by DDP, so they are not)."""
+    BatchNorm running statistics are rank 0's own, from its half, so they are not)."""
     teacher = kd.checkpoints.load(kd.checkpoints.shipped("gan_teacher")).eval().requires_grad_(False)
     torch.manual_seed(0)
     student = models.Generator(**{**teacher.config, "width": teacher.config["width"] // 2})
@@ -246,6 +248,28 @@ def test_a_global_batch_that_does_not_split_stops_every_rank_and_rank_0_says_why
         said = "kdlab fit: --batch-size 7 (the global batch) is not divisible by the 2 processes; choose a multiple of 2"
         assert err == ([] if rank == "1" else [said])
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.filterwarnings("error::FutureWarning")  # PyTorch 2.14 warns about broadcast_buffers
+def test_a_wrapped_network_with_batchnorm_takes_two_forward_passes_before_one_backward(tmp_path):
+    """A GAN's discriminator sees the real and the generated images before its loss's backward. With DDP's
+    default buffer broadcast before each forward pass, PyTorch 2.11 failed that backward (BatchNorm's running
+    statistics, saved for it, overwritten in place); the 2-process GAN run above failed the same way there. Gloo
+    with one process (wrap() is told there are two), the gradient against the unwrapped network's."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(144, 1))
+    plain = copy.deepcopy(net)
+    x, y = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        wrapped = distributed.wrap(net, distributed.World(rank=0, size=2), torch.device("cpu"))
+        assert isinstance(wrapped, torch.nn.parallel.DistributedDataParallel)
+        (wrapped(x).mean() - wrapped(y).mean()).backward()
+    finally:
+        dist.destroy_process_group()
+    (plain(x).mean() - plain(y).mean()).backward()
+    for a, b in zip(net.parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
 
 
 def test_world_reads_the_launcher_environment(monkeypatch):

@@ -136,12 +136,29 @@ print("checked", checked)
 
 
 def test_triton_kernels_match_the_float64_reference_in_the_interpreter():
+    from kdlab.kernels import triton_ops
+    if triton_ops.interpreter_problem():
+        pytest.skip(triton_ops.interpreter_problem())
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", CHECK], cwd=Path(__file__).parent.parent, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     kl = 5 * 2 * 2 * 3 + 3 * 2 + 2 * 2 + 2 * (2 * 2) + 3 * (2 * 6) + 3 * (2 * 2)  # tables, logits at 1e4, masked, weights
     assert done.stdout.split() == ["checked", str(kl + 3 * (3 * 3 + 2))]
+
+
+def test_the_interpreter_problem_is_named_for_triton_3_6_with_numpy_2_4(monkeypatch):
+    import numpy
+    import triton
+    from kdlab.kernels import triton_ops
+    for triton_version, numpy_version, blocked in [("3.6.0", "2.4.6", True), ("3.6.0", "2.3.5", False),
+                                                   ("3.7.0", "2.4.6", False), ("3.10.1", "2.5.0", False)]:
+        monkeypatch.setattr(triton, "__version__", triton_version)
+        monkeypatch.setattr(numpy, "__version__", numpy_version)
+        problem = triton_ops.interpreter_problem()
+        assert (problem is not None) == blocked
+        if blocked:
+            assert "numpy<2.4" in problem and numpy_version in problem
 
 
 @pytest.fixture

@@ -381,9 +381,13 @@ def test_07_fused_kernels(executed):
         assert emulated["loss_rel_error"] < 1e-5 and emulated["grad_max_error"] < 1e-5
         assert emulated["identical_under_3_schedules"] is True
     if importlib.util.find_spec("triton"):  # the Triton kernel, under the interpreter on a CPU
-        for direction in ("forward", "reverse"):
-            assert m["triton_vs_float64"][direction]["loss_max_rel_error"] < 1e-5
-            assert m["triton_vs_float64"][direction]["grad_max_error"] < 1e-5
+        from kdlab.kernels import triton_ops
+        if triton_ops.interpreter_problem():  # the notebook prints why instead
+            assert m["triton_vs_float64"] is None
+        else:
+            for direction in ("forward", "reverse"):
+                assert m["triton_vs_float64"][direction]["loss_max_rel_error"] < 1e-5
+                assert m["triton_vs_float64"][direction]["grad_max_error"] < 1e-5
     assert m["benchmark"] in ("measured", "not measured")
     assert (out / "benchmark.png").stat().st_size > 1000
 

@@ -417,6 +417,19 @@ def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0
     return _reduce(loss, reduction), grad
 
 
+def interpreter_problem() -> str | None:
+    """Why Triton's CPU interpreter cannot run these kernels here, or None. Triton 3.6's interpreter (PyTorch
+    2.11's) converts a scalar with ``int()`` on a one-element array, which NumPy 2.4 refuses (a TypeError at the
+    first loop); Triton 3.7 fixed it. Compiled kernels on a GPU are not affected."""
+    import numpy
+    from packaging.version import Version
+
+    if Version(triton.__version__).release < (3, 7) and Version(numpy.__version__).release >= (2, 4):
+        return (f"Triton {triton.__version__}'s interpreter cannot run with NumPy {numpy.__version__} (fixed in "
+                "Triton 3.7): pip install 'numpy<2.4' for the CPU check")
+    return None
+
+
 def check_against_reference(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> dict:
     """Largest errors of :func:`kl_fused` (per position) against the float64 reference, for both directions:
     ``{"forward": {"loss_max_rel_error", "grad_max_error"}, "reverse": {...}}`` (notebook 07)."""
