@@ -154,11 +154,13 @@ def wrap(module: nn.Module, w: World, device: torch.device) -> nn.Module:
     no CPU kernels, so under Gloo each process normalises with its own slice's statistics.
 
     Buffers (BatchNorm's running statistics) are not broadcast from rank 0 before each forward pass: with
-    SyncBatchNorm every rank computes the same running statistics anyway, and under Gloo rank 0, which saves
-    them, keeps its own either way. Broadcasting writes the buffers in place, and PyTorch 2.11's BatchNorm
-    saves them for its backward, so a network called twice before one backward (a GAN's discriminator on real
-    and generated images) failed there with "modified by an inplace operation". PyTorch 2.14 renamed the
-    option (``forward_sync_buffers``; ``broadcast_buffers`` warns)."""
+    SyncBatchNorm every rank computes the same running statistics anyway; under Gloo rank 0, which saves them,
+    keeps its own either way, and the other ranks now keep theirs (nothing evaluates on them). Broadcasting
+    writes the buffers in place, and PyTorch 2.11's BatchNorm saves them for its backward, so a network called
+    twice before one backward (a GAN's discriminator on real and generated images) failed there with "modified
+    by an inplace operation". PyTorch 2.14 renamed the option (``forward_sync_buffers``; ``broadcast_buffers``
+    warns); the new one still copies rank 0's buffers once, when DDP is built, the old one did not (the same
+    values here: every process starts from the same seed or the same state file)."""
     if w.size == 1 or not trainable(module):
         return module
     if device.type == "cuda":

@@ -309,7 +309,8 @@ class Trainer:
     def _save(self, step: int) -> None:
         if self.state_path is None:
             return
-        if not self.world.main:  # the state is the same in every process; rank 0 writes it
+        if not self.world.main:  # weights and optimiser states are the same in every process; rank 0 writes them
+            # (and its own BatchNorm statistics: under Gloo each process keeps those of its own slices)
             _distributed.barrier(self.world)
             self.saved_step = step
             return
@@ -378,10 +379,10 @@ class Trainer:
                     self.step = step
                     self._trigger("on_step_start")
                     metrics = _to_floats(step_fn(step, step_generator(self.config.seed, step)))
+                    stop = interrupt.requested
                     if self.world.size > 1:  # one all-reduce: the metrics' means, and whether any process was stopped
-                        metrics = _distributed.mean_over_processes(metrics | {STOP: float(interrupt.requested)},
-                                                                   self.world, self.device)
-                        agreed_stop = metrics.pop(STOP) > 0
+                        metrics = _distributed.mean_over_processes(metrics | {STOP: float(stop)}, self.world, self.device)
+                        stop = metrics.pop(STOP) > 0
                     self.metrics = metrics
                     self._check_finite(step)
                     self.history.setdefault("step", []).append(step)
@@ -390,15 +391,17 @@ class Trainer:
                     if step % 10 == 0 or step == steps - 1:
                         bar.set_postfix({k: f"{v:.3f}" for k, v in self.metrics.items()}, refresh=False)
                     self._trigger("on_step_end")
-                    # several processes stop after the same step: on the agreed flag, not on interrupt.requested, which
-                    # a signal may set after the all-reduce (the others learn of it at the next step's all-reduce)
-                    stop = agreed_stop if self.world.size > 1 else interrupt.requested
+                    if self.world.size == 1:  # a stop pressed during the callbacks counts too; several processes
+                        stop = interrupt.requested  # stop on the agreed flag (a later signal goes in the next all-reduce)
                     if (step + 1) % self.config.checkpoint_every == 0 or stop:
                         self._save(step + 1)
                     if stop:
                         raise self._interrupted(step + 1, finished=True)
                 self._save(steps)  # still deferred: Ctrl-C now cannot cut the last save short
-                if interrupt.requested:  # a stop pressed during that save is not lost
+                stop = interrupt.requested  # a stop pressed during the last step or that save is not lost
+                if self.world.size > 1:  # agreed once more: the last step's all-reduce may have come before it
+                    stop = _distributed.mean_over_processes({STOP: float(stop)}, self.world, self.device)[STOP] > 0
+                if stop:
                     raise self._interrupted(steps, finished=True)
             except TrainingInterrupted:
                 raise

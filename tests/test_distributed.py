@@ -255,7 +255,8 @@ def test_a_wrapped_network_with_batchnorm_takes_two_forward_passes_before_one_ba
     """A GAN's discriminator sees the real and the generated images before its loss's backward. With DDP's
     default buffer broadcast before each forward pass, PyTorch 2.11 failed that backward (BatchNorm's running
     statistics, saved for it, overwritten in place); the 2-process GAN run above failed the same way there. Gloo
-    with one process (wrap() is told there are two), the gradient against the unwrapped network's."""
+    with one process (wrap() is told there are two), the gradient against the unwrapped network's. PyTorch 2.14
+    passes with the broadcast too: there this checks that wrap() uses 2.14's option (the old one warns)."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(144, 1))
     plain = copy.deepcopy(net)

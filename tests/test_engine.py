@@ -207,22 +207,27 @@ def test_a_second_interrupt_stops_a_step_at_once_and_the_handler_is_restored(tmp
     assert signal.getsignal(signal.SIGINT) is handler_before
 
 
-def test_several_processes_stop_after_the_same_step_whenever_their_signals_come(monkeypatch):
-    """torchrun passes Ctrl-C on to each process, a moment apart. This process plays rank 0 of two, the
-    all-reduce replaced by one that adds the other rank's stop flag. (a) The signal lands during the all-reduce,
-    after this rank sent "no stop": it is kept and sent with the next step's, so both ranks stop after the
-    next step (before, the agreed "no stop" overwrote it and the job trained on until torchrun killed it). (b) The
-    other rank's stop is agreed first and this rank's own signal comes after: the first signal this process got,
-    so it only asks to stop (before, it counted as a second one and cut the step short)."""
+def test_processes_stop_after_the_same_step_whenever_their_signals_come(monkeypatch):
+    """torchrun passes Ctrl-C on to each process, a moment apart. This process plays rank 0 of two: the all-reduce
+    is replaced by one that adds the other rank's stop flag (one all-reduce a step, one more after the last).
+    (a) The signal lands during a step's all-reduce, after this rank sent "no stop": it goes into the next
+    all-reduce and both ranks stop after the next step (before, the agreed "no stop" overwrote it and the job
+    trained on until torchrun killed it). (b) The other rank's stop is agreed first and this rank's own signal
+    comes after: the first this process got, so it only asks to stop (before, it counted as a second one and
+    cut the step short). (c, d) A signal during the last step's all-reduce, on this rank or the other: both
+    agree after the last save and stop alike (before, one rank returned and the other raised)."""
     from kdlab import engine
     from kdlab.engine import STOP
     monkeypatch.setattr(engine._distributed, "same_over_processes", lambda *args: True)
 
-    def run(other_rank_stops_at, signal_in_all_reduce_at=None, signal_after_agreement_at=None):
+    def run(other_stops_from_call=None, signal_during_call=None, signal_after_agreement_at=None):
+        calls = []
+
         def all_reduce(values, w, device):
-            if values.get(STOP) is not None and trainer.step == signal_in_all_reduce_at:
+            if len(calls) == signal_during_call:
                 os.kill(os.getpid(), signal.SIGINT)  # after this rank's flag was sent
-            other = float(other_rank_stops_at is not None and trainer.step >= other_rank_stops_at)
+            other = float(other_stops_from_call is not None and len(calls) >= other_stops_from_call)
+            calls.append(values[STOP])
             return values | {STOP: (values[STOP] + other) / 2}
 
         monkeypatch.setattr(engine._distributed, "mean_over_processes", all_reduce)
@@ -233,11 +238,13 @@ def test_several_processes_stop_after_the_same_step_whenever_their_signals_come(
                              and os.kill(os.getpid(), signal.SIGINT))
         with pytest.raises(TrainingInterrupted) as stop:
             trainer.fit(step_fn)
-        return str(stop.value)
+        return str(stop.value), calls
 
     after = "train: interrupted after step {} of 8; nothing saved (no state_path); run the cell again to start afresh"
-    assert run(None, signal_in_all_reduce_at=2) == after.format(4)
-    assert run(2, signal_after_agreement_at=2) == after.format(3)
+    assert run(signal_during_call=2) == (after.format(4), [0, 0, 0, 1])  # (a)
+    assert run(other_stops_from_call=2, signal_after_agreement_at=2) == (after.format(3), [0, 0, 0])  # (b)
+    assert run(signal_during_call=7) == (after.format(8), [0] * 8 + [1])  # (c): the 9th all-reduce, after the last save
+    assert run(other_stops_from_call=8) == (after.format(8), [0] * 9)  # (d)
 
 
 def test_stop_button_in_jupyter_shows_one_line_and_the_state_resumes(tmp_path):

@@ -137,8 +137,8 @@ print("checked", checked)
 
 def test_triton_kernels_match_the_float64_reference_in_the_interpreter():
     from kdlab.kernels import triton_ops
-    if triton_ops.interpreter_problem():
-        pytest.skip(triton_ops.interpreter_problem())
+    if problem := triton_ops.interpreter_problem():
+        pytest.skip(problem)
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", CHECK], cwd=Path(__file__).parent.parent, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -152,7 +152,8 @@ def test_the_interpreter_problem_is_named_for_triton_3_6_with_numpy_2_4(monkeypa
     import triton
     from kdlab.kernels import triton_ops
     for triton_version, numpy_version, blocked in [("3.6.0", "2.4.6", True), ("3.6.0", "2.3.5", False),
-                                                   ("3.7.0", "2.4.6", False), ("3.10.1", "2.5.0", False)]:
+                                                   ("3.7.0", "2.4.6", False), ("3.10.1", "2.5.0", False),
+                                                   ("3.6.0+git1a2b", "2.4.0rc1", True)]:
         monkeypatch.setattr(triton, "__version__", triton_version)
         monkeypatch.setattr(numpy, "__version__", numpy_version)
         problem = triton_ops.interpreter_problem()

@@ -23,6 +23,7 @@ under the interpreter and compiles them for sm_90 here, without a GPU (registers
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import triton
@@ -422,9 +423,11 @@ def interpreter_problem() -> str | None:
     2.11's) converts a scalar with ``int()`` on a one-element array, which NumPy 2.4 refuses (a TypeError at the
     first loop); Triton 3.7 fixed it. Compiled kernels on a GPU are not affected."""
     import numpy
-    from packaging.version import Version
 
-    if Version(triton.__version__).release < (3, 7) and Version(numpy.__version__).release >= (2, 4):
+    def major_minor(version: str) -> tuple[int, int]:
+        return tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", version).groups())
+
+    if major_minor(triton.__version__) < (3, 7) and major_minor(numpy.__version__) >= (2, 4):
         return (f"Triton {triton.__version__}'s interpreter cannot run with NumPy {numpy.__version__} (fixed in "
                 "Triton 3.7): pip install 'numpy<2.4' for the CPU check")
     return None
