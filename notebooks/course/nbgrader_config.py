@@ -16,3 +16,7 @@ c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedE
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 # A test cell whose check takes longer than this fails (the checks take seconds on a laptop CPU).
 c.ExecutePreprocessor.timeout = 300
+# A kernel that has not started after this long fails the notebook. Starting one imports PyTorch and kdlab,
+# seconds on an idle laptop; nbgrader's default of 60 s ran out once here (2026-12-01, two autogrades at once
+# on two busy cores), and a classroom server grading many submissions is busier.
+c.ExecutePreprocessor.startup_timeout = 300
