@@ -23,7 +23,9 @@ noise from the generator the trainer hands it, and lets :class:`Trainer` do the 
   ``distributed=True`` calls its trained networks through :meth:`Trainer.net` (DistributedDataParallel)
   and keeps its rows of each global batch with :meth:`Trainer.shard`; metrics are averaged over the
   processes, and rank 0 alone saves the training state and shows the bar. Every process loads the
-  same state, so a run resumes with any number of processes;
+  same state, so a run resumes with any number of processes. Ctrl-C (torchrun passes it on to every
+  process, a moment apart) is agreed on through the metrics' all-reduce, so every process stops after
+  the same step;
 - **speed on a CPU** (measured on 2026-11-30, 2 cores, batch 64): per-step metrics leave the device
   in one copy; ``channels_last=True`` stores the 4-D weights channels-last, which makes a width-32
   DCGAN teacher step 1.5x faster (46.9 -> 31.4 ms) but tiny students' steps up to 9% slower, so
@@ -391,8 +393,8 @@ class Trainer:
                     if step % 10 == 0 or step == steps - 1:
                         bar.set_postfix({k: f"{v:.3f}" for k, v in self.metrics.items()}, refresh=False)
                     self._trigger("on_step_end")
-                    if self.world.size == 1:  # a stop pressed during the callbacks counts too; several processes
-                        stop = interrupt.requested  # stop on the agreed flag (a later signal goes in the next all-reduce)
+                    if self.world.size == 1:  # one process: a stop pressed during the callbacks counts too (several
+                        stop = interrupt.requested  # stop on the agreed flag; a later signal goes into the next all-reduce)
                     if (step + 1) % self.config.checkpoint_every == 0 or stop:
                         self._save(step + 1)
                     if stop:
