@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from kdlab import kernels
 from kdlab.kernels import build
@@ -147,19 +148,34 @@ def test_triton_kernels_match_the_float64_reference_in_the_interpreter():
     assert done.stdout.split() == ["checked", str(kl + 3 * (3 * 3 + 2))]
 
 
-def test_the_interpreter_problem_is_named_for_triton_3_6_with_numpy_2_4(monkeypatch):
+def test_the_interpreter_problem_is_named_for_old_triton_and_for_triton_3_6_with_numpy_2_4(monkeypatch):
     import numpy
     import triton
     from kdlab.kernels import triton_ops
-    for triton_version, numpy_version, blocked in [("3.6.0", "2.4.6", True), ("3.6.0", "2.3.5", False),
-                                                   ("3.7.0", "2.4.6", False), ("3.10.1", "2.5.0", False),
-                                                   ("3.6.0+git1a2b", "2.4.0rc1", True)]:
+    for triton_version, numpy_version, expected in [("3.6.0", "2.4.6", "numpy<2.4"), ("3.6.0", "2.3.5", None),
+                                                    ("3.7.0", "2.4.6", None), ("3.10.1", "2.5.0", None),
+                                                    ("3.6.0+git1a2b", "2.4.0rc1", "numpy<2.4"),
+                                                    ("3.0.0", "1.26.4", "older than 3.3"), ("3.3.1", "1.26.4", None)]:
         monkeypatch.setattr(triton, "__version__", triton_version)
         monkeypatch.setattr(numpy, "__version__", numpy_version)
         problem = triton_ops.interpreter_problem()
-        assert (problem is not None) == blocked
-        if blocked:
-            assert "numpy<2.4" in problem and numpy_version in problem
+        assert (problem is None) == (expected is None)
+        if expected:
+            assert expected in problem and triton_version in problem
+
+
+def test_a_triton_older_than_the_checked_ones_is_not_used(monkeypatch):
+    """The Triton backend needs a CUDA device and Triton >= 3.3 (the oldest the kernels compile with, checked);
+    an older one leaves the formulas, with the reason kernels.reason() gives."""
+    import triton
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("KDLAB_KERNELS", "auto")
+    old = "Triton 3.2.0 is older than 3.3, the oldest kdlab's Triton kernels are checked with (a newer PyTorch brings a " \
+          "newer Triton)"
+    for version, why in [("3.2.0", old), ("3.3.1", None), ("3.8.0", None)]:
+        monkeypatch.setattr(triton, "__version__", version)
+        assert build.triton_possible() == why
 
 
 @pytest.fixture

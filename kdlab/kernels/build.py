@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import sys
 import time
@@ -154,18 +155,38 @@ def wait_for_lock(folder: Path, timeout: float | None = None, poll: float = 0.5)
         time.sleep(poll)
 
 
+# The oldest Triton the kernels are checked with: every plan compiles for sm_90, with no spills and the same load
+# widths, under 3.3.1, 3.4.0, 3.5.1, 3.6.0 and 3.8.0 (tools/triton_sass.py, 2026-12-01). Triton 3.0 (PyTorch
+# 2.4's) refuses them in its interpreter; 3.2's compiler interface is not the one the table tool reads.
+TRITON_OLDEST = (3, 3)
+
+
+def major_minor(version: str) -> tuple[int, int]:
+    """``(major, minor)`` of a version string such as ``"3.6.0"`` or ``"2.4.0rc1"``."""
+    return tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", version).groups())
+
+
+def triton_too_old(version: str) -> str | None:
+    """Why Triton ``version`` cannot run kdlab's Triton kernels, or ``None``."""
+    if major_minor(version) < TRITON_OLDEST:
+        return (f"Triton {version} is older than {'.'.join(map(str, TRITON_OLDEST))}, the oldest kdlab's Triton "
+                "kernels are checked with (a newer PyTorch brings a newer Triton)")
+    return None
+
+
 def triton_possible() -> str | None:
     """Why the Triton kernels cannot run here, or ``None``: they need a CUDA device, PyTorch with CUDA and
-    an importable ``triton`` (a plain ``pip install torch`` on Linux brings it), no ``nvcc``."""
+    an importable ``triton`` of at least :data:`TRITON_OLDEST` (a plain ``pip install torch`` on Linux brings
+    it), no ``nvcc``."""
     if mode() == "reference":
         return "KDLAB_KERNELS=reference asks for the pure-PyTorch reference implementation"
     if torch.version.cuda is None or not torch.cuda.is_available():
         return "no CUDA device is visible"
     try:
-        import triton  # noqa: F401
+        import triton
     except ImportError:
         return "Triton is not installed"
-    return None
+    return triton_too_old(triton.__version__)
 
 
 def compile_and_load(verbose: bool = False) -> None:

@@ -23,7 +23,6 @@ under the interpreter and compiles them for sm_90 here, without a GPU (registers
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 import triton
@@ -419,14 +418,16 @@ def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0
 
 
 def interpreter_problem() -> str | None:
-    """Why Triton's CPU interpreter cannot run these kernels here, or None. Triton 3.6's interpreter (PyTorch
-    2.11's) converts a scalar with ``int()`` on a one-element array, which NumPy 2.4 refuses (a TypeError at the
-    first loop); Triton 3.7 fixed it. Compiled kernels on a GPU are not affected."""
+    """Why Triton's CPU interpreter cannot run these kernels here, or None: a Triton older than
+    :data:`kdlab.kernels.build.TRITON_OLDEST`, or Triton 3.6's interpreter (PyTorch 2.11's) with NumPy 2.4: it
+    converts a scalar with ``int()`` on a one-element array, which NumPy 2.4 refuses (a TypeError at the first
+    loop); Triton 3.7 fixed it. Compiled kernels on a GPU are not affected by the second."""
     import numpy
 
-    def major_minor(version: str) -> tuple[int, int]:
-        return tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", version).groups())
+    from .build import major_minor, triton_too_old
 
+    if too_old := triton_too_old(triton.__version__):
+        return too_old
     if major_minor(triton.__version__) < (3, 7) and major_minor(numpy.__version__) >= (2, 4):
         return (f"Triton {triton.__version__}'s interpreter cannot run with NumPy {numpy.__version__} (fixed in "
                 "Triton 3.7): pip install 'numpy<2.4' for the CPU check")
