@@ -79,10 +79,13 @@ class LossAndGradient(torch.autograd.Function):
 
 
 def triton_impls() -> dict:
-    """``{"kl": fn, "attention": fn}`` timing the Triton kernels through :class:`LossAndGradient`, or ``{}``."""
+    """``{"kl": fn, "attention": fn}`` timing the Triton kernels through :class:`LossAndGradient`, or ``{}``
+    (no Triton, or one too old for them)."""
     try:
         from .kernels import triton_ops
     except ImportError:
+        return {}
+    if triton_ops.too_old():
         return {}
     return {"kl": lambda s, t, temperature: LossAndGradient.apply(triton_ops.kl_fused, s, t, temperature, False, 1),
             "attention": lambda fs, ft: LossAndGradient.apply(triton_ops.attention_fused, fs, ft, 2.0, 1)}

@@ -166,16 +166,19 @@ def test_the_interpreter_problem_is_named_for_old_triton_and_for_triton_3_6_with
 
 def test_a_triton_older_than_the_checked_ones_is_not_used(monkeypatch):
     """The Triton backend needs a CUDA device and Triton >= 3.3 (the oldest the kernels compile with, checked);
-    an older one leaves the formulas, with the reason kernels.reason() gives."""
+    an older one leaves the formulas, with the reason kernels.reason() gives, and the benchmark's Triton column."""
     import triton
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("KDLAB_KERNELS", "auto")
     old = "Triton 3.2.0 is older than 3.3, the oldest kdlab's Triton kernels are checked with (a newer PyTorch brings a " \
           "newer Triton)"
+    from kdlab import bench
+    from kdlab.kernels import triton_ops
     for version, why in [("3.2.0", old), ("3.3.1", None), ("3.8.0", None)]:
         monkeypatch.setattr(triton, "__version__", version)
-        assert build.triton_possible() == why
+        assert build.triton_possible() == why and triton_ops.too_old() == why
+        assert set(bench.triton_impls()) == (set() if why else {"kl", "attention"})  # the benchmark leaves it out
 
 
 @pytest.fixture

@@ -417,17 +417,24 @@ def attention_fused(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0
     return _reduce(loss, reduction), grad
 
 
+def too_old() -> str | None:
+    """Why this Triton cannot run these kernels, or None: one older than :data:`kdlab.kernels.build.TRITON_OLDEST`."""
+    from .build import triton_too_old
+
+    return triton_too_old(triton.__version__)
+
+
 def interpreter_problem() -> str | None:
-    """Why Triton's CPU interpreter cannot run these kernels here, or None: a Triton older than
-    :data:`kdlab.kernels.build.TRITON_OLDEST`, or Triton 3.6's interpreter (PyTorch 2.11's) with NumPy 2.4: it
-    converts a scalar with ``int()`` on a one-element array, which NumPy 2.4 refuses (a TypeError at the first
-    loop); Triton 3.7 fixed it. Compiled kernels on a GPU are not affected by the second."""
+    """Why Triton's CPU interpreter cannot run these kernels here, or None: :func:`too_old`, or Triton 3.6's
+    interpreter (PyTorch 2.11's) with NumPy 2.4: it converts a scalar with ``int()`` on a one-element array,
+    which NumPy 2.4 refuses (a TypeError at the first loop); Triton 3.7 fixed it. Compiled kernels on a GPU are
+    not affected by the second."""
     import numpy
 
-    from .build import major_minor, triton_too_old
+    from .build import major_minor
 
-    if too_old := triton_too_old(triton.__version__):
-        return too_old
+    if old := too_old():
+        return old
     if major_minor(triton.__version__) < (3, 7) and major_minor(numpy.__version__) >= (2, 4):
         return (f"Triton {triton.__version__}'s interpreter cannot run with NumPy {numpy.__version__} (fixed in "
                 "Triton 3.7): pip install 'numpy<2.4' for the CPU check")
