@@ -13,10 +13,12 @@ all ``B`` rows, the one-process update up to the order of floating-point additio
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import inspect
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -105,13 +107,46 @@ def _collective_device(device: torch.device) -> torch.device:
     return device if device.type == "cuda" else torch.device("cpu")
 
 
+# The tensors of this module's collectives, each kept for HOLD_SECONDS after it. A Gloo worker thread (an NCCL
+# watchdog too) lets go of a collective's tensors just after the collective completes, often after Python has
+# dropped them: the tensor's Python object is then freed on that thread, which must take the GIL to do it.
+# PyTorch before 2.8 destroys the process group holding the GIL and waits for those threads, so a process that
+# left the group right after a collective hung there for ever (pytorch/pytorch#154976; seen on 2.4.1 in 4 of
+# 100 failing-rank jobs). Held here, the last reference is Python's, on this thread. (The backend's hold is
+# not visible from Python: a tensor whose ``_use_count()`` was already 1 was still freed by a worker thread
+# 0.03-0.2 ms later, so the hold is by time, far longer than that.)
+HOLD_SECONDS = 1.0
+_HELD: collections.deque[tuple[float, torch.Tensor]] = collections.deque()
+
+
+def _held(*tensors: torch.Tensor) -> None:
+    """Keep ``tensors`` for ``HOLD_SECONDS`` (and until :func:`leave`), letting go of older ones."""
+    now = time.monotonic()
+    while _HELD and now - _HELD[0][0] > HOLD_SECONDS:
+        _HELD.popleft()
+    _HELD.extend((now, t) for t in tensors)
+
+
+def _all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    _held(t)
+    dist.all_reduce(t, op=op)
+    return t
+
+
+def _all_gather(t: torch.Tensor) -> list[torch.Tensor]:
+    """Every process's ``t`` (same shape on each), in rank order."""
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    _held(t, *out)
+    dist.all_gather(out, t)
+    return out
+
+
 def mean_over_processes(values: dict[str, float], w: World, device: torch.device) -> dict[str, float]:
     """Each metric averaged over the processes (one all-reduce for all of them): with equal shards, the
     mean of the per-process means is the global batch's mean."""
     if w.size == 1 or not values:
         return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64, device=_collective_device(device))
-    dist.all_reduce(t)
+    t = _all_reduce(torch.tensor(list(values.values()), dtype=torch.float64, device=_collective_device(device)))
     return dict(zip(values, (t / w.size).tolist()))
 
 
@@ -120,26 +155,42 @@ def same_over_processes(value: int, w: World, device: torch.device) -> bool:
     if w.size == 1:
         return True
     t = torch.tensor([value, -value], dtype=torch.int64, device=_collective_device(device))
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = _all_reduce(t, dist.ReduceOp.MAX)
     return t[0].item() == -t[1].item()
 
 
-def first_error(message: str | None, w: World) -> str | None:
+def first_error(message: str | None, w: World, device: torch.device) -> str | None:
     """Agree on a failure that only some processes saw (a file one machine lacks): every process passes its
     own error message or ``None`` and gets the lowest failing rank's message, prefixed ``rank R:`` when that
-    is not rank 0, or ``None`` when all succeeded. One all-gather of small Python objects."""
+    is not rank 0, or ``None`` when all succeeded. An all-gather of each message's UTF-8 length (-1 for
+    ``None``), then, when some process failed, one of the messages' bytes padded to the longest (not
+    ``all_gather_object``: its tensors could not be held, see ``_HELD``)."""
     if w.size == 1:
         return message
-    messages = [None] * w.size
-    dist.all_gather_object(messages, message)
-    rank = next((r for r, m in enumerate(messages) if m is not None), None)
-    return None if rank is None else messages[rank] if rank == 0 else f"rank {rank}: {messages[rank]}"
+    dev = _collective_device(device)
+    data = b"" if message is None else message.encode()
+    lengths = [int(n) for n in _all_gather(torch.tensor([-1 if message is None else len(data)], device=dev))]
+    rank = next((r for r, n in enumerate(lengths) if n >= 0), None)
+    if rank is None:
+        return None
+    padded = torch.zeros(max(1, *lengths), dtype=torch.uint8)
+    padded[:len(data)] = torch.tensor(list(data), dtype=torch.uint8)
+    said = bytes(_all_gather(padded.to(dev))[rank][:lengths[rank]].tolist()).decode()
+    return said if rank == 0 else f"rank {rank}: {said}"
 
 
 def barrier(w: World) -> None:
     """Wait for every process (no-op for one)."""
     if w.size > 1:
         dist.barrier()
+
+
+def leave() -> None:
+    """Destroy the process group, if this process joined one (before it exits: torchrun's processes then end
+    cleanly), then let go of the collectives' tensors (see ``_HELD``)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _HELD.clear()
 
 
 def trainable(module: nn.Module) -> bool:

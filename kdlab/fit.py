@@ -153,7 +153,7 @@ def fit(args) -> dict:
         error = f"--data {args.data}: {e}"
     except FitError as e:
         error = str(e)
-    error = distributed.first_error(error, w)
+    error = distributed.first_error(error, w, device)
     if error is not None:
         raise FitError(error)
     steps, lr = DEFAULTS[args.method]
@@ -211,8 +211,7 @@ def main(args) -> int:
             print(f"kdlab fit: stopped after step {e.step} of {e.steps}; {saved}", file=sys.stderr)
         return 130
     finally:
-        if torch.distributed.is_initialized():  # the process is about to exit: leave the group cleanly
-            torch.distributed.destroy_process_group()
+        distributed.leave()  # the process is about to exit: leave the group cleanly
     if w.main:
         print(f"kdlab fit {args.method}: {metrics['steps']} steps on {metrics['world_size']} process(es) in "
               f"{metrics['seconds_this_launch']:.0f} s -> {Path(args.out) / 'checkpoint.safetensors'}")

@@ -8,7 +8,7 @@ import sys
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from kdlab import fit
+from kdlab import distributed, fit
 from kdlab.engine import Trainer, TrainConfig
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     fit.add_arguments(parser)
     for command in " ".join(sys.argv[1:]).split(" ; "):  # runs separated by " ; "
         fit.fit(parser.parse_args(command.split()))
-    torch.distributed.destroy_process_group()
+    distributed.leave()
 
 
 if __name__ == "__main__":
