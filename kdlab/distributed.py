@@ -111,10 +111,11 @@ def _collective_device(device: torch.device) -> torch.device:
 # watchdog too) lets go of a collective's tensors just after the collective completes, often after Python has
 # dropped them: the tensor's Python object is then freed on that thread, which must take the GIL to do it.
 # PyTorch before 2.8 destroys the process group holding the GIL and waits for those threads, so a process that
-# left the group right after a collective hung there for ever (pytorch/pytorch#154976; seen on 2.4.1 in 4 of
-# 100 failing-rank jobs). Held here, the last reference is Python's, on this thread. (The backend's hold is
-# not visible from Python: a tensor whose ``_use_count()`` was already 1 was still freed by a worker thread
-# 0.03-0.2 ms later, so the hold is by time, far longer than that.)
+# left the group right after a collective could hang there for ever (pytorch/pytorch#154976; 4 of 100
+# failing-rank jobs on 2.4.1). Held here, the last reference is Python's, on this thread, as long as the
+# backend lets go within HOLD_SECONDS; it takes well under a millisecond. (Its hold is not visible from
+# Python: a worker thread still freed a tensor 0.03-0.2 ms after its ``_use_count()`` had dropped to 1.) The
+# collectives that DDP and SyncBatchNorm run themselves are not held here.
 HOLD_SECONDS = 1.0
 _HELD: collections.deque[tuple[float, torch.Tensor]] = collections.deque()
 
@@ -168,14 +169,14 @@ def first_error(message: str | None, w: World, device: torch.device) -> str | No
     if w.size == 1:
         return message
     dev = _collective_device(device)
-    data = b"" if message is None else message.encode()
+    data = b"" if message is None else message.encode("utf-8", "surrogateescape")  # paths keep odd bytes
     lengths = [int(n) for n in _all_gather(torch.tensor([-1 if message is None else len(data)], device=dev))]
     rank = next((r for r, n in enumerate(lengths) if n >= 0), None)
     if rank is None:
         return None
     padded = torch.zeros(max(1, *lengths), dtype=torch.uint8)
     padded[:len(data)] = torch.tensor(list(data), dtype=torch.uint8)
-    said = bytes(_all_gather(padded.to(dev))[rank][:lengths[rank]].tolist()).decode()
+    said = bytes(_all_gather(padded.to(dev))[rank][:lengths[rank]].tolist()).decode("utf-8", "surrogateescape")
     return said if rank == 0 else f"rank {rank}: {said}"
 
 
