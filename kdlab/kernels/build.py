@@ -156,8 +156,9 @@ def wait_for_lock(folder: Path, timeout: float | None = None, poll: float = 0.5)
 
 
 # The oldest Triton the kernels are checked with: every plan compiles for sm_90, with no spills and the same load
-# widths, under 3.3.1, 3.4.0, 3.5.1, 3.6.0 and 3.8.0 (tools/triton_sass.py, 2026-12-01). Triton 3.0 (PyTorch
-# 2.4's) refuses them in its interpreter; 3.2's compiler interface is not the one the table tool reads.
+# widths, under 3.3.1, 3.4.0, 3.5.1, 3.6.0 and 3.8.0 (tools/triton_sass.py, 2026-12-01), and each of these
+# interpreters runs tests/test_kernels_triton.py. Triton 3.0 (PyTorch 2.4's) refuses them in its interpreter;
+# 3.2's compiler interface is not the one the table tool reads.
 TRITON_OLDEST = (3, 3)
 
 
