@@ -22,9 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from torch.utils.data import Dataset, TensorDataset
-from torchvision import transforms
 
 from . import textures
 from .paths import data_root
@@ -89,6 +87,9 @@ def _load_textures(split: str) -> ImageTensorDataset:
 
 
 def _load_torchvision(name: str, split: str, root: Path, download: bool) -> Dataset:
+    import torchvision  # imported when first needed: it takes a second, and the bundled data do not need it
+    from torchvision import transforms
+
     cls = getattr(torchvision.datasets, _TORCHVISION[name])
     folder = root / "torchvision" / name
     hint = (f"Download it once with kdlab.data.load({name!r}, download=True) on a machine with internet "

@@ -12,7 +12,6 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from torchvision.utils import make_grid
 
 from .evaluation.metrics import radial_spectrum
 from .losses import kl_distillation
@@ -20,6 +19,8 @@ from .losses import kl_distillation
 
 def grid_image(images: torch.Tensor, nrow: int = 8) -> np.ndarray:
     """Images ``[N, C, H, W]`` in [-1, 1] -> one ``[H', W', C]`` array in [0, 1] (2-pixel white gaps)."""
+    from torchvision.utils import make_grid  # imported when first needed: torchvision takes a second to import
+
     g = make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow, padding=2, normalize=True,
                   value_range=(-1, 1), pad_value=1.0)
     return g.permute(1, 2, 0).numpy()

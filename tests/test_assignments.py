@@ -83,38 +83,47 @@ def _submission(release: dict, assignment: str, kind: str) -> dict:
     return nb
 
 
-def _autograde(assignment: str, work: Path) -> dict:
-    """Generate, submit three notebooks, autograde; returns the gradebook's scores and the graded notebooks."""
+def _autograde(assignments: list[str], work: Path) -> dict:
+    """One course of these assignments: generate them, submit each one's sample notebooks, autograde
+    and export (one nbgrader run each, as an instructor grades a class). Returns, per assignment, its
+    released notebooks, the gradebook's scores, the graded notebooks and the exported rows."""
     from nbgrader.api import Gradebook
 
-    course = tool.course_copy(work, only=[assignment])
-    released = tool.released(course, assignment)
-    (name,) = released
-    release = json.loads((course / "release" / assignment / name).read_text())
-    for kind in _kinds(assignment):
-        path = course / "submitted" / kind / assignment / name
-        path.parent.mkdir(parents=True)
-        path.write_text(json.dumps(_submission(release, assignment, kind)))
-    tool.nbgrader("autograde", assignment, cwd=course)
-    scores = {}
-    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+    course = tool.course_copy(work, only=assignments)
+    released = tool.released(course)
+    out = {}
+    for assignment in assignments:
+        (path,) = (course / "release" / assignment).glob("*.ipynb")
+        release = json.loads(path.read_text())
         for kind in _kinds(assignment):
-            nb = gb.find_submission(assignment, kind).notebooks[0]
-            scores[kind] = {g.name: (g.auto_score, g.max_score) for g in nb.grades if g.cell.cell_type == "code"}
-    graded = {kind: json.loads((course / "autograded" / kind / assignment / name).read_text()) for kind in scores}
+            submitted = course / "submitted" / kind / assignment / path.name
+            submitted.parent.mkdir(parents=True, exist_ok=True)
+            submitted.write_text(json.dumps(_submission(release, assignment, kind)))
+        out[assignment] = {"released": {path.name: released[path.name]}, "name": path.name}
+    tool.nbgrader("autograde", "*", cwd=course)
     tool.nbgrader("export", cwd=course)  # the gradebook as CSV, as an instructor exports it
     with open(course / "grades.csv", newline="") as f:
-        exported = {row["student_id"]: row for row in csv.DictReader(f)}
-    return {"released": released, "scores": scores, "graded": graded, "exported": exported}
+        exported = {(row["assignment"], row["student_id"]): row for row in csv.DictReader(f)}
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        for assignment, r in out.items():
+            r["scores"] = {}
+            for kind in _kinds(assignment):
+                nb = gb.find_submission(assignment, kind).notebooks[0]
+                r["scores"][kind] = {g.name: (g.auto_score, g.max_score) for g in nb.grades if g.cell.cell_type == "code"}
+            r["graded"] = {kind: json.loads((course / "autograded" / kind / assignment / r["name"]).read_text())
+                           for kind in r["scores"]}
+            r["exported"] = {kind: exported[assignment, kind] for kind in r["scores"]}
+    return out
 
 
 @pytest.fixture(scope="module")
 def autograded(tmp_path_factory):
-    """All assignments, two at a time (each autograde is mostly kernel start-up and imports)."""
+    """All assignments, in two courses graded side by side (autograding is mostly kernel start-up and
+    imports, about a core each)."""
     root = tmp_path_factory.mktemp("course")
+    halves = [ASSIGNMENTS[0::2], ASSIGNMENTS[1::2]]
     with ThreadPoolExecutor(2) as pool:
-        futures = {a: pool.submit(_autograde, a, root / a) for a in ASSIGNMENTS}
-        return {a: f.result() for a, f in futures.items()}
+        return {a: r for half in pool.map(lambda h: _autograde(h, root / h[0]), halves) for a, r in half.items()}
 
 
 def test_exercise_notebooks_are_in_sync_with_the_sources(autograded):

@@ -56,18 +56,18 @@ def course_copy(work: Path, course: Path = COURSE, only: list[str] | None = None
     return work
 
 
-def released(work: Path, assignment: str) -> dict[str, str]:
-    """``nbgrader generate_assignment`` in a course copy; returns ``{file name: cleaned JSON}``."""
+def released(work: Path, assignment: str = "*") -> dict[str, str]:
+    """``nbgrader generate_assignment`` in a course copy, of one assignment or (``"*"``, one nbgrader
+    run) of every one there; returns ``{file name: cleaned JSON}``."""
     nbgrader("generate_assignment", assignment, "--force", cwd=work)
     return {nb.name: nbclean.dumps(nbclean.clean(json.loads(nb.read_text())))
-            for nb in sorted((work / "release" / assignment).glob("*.ipynb"))}
+            for nb in sorted((work / "release").glob(f"{assignment}/*.ipynb"))}
 
 
 def generate(course: Path = COURSE) -> dict[str, str]:
     """Every assignment's released notebooks, generated in a scratch copy of the course."""
     with tempfile.TemporaryDirectory() as tmp:
-        work = course_copy(Path(tmp), course)
-        return {name: text for assignment in assignments(course) for name, text in released(work, assignment).items()}
+        return released(course_copy(Path(tmp), course))
 
 
 def stale(generated: dict[str, str]) -> list[str]:

@@ -23,7 +23,6 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from scipy import stats
 
 from .metrics import frechet_distance, gaussian_stats, sqrt_psd
 
@@ -59,6 +58,8 @@ def _fmt(x: float) -> str:
 def _z(level: float) -> float:
     if not 0 < level < 1:
         raise ValueError(f"level={level!r} is not valid; expected a probability in (0, 1), e.g. 0.95")
+    from scipy import stats  # imported when first needed: it takes half a second, `import kdlab` should not
+
     return float(stats.norm.ppf(0.5 + level / 2))
 
 
@@ -69,6 +70,8 @@ def bootstrap(statistic: Callable[[np.ndarray], float], n: int, n_resamples: int
     ``n_resamples`` replicates) and returns a float. ``estimate ± z * SE`` (see the module docstring)."""
     if n < 2:
         raise ValueError(f"n={n!r}: a bootstrap needs at least 2 samples")
+    from scipy import stats
+
     estimate = float(statistic(np.arange(n)))
     result = stats.bootstrap((np.arange(n),), lambda idx: float(statistic(idx)), n_resamples=n_resamples,
                              vectorized=False, method="percentile", confidence_level=level,
@@ -140,6 +143,8 @@ def seed_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
     if v.ndim != 1 or len(v) < 2 or not np.isfinite(v).all():
         raise ValueError(f"seed_interval needs at least 2 finite values (one per seed), got {values!r}")
     _z(level)
+    from scipy import stats
+
     half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1)) * v.std(ddof=1) / math.sqrt(len(v))
     return Interval(float(v.mean()), float(v.mean()) - half, float(v.mean()) + half, level)
 
