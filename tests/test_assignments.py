@@ -97,7 +97,7 @@ def _autograde(assignments: list[str], work: Path) -> dict:
         release = json.loads(path.read_text())
         for kind in _kinds(assignment):
             submitted = course / "submitted" / kind / assignment / path.name
-            submitted.parent.mkdir(parents=True, exist_ok=True)
+            submitted.parent.mkdir(parents=True)
             submitted.write_text(json.dumps(_submission(release, assignment, kind)))
         out[assignment] = {"released": {path.name: released[path.name]}, "name": path.name}
     tool.nbgrader("autograde", "*", cwd=course)
@@ -119,11 +119,14 @@ def _autograde(assignments: list[str], work: Path) -> dict:
 @pytest.fixture(scope="module")
 def autograded(tmp_path_factory):
     """All assignments, in two courses graded side by side (autograding is mostly kernel start-up and
-    imports, about a core each)."""
+    imports, about a core each). ONE grades four submissions, the others two: the halves are split so
+    that they take about as long (notebooks/README.md has each assignment's autograde time)."""
     root = tmp_path_factory.mktemp("course")
-    halves = [ASSIGNMENTS[0::2], ASSIGNMENTS[1::2]]
+    halves = [[a for a in ASSIGNMENTS if a[:2] in ("03", "04", "07", "08")],
+              [a for a in ASSIGNMENTS if a[:2] not in ("03", "04", "07", "08")]]
     with ThreadPoolExecutor(2) as pool:
-        return {a: r for half in pool.map(lambda h: _autograde(h, root / h[0]), halves) for a, r in half.items()}
+        graded = pool.map(lambda i: _autograde(halves[i], root / f"course{i}"), range(2))
+        return {a: r for half in graded for a, r in half.items()}
 
 
 def test_exercise_notebooks_are_in_sync_with_the_sources(autograded):

@@ -58,10 +58,13 @@ def course_copy(work: Path, course: Path = COURSE, only: list[str] | None = None
 
 def released(work: Path, assignment: str = "*") -> dict[str, str]:
     """``nbgrader generate_assignment`` in a course copy, of one assignment or (``"*"``, one nbgrader
-    run) of every one there; returns ``{file name: cleaned JSON}``."""
+    run) of every one there; returns ``{file name: cleaned JSON}``. ValueError when two assignments
+    release notebooks of the same name."""
     nbgrader("generate_assignment", assignment, "--force", cwd=work)
-    return {nb.name: nbclean.dumps(nbclean.clean(json.loads(nb.read_text())))
-            for nb in sorted((work / "release").glob(f"{assignment}/*.ipynb"))}
+    notebooks = sorted((work / "release").glob(f"{assignment}/*.ipynb"))
+    if len({nb.name for nb in notebooks}) < len(notebooks):  # all go to one folder, notebooks/exercises/
+        raise ValueError(f"two assignments release notebooks of the same name: {[str(nb) for nb in notebooks]}")
+    return {nb.name: nbclean.dumps(nbclean.clean(json.loads(nb.read_text()))) for nb in notebooks}
 
 
 def generate(course: Path = COURSE) -> dict[str, str]:
