@@ -107,15 +107,16 @@ def _collective_device(device: torch.device) -> torch.device:
     return device if device.type == "cuda" else torch.device("cpu")
 
 
-# The tensors of this module's collectives, each kept for HOLD_SECONDS after it. A Gloo worker thread (an NCCL
-# watchdog too) lets go of a collective's tensors just after the collective completes, often after Python has
-# dropped them: the tensor's Python object is then freed on that thread, which must take the GIL to do it.
-# PyTorch before 2.8 destroys the process group holding the GIL and waits for those threads, so a process that
-# left the group right after a collective could hang there for ever (pytorch/pytorch#154976; 4 of 100
-# failing-rank jobs on 2.4.1). Held here, the last reference is Python's, on this thread, as long as the
-# backend lets go within HOLD_SECONDS; it takes well under a millisecond. (Its hold is not visible from
-# Python: a worker thread still freed a tensor 0.03-0.2 ms after its ``_use_count()`` had dropped to 1.) The
-# collectives that DDP and SyncBatchNorm run themselves are not held here.
+# The tensors of this module's collectives, each kept for HOLD_SECONDS after it. A Gloo worker thread lets go of
+# a collective's tensors just after the collective completes, often after Python has dropped them (NCCL's
+# watchdog keeps its copy of a collective without the outputs; whether it can do the same is unchecked): the
+# tensor's Python object is then freed on that thread, which must take the GIL to do it. PyTorch before 2.8
+# destroys the process group holding the GIL and waits for those threads, so a process that left the group right
+# after a collective could hang there for ever (pytorch/pytorch#154976; 4 of 100 failing-rank jobs on 2.4.1).
+# Held here, the last reference is Python's, on this thread, as long as the backend lets go within HOLD_SECONDS;
+# it takes well under a millisecond. (Its hold is not visible from Python: a worker thread still freed a tensor
+# 0.03-0.2 ms after its ``_use_count()`` had dropped to 1.) The collectives that DDP and SyncBatchNorm run
+# themselves are not held here.
 HOLD_SECONDS = 1.0
 _HELD: collections.deque[tuple[float, torch.Tensor]] = collections.deque()
 
