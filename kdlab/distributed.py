@@ -2,7 +2,9 @@
 and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
 :class:`kdlab.engine.Trainer` then joins the process group (:func:`setup`), wraps each trained
 network in ``DistributedDataParallel`` and gives every process its slice of the global batch
-(:func:`shard`). Launched any other way, everything here is a no-op for one process.
+(:func:`shard`). torchrun with one process takes the same path (a group of one, DDP included), so a
+launch script tried on one GPU runs what it will run on several. Launched any other way, everything here is a
+no-op for one process.
 
 How a global batch of ``B`` is split over ``W`` processes (``B % W == 0``): every process draws the
 whole batch (images, noise, times) from the same per-step generator, exactly as one process would,
@@ -39,11 +41,17 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by torchrun (or another launcher that sets WORLD_SIZE)
 
     @property
     def main(self) -> bool:
         """Rank 0 alone writes files and shows progress."""
         return self.rank == 0
+
+    @property
+    def group(self) -> bool:
+        """Whether this process trains in a process group: several processes, or one that a launcher started."""
+        return self.launched or self.size > 1
 
 
 def world() -> World:
@@ -59,7 +67,7 @@ def world() -> World:
         except (TypeError, ValueError):
             raise ValueError(f"environment variable {name}={raw!r} is not valid; expected an integer "
                              "(torchrun sets RANK, WORLD_SIZE and LOCAL_RANK)") from None
-    w = World(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
+    w = World(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"], launched=True)
     if w.size < 1 or not 0 <= w.rank < w.size or w.local_rank < 0:
         raise ValueError(f"RANK={w.rank}, WORLD_SIZE={w.size}, LOCAL_RANK={w.local_rank} are not valid; "
                          "expected WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
@@ -67,13 +75,13 @@ def world() -> World:
 
 
 def setup(device="auto") -> tuple[World, torch.device]:
-    """Join the process group when the launcher asked for several processes: NCCL on CUDA (each process on
-    GPU ``LOCAL_RANK``), Gloo otherwise. Returns this process's :class:`World` and the device to train on.
+    """Join the process group when a launcher started this process (even as the only one): NCCL on CUDA (each
+    process on GPU ``LOCAL_RANK``), Gloo otherwise. Returns this process's :class:`World` and the device to train on.
     Safe to call again (later runs of the same process reuse the group)."""
     w, dev = world(), get_device(device)  # under torchrun, "auto" and "cuda" are cuda:LOCAL_RANK
-    if w.size > 1 and dev.type not in ("cuda", "cpu"):
+    if w.group and dev.type not in ("cuda", "cpu"):
         raise ValueError(f"device={str(dev)!r} cannot train with several processes; use 'cuda' (NCCL) or 'cpu' (Gloo)")
-    if w.size > 1 and dev.type == "cuda":
+    if w.group and dev.type == "cuda":
         if dev.index != w.local_rank:
             raise ValueError(f"device={str(dev)!r}: with several processes each uses its own GPU, cuda:LOCAL_RANK; "
                              "pass device='cuda' or 'auto' and choose GPUs with CUDA_VISIBLE_DEVICES")
@@ -81,7 +89,7 @@ def setup(device="auto") -> tuple[World, torch.device]:
             raise ValueError(f"LOCAL_RANK={w.local_rank} but this machine shows {torch.cuda.device_count()} GPU(s); "
                              "start at most that many processes per machine (torchrun --nproc-per-node)")
         torch.cuda.set_device(dev)
-    if w.size > 1 and not dist.is_initialized():
+    if w.group and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=TIMEOUT)
     return w, dev
 
@@ -146,7 +154,7 @@ def _all_gather(t: torch.Tensor) -> list[torch.Tensor]:
 def mean_over_processes(values: dict[str, float], w: World, device: torch.device) -> dict[str, float]:
     """Each metric averaged over the processes (one all-reduce for all of them): with equal shards, the
     mean of the per-process means is the global batch's mean."""
-    if w.size == 1 or not values:
+    if not w.group or not values:
         return values
     t = _all_reduce(torch.tensor(list(values.values()), dtype=torch.float64, device=_collective_device(device)))
     return dict(zip(values, (t / w.size).tolist()))
@@ -154,7 +162,7 @@ def mean_over_processes(values: dict[str, float], w: World, device: torch.device
 
 def same_over_processes(value: int, w: World, device: torch.device) -> bool:
     """Whether every process holds the same integer ``value`` (one all-reduce of ``[value, -value]`` by MAX)."""
-    if w.size == 1:
+    if not w.group:
         return True
     t = torch.tensor([value, -value], dtype=torch.int64, device=_collective_device(device))
     t = _all_reduce(t, dist.ReduceOp.MAX)
@@ -167,7 +175,7 @@ def first_error(message: str | None, w: World, device: torch.device) -> str | No
     is not rank 0, or ``None`` when all succeeded. An all-gather of each message's UTF-8 length (-1 for
     ``None``), then, when some process failed, one of the messages' bytes padded to the longest (not
     ``all_gather_object``: its tensors could not be held, see ``_HELD``)."""
-    if w.size == 1:
+    if not w.group:
         return message
     dev = _collective_device(device)
     data = b"" if message is None else message.encode("utf-8", "surrogateescape")  # paths keep odd bytes
@@ -181,9 +189,14 @@ def first_error(message: str | None, w: World, device: torch.device) -> str | No
     return said if rank == 0 else f"rank {rank}: {said}"
 
 
+def backend() -> str | None:
+    """The process group's backend (``"nccl"`` or ``"gloo"``), or ``None`` outside a process group."""
+    return dist.get_backend() if dist.is_initialized() else None
+
+
 def barrier(w: World) -> None:
     """Wait for every process (no-op for one)."""
-    if w.size > 1:
+    if w.group:
         dist.barrier()
 
 
@@ -214,7 +227,7 @@ def wrap(module: nn.Module, w: World, device: torch.device) -> nn.Module:
     by an inplace operation". PyTorch 2.14 renamed the option (``forward_sync_buffers``; ``broadcast_buffers``
     warns); the new one still copies rank 0's buffers once, when DDP is built, the old one did not (the same
     values here: every process starts from the same seed or the same state file)."""
-    if w.size == 1 or not trainable(module):
+    if not w.group or not trainable(module):
         return module
     if device.type == "cuda":
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)

@@ -19,7 +19,7 @@ noise from the generator the trainer hands it, and lets :class:`Trainer` do the 
 - **non-finite stop**: a NaN or infinite metric raises :class:`TrainingDiverged` and removes the
   training state, so nothing from a diverged run can be loaded;
 - **progress**: a ``tqdm`` bar (a widget in Jupyter, plain text with ``KDLAB_PROGRESS=text``);
-- **several processes** (``torchrun``; :mod:`kdlab.distributed`): a method that passes
+- **several processes** (``torchrun``, with one process too; :mod:`kdlab.distributed`): a method that passes
   ``distributed=True`` calls its trained networks through :meth:`Trainer.net` (DistributedDataParallel)
   and keeps its rows of each global batch with :meth:`Trainer.shard`; metrics are averaged over the
   processes, and rank 0 alone saves the training state and shows the bar. Every process loads the
@@ -275,7 +275,8 @@ class Trainer:
         self.modules, self.optimizers = dict(modules), dict(optimizers)
         for m in self.modules.values():
             m.to(self.device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
-        self.nets = {name: _distributed.wrap(m, self.world, self.device) for name, m in self.modules.items()}
+        self.nets = {name: _distributed.wrap(m, self.world, self.device) if distributed else m
+                     for name, m in self.modules.items()}
         if config.precision == "bf16":
             self.nets = {name: Autocast(net, self.device.type) if _distributed.trainable(net) else net
                          for name, net in self.nets.items()}
@@ -287,8 +288,8 @@ class Trainer:
         self.saved_step: int | None = None  # step of the training state on disk (None: none yet)
 
     def net(self, name: str) -> nn.Module:
-        """The module to call in a step: DistributedDataParallel of ``modules[name]`` when several processes
-        train (so its gradients are averaged over them), the module itself otherwise; with
+        """The module to call in a step: DistributedDataParallel of ``modules[name]`` in a process group (several
+        processes, or one started by torchrun; its gradients are averaged over them), the module itself otherwise; with
         ``config.precision="bf16"`` its forward runs under bfloat16 autocast (:class:`Autocast`)."""
         return self.nets[name]
 
@@ -361,7 +362,7 @@ class Trainer:
         start = 0
         if self.state_path is not None and self.state_path.exists():
             start = self._load()
-        if self.world.size > 1 and not _distributed.same_over_processes(start, self.world, self.device):
+        if self.world.group and not _distributed.same_over_processes(start, self.world, self.device):
             raise checkpoints.CheckpointError(self.state_path, "was found at different steps by different processes "
                                               "(not every process sees the same file); put the output folder on a file "
                                               "system that every machine sees")
@@ -374,7 +375,7 @@ class Trainer:
             m.train()
         bar = progress_bar(range(start, steps), initial=start, total=steps, desc=self.desc,
                            disable=not (self.config.progress and self.world.main))
-        signals = (signal.SIGINT,) if self.world.size == 1 else (signal.SIGINT, signal.SIGTERM)
+        signals = (signal.SIGINT,) if not self.world.group else (signal.SIGINT, signal.SIGTERM)
         with _DeferredInterrupt(signals) as interrupt:
             try:
                 for step in bar:
@@ -382,7 +383,7 @@ class Trainer:
                     self._trigger("on_step_start")
                     metrics = _to_floats(step_fn(step, step_generator(self.config.seed, step)))
                     stop = interrupt.requested
-                    if self.world.size > 1:  # one all-reduce: the metrics' means, and whether any process was stopped
+                    if self.world.group:  # one all-reduce: the metrics' means, and whether any process was stopped
                         metrics = _distributed.mean_over_processes(metrics | {STOP: float(stop)}, self.world, self.device)
                         stop = metrics.pop(STOP) > 0
                     self.metrics = metrics
@@ -393,7 +394,7 @@ class Trainer:
                     if step % 10 == 0 or step == steps - 1:
                         bar.set_postfix({k: f"{v:.3f}" for k, v in self.metrics.items()}, refresh=False)
                     self._trigger("on_step_end")
-                    if self.world.size == 1:  # one process: a stop pressed during the callbacks counts too (several
+                    if not self.world.group:  # one process: a stop pressed during the callbacks counts too (several
                         stop = interrupt.requested  # stop on the agreed flag; a later signal goes into the next all-reduce)
                     if (step + 1) % self.config.checkpoint_every == 0 or stop:
                         self._save(step + 1)
@@ -401,7 +402,7 @@ class Trainer:
                         raise self._interrupted(step + 1, finished=True)
                 self._save(steps)  # still deferred: Ctrl-C now cannot cut the last save short
                 stop = interrupt.requested  # a stop pressed during the last step or that save is not lost
-                if self.world.size > 1:  # agreed once more: the last step's all-reduce may have come before it
+                if self.world.group:  # agreed once more: the last step's all-reduce may have come before it
                     stop = _distributed.mean_over_processes({STOP: float(stop)}, self.world, self.device)[STOP] > 0
                 if stop:
                     raise self._interrupted(steps, finished=True)

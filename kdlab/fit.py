@@ -181,7 +181,7 @@ def fit(args) -> dict:
     seconds = time.perf_counter() - start
     tail = {k: sum(v[-100:]) / len(v[-100:]) for k, v in history.items() if k != "step" and v}
     metrics = {"method": args.method, "data": args.data, "steps": config.steps, "batch_size": config.batch_size,
-               "lr": config.lr, "seed": args.seed, "world_size": w.size, "device": str(device),
+               "lr": config.lr, "seed": args.seed, "world_size": w.size, "backend": distributed.backend(), "device": str(device),
                "precision": args.precision, "channels_last": args.channels_last,
                "seconds_this_launch": seconds, "final_metrics_mean_of_last_100_steps": tail,
                "model": models.architecture(model),
@@ -213,7 +213,8 @@ def main(args) -> int:
     finally:
         distributed.leave()  # the process is about to exit: leave the group cleanly
     if w.main:
-        print(f"kdlab fit {args.method}: {metrics['steps']} steps on {metrics['world_size']} process(es) in "
+        group = f" ({metrics['backend']})" if metrics["backend"] else ""
+        print(f"kdlab fit {args.method}: {metrics['steps']} steps on {metrics['world_size']} process(es){group} in "
               f"{metrics['seconds_this_launch']:.0f} s -> {Path(args.out) / 'checkpoint.safetensors'}")
         print(json.dumps(metrics["final_metrics_mean_of_last_100_steps"]))
     return 0

@@ -40,12 +40,17 @@ STEPS, BATCH = 3, 8
 needs_torchrun = pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed next to this Python")
 
 
-def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def one_thread_env() -> dict[str, str]:
+    """This process's environment with one thread per process, no progress bars and no launcher variables."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "KDLAB_PROGRESS": "off"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    return subprocess.run([TORCHRUN, "--nproc-per-node", "2", "--standalone", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return env
+
+
+def torchrun(*args: str, timeout: float = 240, processes: int = 2) -> subprocess.CompletedProcess:
+    return subprocess.run([TORCHRUN, "--nproc-per-node", str(processes), "--standalone", *args], cwd=ROOT,
+                          env=one_thread_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def fit_args(*argv: str) -> argparse.Namespace:
@@ -196,8 +201,27 @@ def test_a_two_process_run_resumes_in_one_process(two_process_runs, tmp_path):
 
 @pytest.mark.distributed
 @needs_torchrun
+def test_torchrun_with_one_process_trains_in_a_group_of_one_exactly_like_a_plain_process(tmp_path):
+    """What one GPU runs before several (and tools/gpu-check's ddp stage with NCCL on one GPU): torchrun with one
+    process joins a process group and trains the student through DDP. DDP's all-reduce over one process sums one
+    gradient and divides it by 1, so the weights are bit-identical to a plain process's (both with one thread)."""
+    args = ["distill-gan", "--steps", str(STEPS), "--batch-size", str(BATCH), "--device", "cpu", "--quiet"]
+    done = torchrun("-m", "kdlab", "fit", *args, "--out", str(tmp_path / "torchrun"), processes=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plain = subprocess.run([sys.executable, "-m", "kdlab", "fit", *args, "--out", str(tmp_path / "plain")], cwd=ROOT,
+                           env=one_thread_env(), capture_output=True, text=True, timeout=240)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    ran = {name: json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("torchrun", "plain")}
+    assert (ran["torchrun"]["backend"], ran["plain"]["backend"]) == ("gloo", None)
+    assert ran["torchrun"]["world_size"] == ran["plain"]["world_size"] == 1
+    a, b = (weights(tmp_path / name / "checkpoint.safetensors") for name in ("torchrun", "plain"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.distributed
+@needs_torchrun
 def test_ctrl_c_stops_every_process_after_the_same_step_and_saves_it(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "KDLAB_PROGRESS": "off"}
+    env = one_thread_env()
     job = subprocess.Popen([TORCHRUN, "--nproc-per-node", "2", "--standalone", "-m", "kdlab", "fit", "distill-diffusion",
                             "--out", str(tmp_path), "--steps", "100000", "--batch-size", "4", "--device", "cpu",
                             "--checkpoint-every", "5", "--quiet"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
@@ -257,7 +281,7 @@ def test_a_wrapped_network_with_batchnorm_takes_two_forward_passes_before_one_ba
     """A GAN's discriminator sees the real and the generated images before its loss's backward. With DDP's
     default buffer broadcast before each forward pass, PyTorch 2.11 failed that backward (BatchNorm's running
     statistics, saved for it, overwritten in place); the 2-process GAN run above failed the same way there. Gloo
-    with one process (wrap() is told there are two), the gradient against the unwrapped network's. PyTorch 2.14
+    with one process (as torchrun with one starts it), the gradient against the unwrapped network's. PyTorch 2.14
     passes with the broadcast too: there this checks that wrap() uses 2.14's option (the old one warns)."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(144, 1))
@@ -265,7 +289,7 @@ def test_a_wrapped_network_with_batchnorm_takes_two_forward_passes_before_one_ba
     x, y = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
     try:
-        wrapped = distributed.wrap(net, distributed.World(rank=0, size=2), torch.device("cpu"))
+        wrapped = distributed.wrap(net, distributed.World(rank=0, size=1, launched=True), torch.device("cpu"))
         assert isinstance(wrapped, torch.nn.parallel.DistributedDataParallel)
         (wrapped(x).mean() - wrapped(y).mean()).backward()
     finally:
@@ -345,7 +369,8 @@ def test_world_reads_the_launcher_environment(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert distributed.world() == distributed.World(3, 4, 1) and not distributed.world().main
+    assert distributed.world() == distributed.World(3, 4, 1, launched=True) and not distributed.world().main
+    assert not distributed.World().group and distributed.World(0, 1, launched=True).group and distributed.World(0, 2).group
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(ValueError, match="0 <= RANK < WORLD_SIZE"):
         distributed.world()
