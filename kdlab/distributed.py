@@ -2,9 +2,10 @@
 and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
 :class:`kdlab.engine.Trainer` then joins the process group (:func:`setup`), wraps each trained
 network in ``DistributedDataParallel`` and gives every process its slice of the global batch
-(:func:`shard`). torchrun with one process takes the same path (a group of one, DDP included), so a
-launch script tried on one GPU runs what it will run on several. Launched any other way, everything here is a
-no-op for one process.
+(:func:`shard`). torchrun with one process takes the same path, in a group of one: the process group, DDP
+and its gradient all-reduce, the metrics' all-reduce (what it cannot show: SyncBatchNorm falls back to plain
+BatchNorm in a group of one, and no batch is split), so a launch script can be tried on one GPU before several.
+Launched any other way, everything here is a no-op for one process.
 
 How a global batch of ``B`` is split over ``W`` processes (``B % W == 0``): every process draws the
 whole batch (images, noise, times) from the same per-step generator, exactly as one process would,
@@ -26,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .utils import get_device
+from .utils import get_device, launched
 
 # A collective that waits longer than this (a peer died or hangs) raises instead of blocking for ever;
 # torchrun also stops every process as soon as one exits with an error.
@@ -41,7 +42,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
-    launched: bool = False  # started by torchrun (or another launcher that sets WORLD_SIZE)
+    launched: bool = False  # started by torchrun (or another launcher that sets WORLD_SIZE and MASTER_ADDR)
 
     @property
     def main(self) -> bool:
@@ -67,7 +68,7 @@ def world() -> World:
         except (TypeError, ValueError):
             raise ValueError(f"environment variable {name}={raw!r} is not valid; expected an integer "
                              "(torchrun sets RANK, WORLD_SIZE and LOCAL_RANK)") from None
-    w = World(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"], launched=True)
+    w = World(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"], launched=launched())
     if w.size < 1 or not 0 <= w.rank < w.size or w.local_rank < 0:
         raise ValueError(f"RANK={w.rank}, WORLD_SIZE={w.size}, LOCAL_RANK={w.local_rank} are not valid; "
                          "expected WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
@@ -80,10 +81,11 @@ def setup(device="auto") -> tuple[World, torch.device]:
     Safe to call again (later runs of the same process reuse the group)."""
     w, dev = world(), get_device(device)  # under torchrun, "auto" and "cuda" are cuda:LOCAL_RANK
     if w.group and dev.type not in ("cuda", "cpu"):
-        raise ValueError(f"device={str(dev)!r} cannot train with several processes; use 'cuda' (NCCL) or 'cpu' (Gloo)")
+        raise ValueError(f"device={str(dev)!r} cannot train under torchrun (in a process group); use 'cuda' (NCCL) "
+                         "or 'cpu' (Gloo)")
     if w.group and dev.type == "cuda":
         if dev.index != w.local_rank:
-            raise ValueError(f"device={str(dev)!r}: with several processes each uses its own GPU, cuda:LOCAL_RANK; "
+            raise ValueError(f"device={str(dev)!r}: under torchrun each process uses its own GPU, cuda:LOCAL_RANK; "
                              "pass device='cuda' or 'auto' and choose GPUs with CUDA_VISIBLE_DEVICES")
         if w.local_rank >= torch.cuda.device_count():
             raise ValueError(f"LOCAL_RANK={w.local_rank} but this machine shows {torch.cuda.device_count()} GPU(s); "
@@ -195,7 +197,7 @@ def backend() -> str | None:
 
 
 def barrier(w: World) -> None:
-    """Wait for every process (no-op for one)."""
+    """Wait for every process (no-op outside a process group)."""
     if w.group:
         dist.barrier()
 
@@ -214,10 +216,11 @@ def trainable(module: nn.Module) -> bool:
 
 
 def wrap(module: nn.Module, w: World, device: torch.device) -> nn.Module:
-    """``module`` as DistributedDataParallel for several processes; ``module`` itself for one process or when
-    nothing in it trains. On CUDA its BatchNorm layers are replaced by SyncBatchNorm, in ``module`` itself
-    (same parameters and buffers, so its checkpoints load into a plain model); PyTorch's SyncBatchNorm has
-    no CPU kernels, so under Gloo each process normalises with its own slice's statistics.
+    """``module`` as DistributedDataParallel in a process group (several processes, or one under torchrun);
+    ``module`` itself for a plain process or when nothing in it trains. On CUDA its BatchNorm layers are
+    replaced by SyncBatchNorm, in ``module`` itself (same parameters and buffers, so its checkpoints load into
+    a plain model); PyTorch's SyncBatchNorm has no CPU kernels, so under Gloo each process normalises with its
+    own slice's statistics.
 
     Buffers (BatchNorm's running statistics) are not broadcast from rank 0 before each forward pass: with
     SyncBatchNorm every rank computes the same running statistics anyway; under Gloo rank 0, which saves them,

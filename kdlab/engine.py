@@ -199,7 +199,7 @@ class _DeferredInterrupt:
     loop checks it between steps. A second one raises ``KeyboardInterrupt`` at once (a step that
     hangs can still be stopped). Outside the main thread signals cannot be caught and this does
     nothing. The previous handlers are restored on exit, whatever they were. ``signals`` adds SIGTERM
-    for several processes (torchrun passes a Ctrl-C on as SIGINT; schedulers stop jobs with SIGTERM)."""
+    under torchrun (it passes a Ctrl-C on as SIGINT; schedulers stop jobs with SIGTERM)."""
 
     def __init__(self, signals=(signal.SIGINT,)):
         self.requested, self._signals, self._previous = False, signals, {}
@@ -271,12 +271,14 @@ class Trainer:
                 raise ValueError(f"{desc}: this method runs in one process only, but WORLD_SIZE={world.size}; "
                                  "launch it without torchrun")
             _distributed.check_batch(config.batch_size, world)
-        self.world, self.device = _distributed.setup(config.device)
+        if distributed:  # under torchrun, even as its only process: join the group, train through DDP
+            self.world, self.device = _distributed.setup(config.device)
+        else:  # a method that does not use DDP trains as a plain process
+            self.world, self.device = _distributed.World(), get_device(config.device)
         self.modules, self.optimizers = dict(modules), dict(optimizers)
         for m in self.modules.values():
             m.to(self.device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
-        self.nets = {name: _distributed.wrap(m, self.world, self.device) if distributed else m
-                     for name, m in self.modules.items()}
+        self.nets = {name: _distributed.wrap(m, self.world, self.device) for name, m in self.modules.items()}
         if config.precision == "bf16":
             self.nets = {name: Autocast(net, self.device.type) if _distributed.trainable(net) else net
                          for name, net in self.nets.items()}

@@ -22,13 +22,20 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+def launched() -> bool:
+    """Whether ``torchrun`` (or another launcher that sets ``WORLD_SIZE`` and ``MASTER_ADDR``) started this
+    process, even as the only one."""
+    return "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+
+
 def get_device(device: str | torch.device = "auto") -> torch.device:
     """The one device convention of kdlab: every ``device`` argument takes ``"auto"`` (CUDA, else
     Apple MPS, else CPU), a name such as ``"cpu"`` or ``"cuda:1"``, or a ``torch.device``. Under
-    ``torchrun`` with several processes, ``"auto"`` and ``"cuda"`` mean this process's GPU, ``LOCAL_RANK``."""
+    ``torchrun`` (one process or several), ``"auto"`` and ``"cuda"`` mean this process's GPU, ``LOCAL_RANK``."""
     if isinstance(device, torch.device):
         return device
-    if device in ("auto", "cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if device in ("auto", "cuda") and (several or launched()) and torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device == "auto":
         if torch.cuda.is_available():

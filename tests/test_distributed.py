@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -363,13 +364,15 @@ def test_first_error_gives_the_lowest_failing_ranks_message_whole(monkeypatch, m
 
 
 def test_world_reads_the_launcher_environment(monkeypatch):
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
         monkeypatch.delenv(name, raising=False)
     assert distributed.world() == distributed.World(0, 1, 0) and distributed.world().main
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert distributed.world() == distributed.World(3, 4, 1, launched=True) and not distributed.world().main
+    assert distributed.world() == distributed.World(3, 4, 1) and not distributed.world().main
+    monkeypatch.setenv("MASTER_ADDR", "host0")  # what torchrun sets too
+    assert distributed.world() == distributed.World(3, 4, 1, launched=True)
     assert not distributed.World().group and distributed.World(0, 1, launched=True).group and distributed.World(0, 2).group
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(ValueError, match="0 <= RANK < WORLD_SIZE"):
@@ -377,6 +380,52 @@ def test_world_reads_the_launcher_environment(monkeypatch):
     monkeypatch.setenv("RANK", "x")
     with pytest.raises(ValueError, match="RANK='x'"):
         distributed.world()
+
+
+def launch(monkeypatch, size: int = 1) -> None:
+    """The environment torchrun gives rank 0 of ``size`` processes (a free port for the group's rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for name, value in dict(WORLD_SIZE=size, RANK=0, LOCAL_RANK=0, MASTER_ADDR="127.0.0.1", MASTER_PORT=port).items():
+        monkeypatch.setenv(name, str(value))
+
+
+def test_a_launched_single_process_on_a_gpu_joins_nccl_on_gpu_local_rank(monkeypatch):
+    """torchrun with one process on a GPU (tools/gpu-check ddp on one GPU): "cuda" and "auto" are cuda:LOCAL_RANK
+    and the group is NCCL's (CUDA and the group are stand-ins here). Only WORLD_SIZE=1 in the environment, with
+    no MASTER_ADDR (no launcher), is a plain process."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    joined = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kwargs: joined.append(backend))
+    launch(monkeypatch)
+    for device in ("cuda", "auto"):
+        w, dev = distributed.setup(device)
+        assert w.group and dev == torch.device("cuda", 0)
+    assert joined == ["nccl", "nccl"]
+    monkeypatch.delenv("MASTER_ADDR")
+    w, dev = distributed.setup("cuda")
+    assert not w.group and dev == torch.device("cuda") and joined == ["nccl", "nccl"]
+
+
+def test_a_launched_single_process_trains_through_ddp_and_a_method_without_ddp_stays_plain(monkeypatch):
+    """In a Gloo group of one, as torchrun with one process starts it: a distributed method's networks are called
+    through DDP; a method that does not use DDP gets a plain trainer, outside the group."""
+    launch(monkeypatch)
+    config = TrainConfig(steps=1, batch_size=4, device="cpu", progress=False)
+    try:
+        plain = Trainer(config, modules={"m": torch.nn.Linear(2, 1)}, optimizers={}, run={}, desc="toy")
+        assert not plain.world.group and not dist.is_initialized()
+        assert isinstance(plain.net("m"), torch.nn.Linear)
+        trainer = Trainer(config, modules={"m": torch.nn.Linear(2, 1)}, optimizers={}, run={}, desc="toy",
+                          distributed=True)
+        assert trainer.world.group and distributed.backend() == "gloo"
+        assert isinstance(trainer.net("m"), torch.nn.parallel.DistributedDataParallel)
+    finally:
+        distributed.leave()
 
 
 def test_shards_are_the_global_batch_in_order():
