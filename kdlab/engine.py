@@ -199,7 +199,7 @@ class _DeferredInterrupt:
     loop checks it between steps. A second one raises ``KeyboardInterrupt`` at once (a step that
     hangs can still be stopped). Outside the main thread signals cannot be caught and this does
     nothing. The previous handlers are restored on exit, whatever they were. ``signals`` adds SIGTERM
-    under torchrun (it passes a Ctrl-C on as SIGINT; schedulers stop jobs with SIGTERM)."""
+    in a process group (torchrun passes a Ctrl-C on as SIGINT; schedulers stop jobs with SIGTERM)."""
 
     def __init__(self, signals=(signal.SIGINT,)):
         self.requested, self._signals, self._previous = False, signals, {}
@@ -396,8 +396,8 @@ class Trainer:
                     if step % 10 == 0 or step == steps - 1:
                         bar.set_postfix({k: f"{v:.3f}" for k, v in self.metrics.items()}, refresh=False)
                     self._trigger("on_step_end")
-                    if not self.world.group:  # one process: a stop pressed during the callbacks counts too (several
-                        stop = interrupt.requested  # stop on the agreed flag; a later signal goes into the next all-reduce)
+                    if not self.world.group:  # a plain process: a stop pressed during the callbacks counts too (a group
+                        stop = interrupt.requested  # stops on the agreed flag; a later signal goes into the next all-reduce)
                     if (step + 1) % self.config.checkpoint_every == 0 or stop:
                         self._save(step + 1)
                     if stop:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
 import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -382,12 +382,9 @@ def test_world_reads_the_launcher_environment(monkeypatch):
         distributed.world()
 
 
-def launch(monkeypatch, size: int = 1) -> None:
-    """The environment torchrun gives rank 0 of ``size`` processes (a free port for the group's rendezvous)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    for name, value in dict(WORLD_SIZE=size, RANK=0, LOCAL_RANK=0, MASTER_ADDR="127.0.0.1", MASTER_PORT=port).items():
+def launch(monkeypatch) -> None:
+    """The environment torchrun gives its only process (port 0: a group of one binds any free port)."""
+    for name, value in dict(WORLD_SIZE=1, RANK=0, LOCAL_RANK=0, MASTER_ADDR="127.0.0.1", MASTER_PORT=0).items():
         monkeypatch.setenv(name, str(value))
 
 
@@ -426,6 +423,33 @@ def test_a_launched_single_process_trains_through_ddp_and_a_method_without_ddp_s
         assert isinstance(trainer.net("m"), torch.nn.parallel.DistributedDataParallel)
     finally:
         distributed.leave()
+
+
+@pytest.mark.filterwarnings("ignore:Unable to enable fault handler")  # torchrun's @record outside torchrun
+def test_kdlab_fit_as_torchrun_s_only_process_trains_through_ddp_and_averages_its_metrics(tmp_path, monkeypatch):
+    """kdlab fit in a group of one (Gloo), in this process: the student is wrapped in DDP and every step's
+    metrics go through the all-reduce, as with several processes."""
+    launch(monkeypatch)
+    wrapped, reduced = [], []
+    real_ddp, real_reduce = torch.nn.parallel.DistributedDataParallel, distributed._all_reduce
+
+    class WatchedDDP(real_ddp):
+        def __init__(self, module, *args, **kwargs):
+            wrapped.append(type(module).__name__)
+            super().__init__(module, *args, **kwargs)
+
+    WatchedDDP.__signature__ = inspect.signature(real_ddp)  # wrap() reads DDP's options from it
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", WatchedDDP)
+    monkeypatch.setattr(distributed, "_all_reduce", lambda t, *a: (reduced.append(t.dtype), real_reduce(t, *a))[1])
+    try:
+        metrics = fit.fit(fit_args("distill-gan", "--out", str(tmp_path), "--steps", "2", "--batch-size", "4"))
+    finally:
+        distributed.leave()
+    assert (metrics["backend"], metrics["world_size"]) == ("gloo", 1)
+    assert wrapped == ["Generator"]  # the student; the frozen teacher is not wrapped
+    # the metrics' means (float64): one all-reduce a step, and one more agreeing on a stop after the last save
+    assert reduced.count(torch.float64) == 2 + 1
 
 
 def test_shards_are_the_global_batch_in_order():
