@@ -42,7 +42,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
-    launched: bool = False  # started by torchrun (or another launcher that sets WORLD_SIZE and MASTER_ADDR)
+    launched: bool = False  # started by torchrun (kdlab.utils.launched), even as its only process
 
     @property
     def main(self) -> bool:

@@ -23,9 +23,10 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
 
 
 def launched() -> bool:
-    """Whether ``torchrun`` (or another launcher that sets ``WORLD_SIZE`` and ``MASTER_ADDR``) started this
-    process, even as the only one."""
-    return "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+    """Whether ``torchrun`` started this process, even as the only one: it sets ``WORLD_SIZE`` and
+    ``TORCHELASTIC_RUN_ID`` for its processes. (Cluster containers that export ``WORLD_SIZE=1`` and
+    ``MASTER_ADDR`` themselves do not count: their notebooks stay plain processes.)"""
+    return "WORLD_SIZE" in os.environ and "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def get_device(device: str | torch.device = "auto") -> torch.device:

@@ -44,7 +44,7 @@ needs_torchrun = pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not in
 def one_thread_env() -> dict[str, str]:
     """This process's environment with one thread per process, no progress bars and no launcher variables."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "KDLAB_PROGRESS": "off"}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
         env.pop(name, None)
     return env
 
@@ -364,14 +364,14 @@ def test_first_error_gives_the_lowest_failing_ranks_message_whole(monkeypatch, m
 
 
 def test_world_reads_the_launcher_environment(monkeypatch):
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(name, raising=False)
     assert distributed.world() == distributed.World(0, 1, 0) and distributed.world().main
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert distributed.world() == distributed.World(3, 4, 1) and not distributed.world().main
-    monkeypatch.setenv("MASTER_ADDR", "host0")  # what torchrun sets too
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "kd1")  # what torchrun sets too
     assert distributed.world() == distributed.World(3, 4, 1, launched=True)
     assert not distributed.World().group and distributed.World(0, 1, launched=True).group and distributed.World(0, 2).group
     monkeypatch.setenv("RANK", "4")
@@ -384,14 +384,15 @@ def test_world_reads_the_launcher_environment(monkeypatch):
 
 def launch(monkeypatch) -> None:
     """The environment torchrun gives its only process (port 0: a group of one binds any free port)."""
-    for name, value in dict(WORLD_SIZE=1, RANK=0, LOCAL_RANK=0, MASTER_ADDR="127.0.0.1", MASTER_PORT=0).items():
+    for name, value in dict(WORLD_SIZE=1, RANK=0, LOCAL_RANK=0, MASTER_ADDR="127.0.0.1", MASTER_PORT=0,
+                            TORCHELASTIC_RUN_ID="none").items():
         monkeypatch.setenv(name, str(value))
 
 
 def test_a_launched_single_process_on_a_gpu_joins_nccl_on_gpu_local_rank(monkeypatch):
     """torchrun with one process on a GPU (tools/gpu-check ddp on one GPU): "cuda" and "auto" are cuda:LOCAL_RANK
-    and the group is NCCL's (CUDA and the group are stand-ins here). Only WORLD_SIZE=1 in the environment, with
-    no MASTER_ADDR (no launcher), is a plain process."""
+    and the group is NCCL's (CUDA and the group are stand-ins here). WORLD_SIZE=1 without TORCHELASTIC_RUN_ID
+    (not torchrun: e.g. a cluster container's own variables) stays a plain process."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
@@ -403,7 +404,7 @@ def test_a_launched_single_process_on_a_gpu_joins_nccl_on_gpu_local_rank(monkeyp
         w, dev = distributed.setup(device)
         assert w.group and dev == torch.device("cuda", 0)
     assert joined == ["nccl", "nccl"]
-    monkeypatch.delenv("MASTER_ADDR")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
     w, dev = distributed.setup("cuda")
     assert not w.group and dev == torch.device("cuda") and joined == ["nccl", "nccl"]
 
