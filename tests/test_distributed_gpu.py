@@ -51,14 +51,17 @@ def test_two_processes_on_one_gpu_normalise_with_the_global_batch_and_train_like
     out = tmp_path / "two.safetensors"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"]
     done = subprocess.run([*torchrun, str(SYNC_JOB), str(out), "cuda:0"], cwd=ROOT, env=one_thread_env(),
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=90)  # within gpu-check's limit for the step
     assert done.returncode == 0, done.stderr[-3000:]
     two = load_file(out)
     initial, whole = train_in_one_process(torch.device("cuda", 0), halves=False)
     _, halves = train_in_one_process(torch.device("cuda", 0), halves=True)
     params = {k: v for k, v in initial.items() if "running" not in k and "num_batches" not in k}
-    assert relative_update_difference(params, whole, two) < 1e-4
-    assert relative_update_difference(params, whole, halves) > 1e-2  # what SyncBatchNorm is there to prevent
-    for k in initial:  # BatchNorm's running statistics: those of each whole batch
-        if "running" in k or "num_batches" in k:
-            torch.testing.assert_close(two[k], whole[k], rtol=1e-4, atol=1e-6)
+    stats = [k for k in initial if k not in params]  # BatchNorm's running statistics
+    to_whole, halves_to_whole = (relative_update_difference(params, whole, x) for x in (two, halves))
+    print(f"relative update difference to the whole batch: two processes {to_whole:.2e}, halves {halves_to_whole:.2e}; "
+          f"running statistics: largest difference {max((two[k] - whole[k]).abs().max().item() for k in stats):.2e}")
+    assert to_whole < 1e-4
+    assert halves_to_whole > 1e-2  # what SyncBatchNorm is there to prevent
+    for k in stats:  # those of each whole batch
+        torch.testing.assert_close(two[k], whole[k], rtol=1e-4, atol=1e-6)
