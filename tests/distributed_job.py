@@ -1,5 +1,6 @@
 """Run by tests/test_distributed.py under ``torchrun``: several ``kdlab fit`` runs in one job (one launch,
-one process group); with ``fail``, a job whose rank 1 raises at its second step; with ``rank1-lacks-data``,
+one process group); with ``fail``, a job whose rank 1 raises at its second step (``die``: exits there at once,
+status 7, as a crashed or killed process would, while rank 0 waits in that step's collectives); with ``rank1-lacks-data``,
 ``kdlab fit`` (its command line) where rank 1 finds no data folder."""
 import argparse
 import os
@@ -12,7 +13,7 @@ from kdlab import distributed, fit
 from kdlab.engine import Trainer, TrainConfig
 
 
-def failing_job() -> None:
+def failing_job(die: bool) -> None:
     model = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     trainer = Trainer(TrainConfig(steps=5, batch_size=4, lr=0.1, progress=False), modules={"m": model},
@@ -20,6 +21,8 @@ def failing_job() -> None:
 
     def step(s, g):
         if trainer.world.rank == 1 and s == 1:
+            if die:
+                os._exit(7)  # no exception, no clean-up: the process is gone
             raise RuntimeError("rank 1 fails on purpose at step 1")
         loss = trainer.net("m")(trainer.shard(torch.randn(4, 2, generator=g))).pow(2).mean()
         opt.zero_grad()
@@ -32,8 +35,8 @@ def failing_job() -> None:
 
 @record
 def main() -> None:
-    if sys.argv[1:] == ["fail"]:
-        failing_job()
+    if sys.argv[1:] in (["fail"], ["die"]):
+        failing_job(die=sys.argv[1] == "die")
         return
     if sys.argv[1] == "rank1-lacks-data":
         if os.environ["RANK"] == "1":

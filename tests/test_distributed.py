@@ -16,6 +16,7 @@ import inspect
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -248,6 +249,18 @@ def test_a_rank_that_raises_ends_the_job_with_its_error():
     assert done.returncode != 0
     assert "rank 1 fails on purpose at step 1" in done.stderr + done.stdout
     assert "rank: 1" in done.stderr  # torchrun's summary names the failed rank
+
+
+@pytest.mark.distributed
+@needs_torchrun
+def test_a_rank_that_dies_ends_the_job_at_once_naming_it():
+    """Rank 1 exits mid-job without a word (as a crash or the kernel's OOM killer would), while rank 0 is in the
+    step's collectives: Gloo sees the closed connection and rank 0 fails too, instead of waiting for the
+    collective timeout (KDLAB_DIST_TIMEOUT_MIN, 10 minutes); torchrun names rank 1 and its exit status."""
+    started = time.monotonic()
+    done = torchrun(str(JOB), "die", timeout=180)
+    assert done.returncode != 0 and time.monotonic() - started < 60
+    assert re.search(r"rank\s*: 1 .*\n\s*exitcode\s*: 7\b", done.stderr), done.stderr[-3000:]  # torchrun's summary
 
 
 @pytest.mark.distributed
