@@ -123,6 +123,17 @@ def _descendants(pid: int) -> list:
         return []
 
 
+def _cmdline(p) -> list[str]:
+    """``p``'s command line, or ``[]`` for a process that has exited (a zombie or gone: `make lab`'s shell may
+    have started and reaped helpers between the listing and this look)."""
+    import psutil
+
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
+
+
 @dataclass
 class Lab:
     url: str
@@ -704,7 +715,7 @@ def test_make_lab_runs_and_saves_into_work(browser, out_dir, tmp_path):
     with _stopped_at_the_end(Lab(f"http://127.0.0.1:{port}", token, work, proc, log)) as server:
         _wait_until_up(server, 60, "`make lab`")  # fails with make's output if the server exits (as root: no --allow-root)
         server.remember_children()
-        servers = [p.cmdline() for p in server.seen.values() if f"{work}/" in p.cmdline()]
+        servers = [line for line in map(_cmdline, server.seen.values()) if f"{work}/" in line]
         assert len(servers) == 1, f"expected one JupyterLab serving {work}/ under make, found: {servers}"
         assert ("--allow-root" in servers[0]) == as_root, (
             f"uid {os.geteuid()}: `make lab` ran {' '.join(servers[0])}")
