@@ -51,7 +51,7 @@ class World:
 
     @property
     def group(self) -> bool:
-        """Whether this process trains in a process group: several processes, or one that a launcher started."""
+        """Whether this process trains in a process group: several processes, or one that torchrun started."""
         return self.launched or self.size > 1
 
 
@@ -76,8 +76,9 @@ def world() -> World:
 
 
 def setup(device="auto") -> tuple[World, torch.device]:
-    """Join the process group when a launcher started this process (even as the only one): NCCL on CUDA (each
-    process on GPU ``LOCAL_RANK``), Gloo otherwise. Returns this process's :class:`World` and the device to train on.
+    """Join the process group when torchrun started this process (even as the only one) or ``WORLD_SIZE`` > 1:
+    NCCL on CUDA (each process on GPU ``LOCAL_RANK``), Gloo otherwise. Returns this process's :class:`World` and
+    the device to train on.
     Safe to call again (later runs of the same process reuse the group)."""
     w, dev = world(), get_device(device)  # under torchrun, "auto" and "cuda" are cuda:LOCAL_RANK
     if w.group and dev.type not in ("cuda", "cpu"):
@@ -219,7 +220,7 @@ def wrap(module: nn.Module, w: World, device: torch.device) -> nn.Module:
     """``module`` as DistributedDataParallel in a process group (several processes, or one under torchrun);
     ``module`` itself for a plain process or when nothing in it trains. On CUDA its BatchNorm layers are
     replaced by SyncBatchNorm, in ``module`` itself (same parameters and buffers, so its checkpoints load into
-    a plain model); PyTorch's SyncBatchNorm has no CPU kernels, so under Gloo each process normalises with its
+    a plain model); PyTorch's SyncBatchNorm has no CPU kernels, so on the CPU each process normalises with its
     own slice's statistics.
 
     Buffers (BatchNorm's running statistics) are not broadcast from rank 0 before each forward pass: with
