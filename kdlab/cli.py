@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import fit as fit_command
 from . import sweep as sw
+from .utils import launched
 
 
 def _params(pairs: list[list[str]] | None) -> dict[str, list]:
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "fit":
         return fit_command.main(args)
+    if launched():
+        raise SystemExit(f"kdlab {args.command}: started by torchrun, where every process would run the same "
+                         f"notebooks into the same folder; run it without torchrun (torchrun is for kdlab fit)")
     params = _params(args.parameter)
     out = args.out or Path("runs") / f"{args.notebook.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.command == "run":

@@ -93,6 +93,25 @@ def _first_error(executed: Path) -> str:
     return "no cell error recorded (see log.txt)"
 
 
+# What torchrun (or a cluster's launcher) sets for the processes of one job: torch/distributed/elastic's
+# local agent sets these, and LOCAL_RANK, for each worker.
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                      "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_env(threads: int | None = None) -> dict[str, str]:
+    """The environment of one run's papermill process: this one's, with text progress, no widgets unless asked
+    for, ``threads`` OpenMP/MKL threads when given, and none of a launcher's variables (``RANK``,
+    ``WORLD_SIZE``, ``MASTER_PORT``, ``TORCHELASTIC_*``, ...): every run is a process of its own, and runs that
+    inherited them would each try to join one process group on the same port."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES and not k.startswith("TORCHELASTIC_")}
+    env["KDLAB_PROGRESS"] = "text"
+    env.setdefault("KDLAB_WIDGETS", "0")  # headless: no interactive widgets (they can stall nbclient)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
+
+
 def run_one(notebook: Path, params: dict[str, Any], folder: Path, threads: int | None = None,
             timeout: float | None = None) -> dict[str, Any]:
     """Execute ``notebook`` with ``params`` (plus ``out_dir=folder``) in a fresh papermill process.
@@ -100,10 +119,7 @@ def run_one(notebook: Path, params: dict[str, Any], folder: Path, threads: int |
     "error"}``."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "parameters.json").write_text(json.dumps({**params, "out_dir": str(folder)}))
-    env = dict(os.environ, KDLAB_PROGRESS="text")
-    env.setdefault("KDLAB_WIDGETS", "0")  # headless: no interactive widgets (they can stall nbclient)
-    if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env = child_env(threads)
     executed = folder / notebook.name
     cmd = [sys.executable, "-m", "papermill", str(notebook), str(executed), "-f", str(folder / "parameters.json"),
            "-k", "python3", "--cwd", str(notebook.parent), "--no-progress-bar"]

@@ -68,3 +68,32 @@ def test_run_single_notebook_and_bad_arguments(tmp_path):
         cli.main(["sweep", str(PROBE), "-p", "a", "1", "-p", "a", "2"])
     assert cli.main(["run", str(PROBE), "-p", "a", "3", "--out", str(tmp_path / "one")]) == 0
     assert json.loads((tmp_path / "one" / "metrics.json").read_text())["product"] == 6
+
+
+def test_runs_do_not_inherit_a_launchers_variables(monkeypatch):
+    # the variables torchrun's agent gives each worker, and a cluster container's own WORLD_SIZE / MASTER_PORT
+    launcher = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0",
+                "GROUP_WORLD_SIZE": "1", "ROLE_RANK": "1", "ROLE_NAME": "default", "ROLE_WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "none",
+                "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "0"}
+    for k, v in {**launcher, "KDLAB_DATA": "/data/here", "OMP_NUM_THREADS": "8"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("KDLAB_WIDGETS", raising=False)
+    env = sw.child_env(threads=3)
+    assert not set(launcher) & set(env)
+    assert env["KDLAB_DATA"] == "/data/here" and env["PATH"] == os.environ["PATH"]  # the rest is passed on
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3" and env["KDLAB_PROGRESS"] == "text"
+    assert env["KDLAB_WIDGETS"] == "0"
+    monkeypatch.setenv("KDLAB_WIDGETS", "1")
+    assert sw.child_env()["KDLAB_WIDGETS"] == "1" and sw.child_env()["OMP_NUM_THREADS"] == "8"
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_run_and_sweep_refuse_torchrun(command, tmp_path, monkeypatch, capsys):
+    from kdlab import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    with pytest.raises(SystemExit, match=f"kdlab {command}: started by torchrun.*torchrun is for kdlab fit"):
+        cli.main([command, str(PROBE), "-p", "a", "1", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
