@@ -17,7 +17,6 @@ from pathlib import Path
 
 from . import fit as fit_command
 from . import sweep as sw
-from .utils import launched
 
 
 def _params(pairs: list[list[str]] | None) -> dict[str, list]:
@@ -52,9 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "fit":
         return fit_command.main(args)
-    if launched():
-        raise SystemExit(f"kdlab {args.command}: started by torchrun, where every process would run the same "
-                         f"notebooks into the same folder; run it without torchrun (torchrun is for kdlab fit)")
     params = _params(args.parameter)
     out = args.out or Path("runs") / f"{args.notebook.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.command == "run":
@@ -63,8 +59,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"kdlab run: {', '.join(multi)} got several values; use kdlab sweep for a grid")
         if not args.notebook.is_file():
             raise SystemExit(f"kdlab: notebook {args.notebook} does not exist")
-        record = sw.run_one(args.notebook.resolve(), {n: v[0] for n, v in params.items()}, out.resolve(),
-                            timeout=args.timeout)
+        try:
+            record = sw.run_one(args.notebook.resolve(), {n: v[0] for n, v in params.items()}, out.resolve(),
+                                timeout=args.timeout)
+        except ValueError as e:
+            raise SystemExit(f"kdlab run: {e}")
         print(f"{record['status']} in {record['seconds']} s -> {out.resolve()}" +
               (f"\n{record['error']}" if record["error"] else ""))
         return 0 if record["status"] == "ok" else 1

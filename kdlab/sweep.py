@@ -29,7 +29,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from .utils import atomic_write_bytes, progress_bar, to_json
+from .utils import atomic_write_bytes, launched, progress_bar, to_json
 
 
 def parse_values(text: str) -> list[Any]:
@@ -93,8 +93,9 @@ def _first_error(executed: Path) -> str:
     return "no cell error recorded (see log.txt)"
 
 
-# What torchrun (or a cluster's launcher) sets for the processes of one job: torch/distributed/elastic's
-# local agent sets these, and LOCAL_RANK, for each worker.
+# What torchrun (or a cluster's launcher) sets for the processes of one job (torch/distributed/elastic's local
+# agent sets these and the TORCHELASTIC_* ones for each worker). OMP_NUM_THREADS, CUDA_VISIBLE_DEVICES and
+# TORCH_NCCL_* are kept: they may be the user's own, and a plain process is not in a group.
 LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
                       "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -102,8 +103,8 @@ LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "G
 def child_env(threads: int | None = None) -> dict[str, str]:
     """The environment of one run's papermill process: this one's, with text progress, no widgets unless asked
     for, ``threads`` OpenMP/MKL threads when given, and none of a launcher's variables (``RANK``,
-    ``WORLD_SIZE``, ``MASTER_PORT``, ``TORCHELASTIC_*``, ...): every run is a process of its own, and runs that
-    inherited them would each try to join one process group on the same port."""
+    ``WORLD_SIZE``, ``MASTER_PORT``, ``TORCHELASTIC_*``, ...): every run is a process of its own, and with a
+    container's ``WORLD_SIZE`` > 1 each run's training would wait to join a process group that never forms."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES and not k.startswith("TORCHELASTIC_")}
     env["KDLAB_PROGRESS"] = "text"
     env.setdefault("KDLAB_WIDGETS", "0")  # headless: no interactive widgets (they can stall nbclient)
@@ -112,11 +113,21 @@ def child_env(threads: int | None = None) -> dict[str, str]:
     return env
 
 
+def not_under_torchrun() -> None:
+    """``ValueError`` when torchrun started this process: its processes would each run the same notebooks into
+    the same folders."""
+    if launched():
+        raise ValueError("notebooks run as processes of their own, not under torchrun (every torchrun process would "
+                         "run the same notebooks into the same folder); start it without torchrun (torchrun is for "
+                         "kdlab fit)")
+
+
 def run_one(notebook: Path, params: dict[str, Any], folder: Path, threads: int | None = None,
             timeout: float | None = None) -> dict[str, Any]:
     """Execute ``notebook`` with ``params`` (plus ``out_dir=folder``) in a fresh papermill process.
     Returns and writes ``folder/run.json``: ``{"parameters", "status": "ok" | "failed", "seconds",
-    "error"}``."""
+    "error"}``. ``ValueError`` under torchrun."""
+    not_under_torchrun()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "parameters.json").write_text(json.dumps({**params, "out_dir": str(folder)}))
     env = child_env(threads)
@@ -164,6 +175,7 @@ def sweep(notebook, params: dict[str, list[Any]], out, jobs: int = 1, columns: l
     status, seconds, error and the flattened metrics) in grid order, and write ``results.csv``,
     ``results.md`` (parameters, status and ``columns``, by default the top-level numeric metrics)
     and, with ``plot`` set to a metric key, ``results.png``."""
+    not_under_torchrun()
     notebook, out = Path(notebook).resolve(), Path(out).resolve()
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook {notebook} does not exist")

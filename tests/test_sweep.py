@@ -58,7 +58,7 @@ def test_sweep_runs_grid_in_parallel_skips_finished_and_reports_failures(tmp_pat
     assert r3.returncode == 0 and "4 runs: 0 already finished, 4 succeeded, 0 failed" in r3.stdout
 
 
-def test_run_single_notebook_and_bad_arguments(tmp_path):
+def test_run_single_notebook_and_bad_arguments(tmp_path, monkeypatch):
     from kdlab import cli
     with pytest.raises(SystemExit, match="several values"):
         cli.main(["run", str(PROBE), "-p", "a", "1,2"])
@@ -66,8 +66,11 @@ def test_run_single_notebook_and_bad_arguments(tmp_path):
         cli.main(["run", str(tmp_path / "missing.ipynb")])
     with pytest.raises(SystemExit, match="given twice"):
         cli.main(["sweep", str(PROBE), "-p", "a", "1", "-p", "a", "2"])
+    for k, v in {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(k, v)  # a cluster container's own variables (not torchrun's): the run is still plain
     assert cli.main(["run", str(PROBE), "-p", "a", "3", "--out", str(tmp_path / "one")]) == 0
-    assert json.loads((tmp_path / "one" / "metrics.json").read_text())["product"] == 6
+    metrics = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert metrics["product"] == 6 and metrics["world"] is None
 
 
 def test_runs_do_not_inherit_a_launchers_variables(monkeypatch):
@@ -89,11 +92,11 @@ def test_runs_do_not_inherit_a_launchers_variables(monkeypatch):
 
 
 @pytest.mark.parametrize("command", ["run", "sweep"])
-def test_run_and_sweep_refuse_torchrun(command, tmp_path, monkeypatch, capsys):
+def test_run_and_sweep_refuse_torchrun(command, tmp_path, monkeypatch):
     from kdlab import cli
 
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
-    with pytest.raises(SystemExit, match=f"kdlab {command}: started by torchrun.*torchrun is for kdlab fit"):
+    with pytest.raises(SystemExit, match=f"kdlab {command}: notebooks run .*not under torchrun.*torchrun is for kdlab fit"):
         cli.main([command, str(PROBE), "-p", "a", "1", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
