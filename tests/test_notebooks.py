@@ -95,6 +95,21 @@ def test_notebook_conventions(path):
     assert "kd.write_metrics(OUT" in "".join(map(_source, code))
 
 
+PARAMETERISED = [p for p in NOTEBOOKS if any("parameters" in c["metadata"].get("tags", []) for c in _cells(p))]
+
+
+@pytest.mark.parametrize("path", PARAMETERISED, ids=lambda p: p.name)
+def test_papermill_reads_every_parameter(path, caplog):
+    """papermill's reading of the parameters cell (``papermill --help-notebook``, and its check of the names
+    passed with ``-p``) skips a line with a second ``=`` (in its comment too) and logs a warning."""
+    import papermill as pm
+
+    cell = next(c for c in _cells(path) if "parameters" in c["metadata"].get("tags", []))
+    assigned = [t.id for s in ast.parse(_source(cell)).body for t in s.targets]
+    assert list(pm.inspect_notebook(str(path))) == assigned
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("papermill")]
+
+
 FIGURE_FUNCTIONS = ("show_grids", "plot_history", "plot_pixel_distributions", "plot_spectra", "teacher_student_figure")
 
 
