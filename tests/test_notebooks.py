@@ -210,6 +210,32 @@ def test_each_figure_is_displayed_once(path, executed):
         assert not values and len(set(images)) == len(images), _source(cell)[:300]
 
 
+# figures with one panel or column per item, where smoke mode has fewer items
+WIDTH_FOLLOWS_SMOKE = {"05_texture_spectra.png": "one texture student", "06_samples.png": "fewer distillation rounds"}
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels, read from the PNG header's IHDR chunk."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR", path
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.name)
+def test_committed_figures_are_drawn_by_todays_code(path, executed):
+    """A committed figure whose code has changed since its run is stale: the smoke run draws each embedded figure
+    with the same code, so its size in pixels must match (05's capacity figure stayed 2000 x 360 for a day after
+    its code had moved to 1000 x 640)."""
+    _, _, out = executed(path.name)
+    record = json.loads((FIGURES / "figures.json").read_text())
+    for name in (n for n, r in record.items() if r["notebook"] == path.name):
+        drawn = next((p for p in (out / name, out / name[3:]) if p.exists()), None)
+        assert drawn is not None, f"the run did not write {name} (or {name[3:]})"
+        (w, h), (w0, h0) = _png_size(drawn), _png_size(FIGURES / name)
+        assert h == h0 and (w == w0 or name in WIDTH_FOLLOWS_SMOKE), f"{name} is stale: python tools/collect_figures.py RUN"
+
+
 @pytest.mark.notebook
 def test_01_teacher_pretraining(executed):
     _, m, out = executed("01_teacher_pretraining.ipynb")
