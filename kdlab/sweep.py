@@ -113,13 +113,13 @@ def child_env(threads: int | None = None) -> dict[str, str]:
     return env
 
 
-def not_under_torchrun() -> None:
-    """``ValueError`` when torchrun started this process: its processes would each run the same notebooks into
-    the same folders."""
+def refuse_torchrun() -> None:
+    """``ValueError`` when torchrun started this process (:func:`kdlab.utils.launched`): its processes would each
+    run the same notebooks into the same folders."""
     if launched():
-        raise ValueError("notebooks run as processes of their own, not under torchrun (every torchrun process would "
-                         "run the same notebooks into the same folder); start it without torchrun (torchrun is for "
-                         "kdlab fit)")
+        raise ValueError("this process was started by torchrun (WORLD_SIZE and TORCHELASTIC_RUN_ID are set), and "
+                         "notebooks run as processes of their own, not in torchrun's group: start it from a plain "
+                         "shell (torchrun is for kdlab fit)")
 
 
 def run_one(notebook: Path, params: dict[str, Any], folder: Path, threads: int | None = None,
@@ -127,7 +127,7 @@ def run_one(notebook: Path, params: dict[str, Any], folder: Path, threads: int |
     """Execute ``notebook`` with ``params`` (plus ``out_dir=folder``) in a fresh papermill process.
     Returns and writes ``folder/run.json``: ``{"parameters", "status": "ok" | "failed", "seconds",
     "error"}``. ``ValueError`` under torchrun."""
-    not_under_torchrun()
+    refuse_torchrun()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "parameters.json").write_text(json.dumps({**params, "out_dir": str(folder)}))
     env = child_env(threads)
@@ -175,7 +175,7 @@ def sweep(notebook, params: dict[str, list[Any]], out, jobs: int = 1, columns: l
     status, seconds, error and the flattened metrics) in grid order, and write ``results.csv``,
     ``results.md`` (parameters, status and ``columns``, by default the top-level numeric metrics)
     and, with ``plot`` set to a metric key, ``results.png``."""
-    not_under_torchrun()
+    refuse_torchrun()
     notebook, out = Path(notebook).resolve(), Path(out).resolve()
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook {notebook} does not exist")
