@@ -17,15 +17,21 @@ all ``B`` rows, the one-process update up to the order of floating-point additio
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime
 import inspect
 import os
+import signal
+import sys
+import threading
 import time
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+from torch.distributed.elastic.multiprocessing.errors import record as elastic_record
 
 from .utils import get_device, launched
 
@@ -209,6 +215,44 @@ def leave() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
     _HELD.clear()
+
+
+@contextlib.contextmanager
+def _sigterm_held():
+    """A SIGTERM that arrives inside is noted and sent again on leaving, to whatever handled it before (by default
+    the end of the process). A handler, not a blocked signal: blocking covers one thread, and a signal that any
+    other thread (Gloo's, PyTorch's) takes ends the process at once."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+        if received:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class _WholeErrorFile(ErrorHandler):
+    """torch's error handler, writing the error file with SIGTERM held back (see :func:`record`)."""
+
+    def record_exception(self, e: BaseException) -> None:
+        with _sigterm_held():
+            super().record_exception(e)
+
+
+def record(fn):
+    """torch's ``@record`` (under torchrun, a process's exception and traceback reach torchrun's summary), with
+    the error file written whole. As soon as one process fails, torchrun sends SIGTERM to the others, and those
+    are often failing too (their collectives lost a peer) and writing their own error files. One killed between
+    opening its file and writing it left an empty file; PyTorch releases that read the stopped processes' files
+    (2.11 and 2.14 here, not 2.4) then crashed with a ``JSONDecodeError`` instead of printing the summary that
+    names the failed process. Here a SIGTERM that arrives during the write ends the process right after it."""
+    return elastic_record(fn, error_handler=_WholeErrorFile())
 
 
 def trainable(module: nn.Module) -> bool:

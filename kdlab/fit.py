@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.distributed.elastic.multiprocessing.errors import record
 
 from . import checkpoints, data, distributed, models
 from .engine import TrainConfig, TrainingInterrupted
@@ -194,7 +193,7 @@ def fit(args) -> dict:
     return metrics
 
 
-@record  # under torchrun, a rank's exception and traceback reach the launcher's summary
+@distributed.record  # under torchrun, a rank's exception and traceback reach the launcher's summary
 def main(args) -> int:
     """The ``kdlab fit`` subcommand: one-line errors (rank 0 prints them), exit status 2 on bad arguments."""
     w = distributed.world()

@@ -265,6 +265,27 @@ def test_a_rank_that_dies_ends_the_job_at_once_naming_it():
 
 @pytest.mark.distributed
 @needs_torchrun
+def test_torchruns_sigterm_during_an_error_report_leaves_the_report_whole(tmp_path):
+    """When a rank fails, torchrun sends SIGTERM to the others, which are often failing too and writing their error
+    files. PyTorch releases that then read those files (2.11 and 2.14 here; 2.4 does not) crashed with a
+    JSONDecodeError on a file that was opened but not yet written, instead of printing the summary (a full test
+    run hit it once). Here rank 0 fails and takes 3 s to write its report, and rank 1 exits once the write has
+    started, so torchrun's SIGTERM always reaches rank 0 during the write: kdlab.distributed.record holds it back
+    until the file is whole."""
+    done = torchrun(str(JOB), "die-slow-report", str(tmp_path / "writing"), timeout=180)
+    assert done.returncode != 0 and "JSONDecodeError" not in done.stderr, done.stderr[-3000:]
+    assert re.search(r"rank\s*: 1 .*\n\s*exitcode\s*: 7\b", done.stderr), done.stderr[-3000:]
+    from torch.distributed.elastic.multiprocessing.api import SubprocessContext
+
+    if hasattr(SubprocessContext, "_capture_process_failures"):  # a release that reads the stopped ranks' files
+        # rank 0, ended by the SIGTERM once its report was written, is listed with that report (its traceback)
+        assert re.search(r"rank\s*: 0 .*\n\s*exitcode\s*: -15\b.*\n\s*error_file: \S+\n\s*traceback : Traceback",
+                         done.stderr), done.stderr[-3000:]
+        assert "rank 0 fails on purpose at step 1" in done.stderr
+
+
+@pytest.mark.distributed
+@needs_torchrun
 def test_data_missing_on_one_rank_stops_every_rank_and_rank_0_names_it(tmp_path):
     """A failure only some processes see (a machine without the data) is agreed on before training: every
     rank exits with status 2 at once, and rank 0 prints the failing rank's message."""
