@@ -17,14 +17,12 @@ all ``B`` rows, the one-process update up to the order of floating-point additio
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import datetime
 import inspect
 import os
 import signal
 import sys
-import threading
 import time
 
 import torch
@@ -33,7 +31,7 @@ from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 from torch.distributed.elastic.multiprocessing.errors import record as elastic_record
 
-from .utils import get_device, launched
+from .utils import DeferredSignals, get_device, launched
 
 # A collective that waits longer than this (a peer died or hangs) raises instead of blocking for ever;
 # torchrun also stops every process as soon as one exits with an error.
@@ -217,32 +215,16 @@ def leave() -> None:
     _HELD.clear()
 
 
-@contextlib.contextmanager
-def _sigterm_held():
-    """A SIGTERM that arrives inside is noted and sent again on leaving, to whatever handled it before (by default
-    the end of the process). A handler, not a blocked signal: blocking covers one thread, and a signal that any
-    other thread (Gloo's, PyTorch's) takes ends the process at once."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    received = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
-        if received:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 class _WholeErrorFile(ErrorHandler):
     """torch's error handler, writing the error file with SIGTERM held back (see :func:`record`)."""
 
     def record_exception(self, e: BaseException) -> None:
-        with _sigterm_held():
+        with DeferredSignals((signal.SIGTERM,)) as held:
             super().record_exception(e)
+        if held.requested:  # it came during the write: it takes effect now (by default, the end of the process)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def record(fn):

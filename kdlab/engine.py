@@ -45,7 +45,6 @@ import dataclasses
 import math
 import os
 import signal
-import threading
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Mapping
@@ -55,7 +54,7 @@ from torch import nn
 
 from . import checkpoints
 from . import distributed as _distributed
-from .utils import check_choice, check_int, get_device, jsonable, progress_bar
+from .utils import DeferredSignals, check_choice, check_int, get_device, jsonable, progress_bar
 
 History = dict[str, list[float]]
 StepFn = Callable[[int, torch.Generator], Mapping[str, "torch.Tensor | float"]]
@@ -192,35 +191,6 @@ def _to_floats(metrics: Mapping) -> dict[str, float]:
     dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     # stacked where the tensors are, then copied to the host once (.tolist)
     return dict(zip(names, torch.stack([v.to(device, dtype) for v in values]).tolist()))
-
-
-class _DeferredInterrupt:
-    """While active, the first SIGINT (Ctrl-C, Jupyter's stop button) only sets ``requested``; the
-    loop checks it between steps. A second one raises ``KeyboardInterrupt`` at once (a step that
-    hangs can still be stopped). Outside the main thread signals cannot be caught and this does
-    nothing. The previous handlers are restored on exit, whatever they were. ``signals`` adds SIGTERM
-    in a process group (torchrun passes a Ctrl-C on as SIGINT; schedulers stop jobs with SIGTERM)."""
-
-    def __init__(self, signals=(signal.SIGINT,)):
-        self.requested, self._signals, self._previous = False, signals, {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in self._signals:
-                self._previous[sig] = signal.getsignal(sig)
-                signal.signal(sig, self._handler)
-        return self
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, previous in self._previous.items():
-            # None means a handler installed outside Python: the default is the closest we can restore
-            signal.signal(sig, previous if previous is not None else
-                          signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
 
 
 class Autocast(nn.Module):
@@ -378,7 +348,7 @@ class Trainer:
         bar = progress_bar(range(start, steps), initial=start, total=steps, desc=self.desc,
                            disable=not (self.config.progress and self.world.main))
         signals = (signal.SIGINT,) if not self.world.group else (signal.SIGINT, signal.SIGTERM)
-        with _DeferredInterrupt(signals) as interrupt:
+        with DeferredSignals(signals) as interrupt:
             try:
                 for step in bar:
                     self.step = step

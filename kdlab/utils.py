@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -20,6 +22,37 @@ from .paths import runs_root
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """``x`` in float32 for reductions, unless it is already wider (float64 stays float64)."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class DeferredSignals:
+    """While active, the first of ``signals`` (SIGINT: Ctrl-C, Jupyter's stop button) only sets ``requested``;
+    the training loop checks it between steps. A second one raises ``KeyboardInterrupt`` at once (a step that
+    hangs can still be stopped). Outside the main thread signals cannot be caught and this does
+    nothing. The previous handlers are restored on exit, whatever they were. The trainer adds SIGTERM
+    in a process group (torchrun passes a Ctrl-C on as SIGINT; schedulers stop jobs with SIGTERM). A handler,
+    not a blocked signal: a signal is blocked for one thread only, and any other thread (Gloo's, PyTorch's)
+    would take it, ending the process at once."""
+
+    def __init__(self, signals=(signal.SIGINT,)):
+        self.requested, self._signals, self._previous = False, signals, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self._signals:
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, previous in self._previous.items():
+            # None means a handler installed outside Python: the default is the closest we can restore
+            signal.signal(sig, previous if previous is not None else
+                          signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
 
 
 def launched() -> bool:
